@@ -1,0 +1,246 @@
+"""Binary COPY and batched INSERT on Django's own psycopg 3 connection, and the index work around them.
+
+pgvector-python registers the vector type with psycopg; what it does not give
+is a way to hand COPY a whole batch of vectors encoded at once, so
+``encode_vectors`` builds pgvector's binary format with numpy (one pass per
+batch instead of one Python object per row) and ``VectorBytesDumper`` passes
+those bytes through.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import psycopg
+from django.db import connections
+from pgvector.psycopg import register_vector
+from psycopg import sql
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
+from psycopg.types.json import Jsonb
+
+_registered: weakref.WeakSet = weakref.WeakSet()
+
+
+class VectorBytesDumper(Dumper):
+    """Binary dumper for the vector oid: pre-encoded bytes pass through; anything else via pgvector."""
+
+    format = Format.BINARY
+
+    def dump(self, obj: Any) -> Any:
+        if isinstance(obj, bytes | memoryview):
+            return obj
+        from pgvector import Vector
+
+        return (obj if isinstance(obj, Vector) else Vector(obj)).to_binary()
+
+
+class _EncodedVector(bytes):
+    """Marker type under which VectorBytesDumper is registered."""
+
+
+def prepare_connection(conn: psycopg.Connection) -> psycopg.Connection:
+    """Register pgvector's types (and the pass-through dumper) on a psycopg connection, once."""
+    if conn not in _registered:
+        register_vector(conn)
+        info = conn.adapters.types["vector"]
+        conn.adapters.register_dumper(_EncodedVector, type("", (VectorBytesDumper,), {"oid": info.oid}))
+        _registered.add(conn)
+    return conn
+
+
+def django_connection(using: str = "default") -> psycopg.Connection:
+    """Django's own psycopg connection for ``using``, ready for vectors."""
+    wrapper = connections[using]
+    wrapper.ensure_connection()
+    return prepare_connection(wrapper.connection)
+
+
+def new_connection(using: str = "default", **kwargs: Any) -> psycopg.Connection:
+    """A separate connection with the same parameters as Django's (for workers and progress polling)."""
+    params = connections[using].get_connection_params()
+    params.pop("cursor_factory", None)
+    params.update(kwargs)
+    return prepare_connection(psycopg.connect(**params))
+
+
+def encode_vectors(vectors: np.ndarray) -> list[bytes]:
+    """pgvector's binary format (uint16 dim, uint16 0, float32 big-endian values) for each row."""
+    n, dims = vectors.shape
+    width = 4 + 4 * dims
+    buf = np.empty((n, width), dtype=np.uint8)
+    buf[:, :4] = np.array([dims, 0], dtype=">u2").view(np.uint8)
+    buf[:, 4:] = np.ascontiguousarray(vectors, dtype=">f4").view(np.uint8).reshape(n, 4 * dims)
+    data = buf.tobytes()
+    return [data[i : i + width] for i in range(0, n * width, width)]
+
+
+def _dumps(obj: Any) -> str:
+    # default=str: dates, decimals and other scalars a parquet file may hold.
+    return json.dumps(obj, ensure_ascii=False, default=str)
+
+
+def jsonb(obj: Any) -> Jsonb:
+    return Jsonb(obj, dumps=_dumps)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A table and the columns a load writes, with their PostgreSQL type names for COPY."""
+
+    table: str
+    columns: tuple[str, ...]
+    types: tuple[str, ...]
+
+    @classmethod
+    def introspect(cls, conn: psycopg.Connection, table: str, columns: Sequence[str]) -> Target:
+        rows = conn.execute(
+            "SELECT a.attname, t.typname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid"
+            " WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped",
+            [sql.Identifier(table).as_string(conn)],
+        ).fetchall()
+        types = dict(rows)
+        missing = [c for c in columns if c not in types]
+        if missing:
+            raise ValueError(f"table {table} has no column(s) {', '.join(missing)}")
+        return cls(table, tuple(columns), tuple(types[c] for c in columns))
+
+    def copy_sql(self, table: str | None = None) -> sql.Composed:
+        return sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+            sql.Identifier(table or self.table), sql.SQL(", ").join(map(sql.Identifier, self.columns))
+        )
+
+    def insert_sql(self, suffix: str = "") -> sql.Composed:
+        return sql.SQL("INSERT INTO {} ({}) VALUES ({}){}").format(
+            sql.Identifier(self.table),
+            sql.SQL(", ").join(map(sql.Identifier, self.columns)),
+            sql.SQL(", ").join(sql.Placeholder() * len(self.columns)),
+            sql.SQL(suffix),
+        )
+
+
+def copy_rows(
+    conn: psycopg.Connection, target: Target, rows: Iterable[Sequence[Any]], table: str | None = None
+) -> int:
+    """Binary COPY of rows (tuples in ``target.columns`` order) into the table; returns the count."""
+    count = 0
+    with conn.cursor() as cursor, cursor.copy(target.copy_sql(table)) as copy:
+        copy.set_types(list(target.types))
+        for row in rows:
+            copy.write_row(row)
+            count += 1
+    return count
+
+
+def insert_rows(
+    conn: psycopg.Connection, target: Target, rows: Sequence[Sequence[Any]], batch_size: int, suffix: str = ""
+) -> int:
+    """Batched INSERT (executemany, pipelined by psycopg), ``batch_size`` rows per call; returns the count."""
+    statement = target.insert_sql(suffix)
+    with conn.cursor() as cursor:
+        for start in range(0, len(rows), batch_size):
+            cursor.executemany(statement, rows[start : start + batch_size])
+    return len(rows)
+
+
+@dataclass(frozen=True)
+class IndexDef:
+    name: str
+    definition: str
+    method: str
+
+
+def rebuildable_indexes(conn: psycopg.Connection, table: str) -> list[IndexDef]:
+    """The table's indexes that back no constraint: safe to drop before a bulk load and build after."""
+    rows = conn.execute(
+        "SELECT c.relname, pg_get_indexdef(i.indexrelid), am.amname"
+        " FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am am ON am.oid = c.relam"
+        " WHERE i.indrelid = to_regclass(%s)"
+        " AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)"
+        " ORDER BY c.relname",
+        [sql.Identifier(table).as_string(conn)],
+    ).fetchall()
+    return [IndexDef(*row) for row in rows]
+
+
+def drop_indexes(conn: psycopg.Connection, indexes: Sequence[IndexDef]) -> None:
+    for index in indexes:
+        conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(index.name)))
+
+
+class IndexProgress:
+    """Polls pg_stat_progress_create_index for one backend from a second connection, into a callback."""
+
+    def __init__(self, using: str, backend_pid: int, callback, interval: float = 0.5) -> None:
+        self.using = using
+        self.backend_pid = backend_pid
+        self.callback = callback
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="index-progress")
+
+    def _run(self) -> None:
+        try:
+            conn = new_connection(self.using, autocommit=True)
+        except psycopg.Error:
+            return  # progress is a nicety: never fail a load over it
+        with conn:
+            while not self._stop.wait(self.interval):
+                row = conn.execute(
+                    "SELECT phase, blocks_done, blocks_total, tuples_done, tuples_total"
+                    " FROM pg_stat_progress_create_index WHERE pid = %s",
+                    [self.backend_pid],
+                ).fetchone()
+                if row:
+                    self.callback(*row)
+
+    def __enter__(self) -> IndexProgress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def build_indexes(
+    conn: psycopg.Connection,
+    indexes: Sequence[IndexDef],
+    *,
+    using: str = "default",
+    maintenance_work_mem: str | None = None,
+    parallel_workers: int | None = None,
+    progress=None,
+) -> float:
+    """Create the indexes (inside the caller's transaction) with the given memory and workers.
+
+    ``progress(index_name, phase, done, total)`` is called while each builds. Returns the seconds spent.
+    """
+    started = time.perf_counter()
+    if maintenance_work_mem:
+        conn.execute("SELECT set_config('maintenance_work_mem', %s, true)", [maintenance_work_mem])
+    if parallel_workers is not None:
+        conn.execute(
+            "SELECT set_config('max_parallel_maintenance_workers', %s, true)", [str(parallel_workers)]
+        )
+    pid = conn.info.backend_pid
+    for index in indexes:
+
+        def report(phase, blocks_done, blocks_total, tuples_done, tuples_total, name=index.name):
+            if progress is None:
+                return
+            if tuples_total:
+                progress(name, phase, tuples_done, tuples_total)
+            else:
+                progress(name, phase, blocks_done or 0, blocks_total or 0)
+
+        with IndexProgress(using, pid, report):
+            conn.execute(index.definition)
+    return time.perf_counter() - started

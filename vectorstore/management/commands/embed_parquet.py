@@ -1,0 +1,37 @@
+"""Embed a parquet file's texts with sentence-transformers, writing every column plus `embedding`."""
+
+from __future__ import annotations
+
+from django.core.management.base import CommandError
+
+from vectorstore import ingest
+from vectorstore.embedding import Embedder, EmbeddingError
+from vectorstore.management.commands._base import ServiceCommand
+from vectorstore.parquet import InputError
+
+
+class Command(ServiceCommand):
+    help = "Embed INPUT's texts into OUTPUT (every input column kept, plus `embedding` as float32 lists)."
+
+    def add_arguments(self, parser) -> None:
+        super().add_arguments(parser)
+        parser.add_argument("input")
+        parser.add_argument("output")
+        parser.add_argument("--text-column", default="text")
+        parser.add_argument(
+            "--batch-size", type=int, help="texts per model batch (default: VECTORSTORE BATCH_SIZE)"
+        )
+        parser.add_argument("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+        parser.add_argument(
+            "--model", help="a sentence-transformers path or name (default: bundled all-MiniLM-L6-v2)"
+        )
+
+    def handle(self, *args, **o) -> None:
+        try:
+            embedder = Embedder(model=o["model"], device=o["device"], batch_size=o["batch_size"])
+            report = ingest.embed_parquet(
+                o["input"], o["output"], text_column=o["text_column"], embedder=embedder
+            )
+        except (InputError, EmbeddingError) as exc:
+            raise CommandError(str(exc)) from exc
+        self.emit(report.summary(), report.as_dict(), o["json"])

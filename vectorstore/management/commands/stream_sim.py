@@ -1,0 +1,80 @@
+"""Simulate real-time ingestion: embed and write records one at a time (or in micro-batches), timed."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import CommandError
+
+from vectorstore import stream
+from vectorstore.embedding import Embedder, EmbeddingError
+from vectorstore.management.commands._base import ServiceCommand
+from vectorstore.parquet import InputError
+
+
+def default_source() -> Path | None:
+    base = getattr(settings, "BASE_DIR", None)
+    path = Path(base) / "fixtures" / "sotu.parquet" if base else None
+    return path if path and path.exists() else None
+
+
+class Command(ServiceCommand):
+    help = "Replay records from a parquet file as a stream: embed, then write, each record timed."
+
+    def add_arguments(self, parser) -> None:
+        super().add_arguments(parser)
+        parser.add_argument(
+            "--source", help="a parquet file with a text column (default: fixtures/sotu.parquet)"
+        )
+        parser.add_argument("--count", type=int, default=100)
+        parser.add_argument(
+            "--mode", choices=stream.MODES, action="append", help="insert, copy or batch; repeat for several"
+        )
+        parser.add_argument("--batch-size", type=int, default=32, help="batch mode: records per micro-batch")
+        parser.add_argument(
+            "--max-wait-ms", type=float, default=50.0, help="batch mode: flush a partial batch"
+        )
+        parser.add_argument("--rate", type=float, help="arrivals per second (default: as fast as handled)")
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--id-prefix", help="external_id prefix (default: stream-<time>-)")
+        parser.add_argument("--plot", help="write a PNG of the latency distributions here")
+        parser.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
+        parser.add_argument("--embedding-model", help="sentence-transformers path or name")
+
+    def handle(self, *args, **o) -> None:
+        source = o["source"] or default_source()
+        if source is None:
+            raise CommandError("--source: no parquet file given and no fixtures/sotu.parquet here")
+        if o["count"] < 1:
+            raise CommandError(f"--count must be at least 1, not {o['count']}")
+        if o["batch_size"] < 1:
+            raise CommandError(f"--batch-size must be at least 1, not {o['batch_size']}")
+        modes = o["mode"] or ["insert"]
+        prefix = o["id_prefix"] if o["id_prefix"] is not None else f"stream-{time.strftime('%Y%m%dT%H%M%S')}-"
+        try:
+            embedder = Embedder(model=o["embedding_model"], device=o["device"])
+            reports = []
+            for mode in modes:
+                records = stream.read_records(
+                    source, o["count"], seed=o["seed"], id_prefix=f"{prefix}{mode}-"
+                )
+                report = stream.simulate(
+                    mode,
+                    records,
+                    embedder,
+                    batch_size=o["batch_size"],
+                    max_wait_ms=o["max_wait_ms"],
+                    rate=o["rate"],
+                )
+                reports.append(report)
+                self.stdout.write(report.summary())
+        except (InputError, EmbeddingError) as exc:
+            raise CommandError(str(exc)) from exc
+        if o["plot"]:
+            self.stdout.write(f"plot: {stream.plot(reports, o['plot'])}")
+        if o["json"]:
+            data = reports[0].as_dict() if len(reports) == 1 else {"runs": [r.as_dict() for r in reports]}
+            self.stdout.write(json.dumps(data))

@@ -1,0 +1,271 @@
+"""Real-time ingestion, simulated: records arrive one at a time and are embedded and written as they come.
+
+The notebook's two cells (one INSERT per record, one COPY per record) and the
+micro-batching it recommends for Kafka-style streams, each record timed from
+its arrival to its commit.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from django.db import models, transaction
+from django.utils import timezone
+
+from vectorstore import conf
+from vectorstore import copy as pgcopy
+from vectorstore.parquet import InputError, Source
+
+if TYPE_CHECKING:
+    from vectorstore.embedding import Embedder
+
+MODES = ("insert", "copy", "batch")
+
+
+def percentiles(values_ms: Sequence[float]) -> dict[str, float]:
+    if not values_ms:
+        return {"p50": 0.0, "p95": 0.0, "p99": 0.0, "max": 0.0, "mean": 0.0}
+    a = np.asarray(values_ms)
+    p50, p95, p99 = np.percentile(a, [50, 95, 99])
+    return {
+        "p50": round(float(p50), 3),
+        "p95": round(float(p95), 3),
+        "p99": round(float(p99), 3),
+        "max": round(float(a.max()), 3),
+        "mean": round(float(a.mean()), 3),
+    }
+
+
+@dataclass
+class StreamReport:
+    mode: str
+    count: int = 0
+    seconds: float = 0.0
+    throughput_per_s: float = 0.0
+    batch_size: int = 1
+    rate: float | None = None
+    latencies: list[float] = field(default_factory=list, repr=False)  # ms, arrival to commit
+    embed: list[float] = field(default_factory=list, repr=False)
+    write: list[float] = field(default_factory=list, repr=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "count": self.count,
+            "seconds": round(self.seconds, 3),
+            "throughput_per_s": round(self.throughput_per_s, 1),
+            "batch_size": self.batch_size,
+            "rate": self.rate,
+            "latency_ms": percentiles(self.latencies),
+            "embed_ms": percentiles(self.embed),
+            "write_ms": percentiles(self.write),
+        }
+
+    def summary(self) -> str:
+        lat = percentiles(self.latencies)
+        return (
+            f"{self.mode}: {self.count} records in {self.seconds:.2f} s ({self.throughput_per_s:,.1f}/s); "
+            f"latency p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, p99 {lat['p99']:.1f} ms, "
+            f"max {lat['max']:.1f} ms (embed p50 {percentiles(self.embed)['p50']:.1f} ms, "
+            f"write p50 {percentiles(self.write)['p50']:.1f} ms)"
+        )
+
+
+@dataclass
+class Record:
+    external_id: str
+    text: str
+    category: str
+    metadata: dict[str, Any]
+
+
+def read_records(source: str | Path, count: int, seed: int = 0, id_prefix: str = "") -> list[Record]:
+    """A random sample of count records from a parquet file (the notebook's random.sample)."""
+    src = Source(source)
+    src.require("text", "text")
+    table = src._file.read() if src._file is not None else src._table
+    rows = [r for r in table.to_pylist() if isinstance(r.get("text"), str) and r["text"].strip()]
+    if not rows:
+        raise InputError(f"{src.name}: no rows with text")
+    picked = random.Random(seed).sample(rows, min(count, len(rows)))
+    while len(picked) < count:  # a small file replays from the start
+        picked.append(rows[len(picked) % len(rows)])
+    records = []
+    for i, row in enumerate(picked):
+        ident = row.pop("id", None) or row.pop("external_id", None) or i
+        text = row.pop("text")
+        row.pop("embedding", None)
+        row.pop("embeddings", None)
+        category = row.pop("category", None) or ""
+        meta = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
+        records.append(Record(f"{id_prefix}{ident}#{i}", text, str(category), meta))
+    return records
+
+
+class Writer:
+    """Writes records to the document table on Django's connection, each call its own transaction."""
+
+    COLUMNS = ("external_id", "text", "embedding", "category", "metadata", "created_at")
+
+    def __init__(self, model: type[models.Model], using: str = "default") -> None:
+        self.model = model
+        self.using = using
+        conn = pgcopy.django_connection(using)
+        self.target = pgcopy.Target.introspect(conn, model._meta.db_table, self.COLUMNS)
+        # ON CONFLICT makes a retried record land once, however often it is sent.
+        self.insert = self.target.insert_sql(" ON CONFLICT (external_id) DO NOTHING")
+
+    def _row(self, record: Record, vector: Any) -> tuple:
+        return (
+            record.external_id,
+            record.text,
+            vector,
+            record.category,
+            pgcopy.jsonb(record.metadata),
+            timezone.now(),
+        )
+
+    def insert_one(self, record: Record, vector: np.ndarray) -> None:
+        conn = pgcopy.django_connection(self.using)
+        with transaction.atomic(using=self.using):
+            conn.execute(self.insert, self._row(record, vector))
+
+    def copy(self, records: Sequence[Record], vectors: np.ndarray) -> None:
+        conn = pgcopy.django_connection(self.using)
+        encoded = pgcopy.encode_vectors(vectors)
+        with transaction.atomic(using=self.using):
+            pgcopy.copy_rows(
+                conn, self.target, (self._row(r, v) for r, v in zip(records, encoded, strict=True))
+            )
+
+
+def simulate(
+    mode: str,
+    records: Sequence[Record],
+    embedder: Embedder,
+    *,
+    model: type[models.Model] | None = None,
+    batch_size: int = 32,
+    max_wait_ms: float = 50.0,
+    rate: float | None = None,
+    using: str = "default",
+) -> StreamReport:
+    """Replay records in one mode; each record's latency runs from its arrival to its commit.
+
+    Without ``rate`` a record arrives as soon as the previous one is handled
+    (batch mode: as soon as it is read); with it, records arrive every 1/rate s.
+    """
+    if mode not in MODES:
+        raise InputError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if rate is not None and rate <= 0:
+        raise InputError(f"rate must be positive, not {rate}")
+    writer = Writer(model or conf.document_model(), using)
+    embedder.encode(["warm-up"])  # the first call pays for lazy initialisation; keep it out of the figures
+    report = StreamReport(mode=mode, batch_size=batch_size if mode == "batch" else 1, rate=rate)
+    start = time.perf_counter()
+    interval = 1.0 / rate if rate else 0.0
+
+    def arrival(i: int) -> float:
+        return start + i * interval
+
+    def wait_until(t: float) -> None:
+        delay = t - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+
+    if mode in ("insert", "copy"):
+        for i, record in enumerate(records):
+            if rate:
+                wait_until(arrival(i))
+            arrived = arrival(i) if rate else time.perf_counter()
+            t0 = time.perf_counter()
+            vectors = embedder.encode([record.text])
+            t1 = time.perf_counter()
+            if mode == "insert":
+                writer.insert_one(record, vectors[0])
+            else:
+                writer.copy([record], vectors)
+            t2 = time.perf_counter()
+            report.embed.append((t1 - t0) * 1000)
+            report.write.append((t2 - t1) * 1000)
+            report.latencies.append((t2 - arrived) * 1000)
+    else:
+        pending: list[tuple[Record, float]] = []
+
+        def flush() -> None:
+            t0 = time.perf_counter()
+            vectors = embedder.encode([r.text for r, _ in pending])
+            t1 = time.perf_counter()
+            writer.copy([r for r, _ in pending], vectors)
+            t2 = time.perf_counter()
+            for _, arrived in pending:
+                report.embed.append((t1 - t0) * 1000)
+                report.write.append((t2 - t1) * 1000)
+                report.latencies.append((t2 - arrived) * 1000)
+            pending.clear()
+
+        for i, record in enumerate(records):
+            if rate:
+                # Flush a partial batch whose oldest record has waited max_wait_ms before this one arrives.
+                while pending and pending[0][1] + max_wait_ms / 1000 < arrival(i):
+                    wait_until(pending[0][1] + max_wait_ms / 1000)
+                    flush()
+                wait_until(arrival(i))
+            pending.append((record, arrival(i) if rate else time.perf_counter()))
+            if len(pending) >= batch_size:
+                flush()
+        if pending:
+            if rate:
+                wait_until(pending[0][1] + max_wait_ms / 1000)
+            flush()
+
+    report.count = len(records)
+    report.seconds = time.perf_counter() - start
+    report.throughput_per_s = report.count / report.seconds if report.seconds else 0.0
+    return report
+
+
+def plot(reports: Sequence[StreamReport], path: str | Path) -> Path:
+    """A PNG of the latency distributions: arrival-to-commit per mode, and embed vs write time."""
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for r in reports:
+        values = np.sort(np.asarray(r.latencies))
+        left.plot(
+            values,
+            np.arange(1, len(values) + 1) / len(values),
+            label=f"{r.mode} (p50 {np.median(values):.1f} ms)",
+        )
+    left.set_xscale("log")
+    left.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    left.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    left.set_xlabel("latency, arrival to commit (ms, log scale)")
+    left.set_ylabel("fraction of records")
+    left.set_title("Latency distribution per mode")
+    left.grid(True, which="both", alpha=0.3)
+    left.legend()
+    data, labels = [], []
+    for r in reports:
+        data += [r.embed, r.write]
+        labels += [f"{r.mode}\nembed", f"{r.mode}\nwrite"]
+    right.boxplot(data, tick_labels=labels, showfliers=False)
+    right.set_yscale("log")
+    right.set_ylabel("ms each record spent (log scale)")
+    right.set_title("Where the time goes")
+    right.grid(True, axis="y", which="both", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
