@@ -1,5 +1,6 @@
 # Two commands set everything up on a fresh machine:
-#   make run    install, start the embedded PostgreSQL, migrate, create the admin login, serve on 127.0.0.1:8000
+#   make run    install, start the embedded PostgreSQL, migrate, load fixtures/ (first time), create the
+#               admin login, serve on 127.0.0.1:8000
 #   make test   the same set-up, then the whole test suite
 # With DATABASE_URL set, everything uses that server instead of the embedded one.
 
@@ -28,6 +29,7 @@ migrate: db
 	$(PY) manage.py migrate --noinput
 
 run: setup
+	$(PY) manage.py load_fixtures
 	$(PY) manage.py ensure_admin
 	@echo "Serving http://$(HOST):$(PORT)/  (admin: /admin/, API docs: /api/docs, health: /api/health)"
 	$(VENV)/bin/gunicorn project.wsgi:application --bind $(HOST):$(PORT) --workers $(WORKERS) \

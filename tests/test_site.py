@@ -127,3 +127,19 @@ def test_production_server_serves_health_admin_and_static(clean_env):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_load_fixtures_once(capsys, settings, tmp_path):
+    """The first start loads fixtures/ (embedding it); the next finds documents and loads nothing."""
+    import pyarrow.parquet as pq
+
+    (tmp_path / "fixtures").mkdir()
+    pq.write_table(
+        pq.read_table(ROOT / "fixtures" / "sotu.parquet").slice(0, 12), tmp_path / "fixtures" / "f.parquet"
+    )
+    settings.BASE_DIR = tmp_path
+    call_command("load_fixtures")
+    assert "12 inserted" in capsys.readouterr().out
+    call_command("load_fixtures")
+    assert "12 documents stored; fixtures not loaded again" in capsys.readouterr().out
+    assert Document.objects.count() == 12

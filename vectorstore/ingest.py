@@ -21,6 +21,7 @@ import re
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
@@ -546,6 +547,8 @@ def load(
     model = model or conf.document_model()
 
     src = Source(data, name=name)
+    if src.num_rows == 0:
+        raise InputError(f"{src.name}: no rows")
     cmap = resolve_columns(
         src,
         model,
@@ -572,8 +575,6 @@ def load(
     checker = Checker(
         src, cmap, embedder if cmap.embedding_column is None else None, on_error, binary=method == "copy"
     )
-    if src.num_rows == 0:
-        raise InputError(f"{src.name}: no rows")
 
     try:
         with transaction.atomic(using=using):
@@ -592,7 +593,7 @@ def load(
             write_table = table
             write_target = target
             if staged:
-                write_table = f"vectorstore_stage_{os.getpid()}"
+                write_table = f"vectorstore_stage_{uuid.uuid4().hex[:12]}"
                 cols = sql.SQL(", ").join(map(sql.Identifier, target.columns))
                 conn.execute(
                     sql.SQL(
@@ -638,6 +639,8 @@ def load(
                 sql_rejects = _merge_staging(
                     conn, src, cmap, target, write_table, on_conflict, on_error, report
                 )
+                # ON COMMIT DROP would do, but not when the load runs inside a caller's transaction.
+                conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(write_table)))
                 written -= len(sql_rejects)
                 rejects.extend(sql_rejects)
                 if sql_rejects:

@@ -1,0 +1,52 @@
+"""stream_sim: the notebook's real-time cells, each mode against the real database."""
+
+import json
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from vectorstore.models import Document
+
+pytestmark = pytest.mark.django_db
+
+KEYS = {"mode", "count", "seconds", "throughput_per_s", "latency_ms", "embed_ms", "write_ms"}
+
+
+def test_all_three_modes_store_each_record_and_plot(tmp_path):
+    """insert, copy and batch each store every record once, report the documented keys, and plot a PNG."""
+    out = StringIO()
+    png = tmp_path / "latency.png"
+    call_command(
+        "stream_sim",
+        *("--count", "6", "--mode", "insert", "--mode", "copy", "--mode", "batch", "--batch-size", "4"),
+        *("--id-prefix", "t-", "--plot", str(png), "--json"),
+        stdout=out,
+    )
+    runs = json.loads(out.getvalue().strip().splitlines()[-1])["runs"]
+    assert [r["mode"] for r in runs] == ["insert", "copy", "batch"]
+    for run in runs:
+        assert set(run) >= KEYS
+        assert run["count"] == 6
+        assert set(run["latency_ms"]) == {"p50", "p95", "p99", "max", "mean"}
+        assert 0 < run["latency_ms"]["p50"] <= run["latency_ms"]["p99"] <= run["latency_ms"]["max"]
+        assert run["embed_ms"]["p50"] > 0 and run["write_ms"]["p50"] > 0
+    for mode in ("insert", "copy", "batch"):
+        assert Document.objects.filter(external_id__startswith=f"t-{mode}-").count() == 6
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rate_spaces_arrivals():
+    """With --rate, 5 records at 20/s take at least the 0.2 s between first and last arrival."""
+    out = StringIO()
+    call_command("stream_sim", "--count", "5", "--rate", "20", "--mode", "batch", "--json", stdout=out)
+    run = json.loads(out.getvalue().strip().splitlines()[-1])
+    assert run["seconds"] >= 0.2 and run["rate"] == 20.0
+
+
+def test_bad_options_are_command_errors(tmp_path):
+    with pytest.raises(CommandError, match="--count must be at least 1"):
+        call_command("stream_sim", "--count", "0")
+    with pytest.raises(CommandError, match="no such file"):
+        call_command("stream_sim", "--source", str(tmp_path / "missing.parquet"))
