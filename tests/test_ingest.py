@@ -307,3 +307,28 @@ def test_nan_metadata_becomes_null(tmp_path):
     table = make_table(3).set_column(4, "score", pa.array([1.0, math.nan, None]))
     bulk_copy(write(tmp_path, table))
     assert [d.metadata["score"] for d in Document.objects.order_by("external_id")] == [1.0, None, None]
+
+
+def _prepared_transactions() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE 'vectorstore-load-%%'")
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.django_db(transaction=True)  # the workers' own connections must see committed rows
+def test_workers_load_a_populated_table_all_or_nothing(tmp_path):
+    """--workers 2 writes two COPY streams into the indexed table and commits them as one."""
+    bulk_copy(write(tmp_path, make_table(60, id_prefix="base-"), "base.parquet"))
+    summary = bulk_copy(
+        write(tmp_path, make_table(40, seed=4), "more.parquet"), "--workers", "2", "--batch-size", "5"
+    )
+    assert (summary["workers"], summary["index_strategy"], summary["inserted"]) == (2, "keep", 40)
+    assert Document.objects.count() == 100
+    # A failure in one stream (an id already stored, late in the file) rolls back both.
+    clash = make_table(40, seed=5, id_prefix="new-").set_column(
+        0, "id", pa.array([f"new-{i}" if i != 33 else "base-7" for i in range(40)])
+    )
+    with pytest.raises(CommandError, match="'base-7' is already stored"):
+        bulk_copy(write(tmp_path, clash, "clash.parquet"), "--workers", "2", "--batch-size", "5")
+    assert Document.objects.count() == 100
+    assert _prepared_transactions() == 0

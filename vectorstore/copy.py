@@ -9,6 +9,7 @@ those bytes through.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -244,3 +245,105 @@ def build_indexes(
         with IndexProgress(using, pid, report):
             conn.execute(index.definition)
     return time.perf_counter() - started
+
+
+class ParallelCopyUnavailable(RuntimeError):
+    """The server cannot make several COPY streams one transaction (no prepared transactions)."""
+
+
+def parallel_copy(
+    using: str,
+    target: Target,
+    batches: Iterable[Sequence[Sequence[Any]]],
+    workers: int,
+    on_batch=None,
+) -> int:
+    """COPY batches into the table over ``workers`` connections at once, committed all or nothing.
+
+    pgvector's HNSW index takes concurrent inserts, so on a populated, indexed
+    table several streams build the index in parallel. Each stream is its own
+    transaction; two-phase commit (PREPARE TRANSACTION, then COMMIT PREPARED once
+    every stream is prepared) keeps the load atomic: if any stream fails, all
+    are rolled back.
+    """
+    import queue
+    import uuid
+
+    conns = [new_connection(using) for _ in range(workers)]
+    try:
+        limit = int(conns[0].execute("SHOW max_prepared_transactions").fetchone()[0])
+        conns[0].rollback()
+        if limit < workers:
+            raise ParallelCopyUnavailable(
+                f"{workers} workers need the server's max_prepared_transactions >= {workers} (it is {limit}),"
+                " so that their streams commit as one transaction; use --workers 1 or raise the setting"
+            )
+        load_id = uuid.uuid4().hex[:16]
+        gids = [f"vectorstore-load-{load_id}-{i + 1}-of-{workers}" for i in range(workers)]
+        work: queue.Queue = queue.Queue(maxsize=workers * 2)
+        done = threading.Event()
+        failed = threading.Event()
+        errors: list[BaseException] = []
+        prepared = [False] * workers
+        counts = [0] * workers
+
+        def run(i: int) -> None:
+            try:
+                with conns[i].cursor() as cursor, cursor.copy(target.copy_sql()) as copy:
+                    copy.set_types(list(target.types))
+                    while not failed.is_set():
+                        try:
+                            batch = work.get(timeout=0.05)
+                        except queue.Empty:
+                            if done.is_set():
+                                break
+                            continue
+                        for row in batch:
+                            copy.write_row(row)
+                        counts[i] += len(batch)
+                if failed.is_set():
+                    return
+                conns[i].execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(gids[i])))
+                prepared[i] = True
+            except BaseException as exc:
+                errors.append(exc)
+                failed.set()
+
+        threads = [threading.Thread(target=run, args=(i,), name=f"copy-worker-{i}") for i in range(workers)]
+        for t in threads:
+            t.start()
+        try:
+            for batch in batches:
+                while not failed.is_set():
+                    try:
+                        work.put(batch, timeout=0.05)
+                        break
+                    except queue.Full:
+                        continue
+                if failed.is_set():
+                    break
+                if on_batch:
+                    on_batch(len(batch))
+        except BaseException as exc:
+            errors.append(exc)
+            failed.set()
+        done.set()
+        for t in threads:
+            t.join()
+        if errors:
+            for i, conn in enumerate(conns):
+                with contextlib.suppress(psycopg.Error):
+                    if prepared[i]:
+                        conn.autocommit = True
+                        conn.execute(sql.SQL("ROLLBACK PREPARED {}").format(sql.Literal(gids[i])))
+                    else:
+                        conn.rollback()
+            raise errors[0]
+        committer = conns[0]
+        committer.autocommit = True
+        for gid in gids:
+            committer.execute(sql.SQL("COMMIT PREPARED {}").format(sql.Literal(gid)))
+        return sum(counts)
+    finally:
+        for conn in conns:
+            conn.close()

@@ -622,8 +622,18 @@ def load(
                         yield from prepared.rows
                     bar.update(len(prepared.rows) + len(prepared.rejects))
 
+            parallel = workers > 1 and method == "copy" and not staged and strategy == "keep"
+            report.workers = workers if parallel else 1
             with bar:
-                if method == "copy":
+                if parallel:
+
+                    def batches() -> Iterator[list[tuple]]:
+                        for prepared in producer:
+                            report.rows += len(prepared.rows)
+                            yield prepared.rows
+
+                    written = pgcopy.parallel_copy(using, target, batches(), workers, on_batch=bar.update)
+                elif method == "copy":
                     written = pgcopy.copy_rows(conn, write_target, rows(), table=write_table)
                 else:
                     written = 0
@@ -667,6 +677,8 @@ def load(
                         parallel_workers=_parallel_workers(using),
                         progress=on_progress,
                     )
+    except pgcopy.ParallelCopyUnavailable as exc:
+        raise InputError(str(exc)) from exc
     except psycopg.errors.UniqueViolation as exc:
         raise _explain_unique_violation(exc, src, cmap, table, using, batch_size) from exc
     except psycopg.Error as exc:
