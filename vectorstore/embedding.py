@@ -55,6 +55,7 @@ def resolve_device(device: str = "auto") -> str:
 
 _models: dict[tuple[str, str], SentenceTransformer] = {}
 _models_lock = threading.Lock()
+_encode_lock = threading.Lock()
 
 
 def load_model(model: str | None, device: str) -> SentenceTransformer:
@@ -75,6 +76,12 @@ def load_model(model: str | None, device: str) -> SentenceTransformer:
             except (OSError, ValueError) as exc:
                 raise EmbeddingError(f"cannot load embedding model {path!r}: {exc}") from exc
         return _models[key]
+
+
+def embedding_dimension(model: SentenceTransformer) -> int:
+    # sentence-transformers 6.1 renamed get_sentence_embedding_dimension; accept both.
+    getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    return getter()
 
 
 @dataclass
@@ -113,7 +120,7 @@ class Embedder:
     def model(self) -> SentenceTransformer:
         if self._model is None:
             model = load_model(self.model_name, self.device)
-            dims = model.get_embedding_dimension()
+            dims = embedding_dimension(model)
             if self.expected_dimensions is not None and dims != self.expected_dimensions:
                 raise EmbeddingError(
                     f"model {self.label} makes {dims}-dimensional vectors but the vector column "
@@ -124,22 +131,11 @@ class Embedder:
 
     @property
     def dimensions(self) -> int:
-        return self.model.get_embedding_dimension()
+        return embedding_dimension(self.model)
 
     @property
     def max_tokens(self) -> int:
         return self.model.max_seq_length
-
-    def count_truncated(self, texts: Sequence[str]) -> int:
-        """How many texts exceed the model's token limit (the fast tokenizer: ~1% of encoding time)."""
-        limit = self.max_tokens
-        # A WordPiece/BPE token covers at least one character, so only texts
-        # longer than the limit in characters can be longer in tokens.
-        long = [t for t in texts if len(t) > limit - 2]
-        if not long:
-            return 0
-        ids = self.model.tokenizer(long, add_special_tokens=True, truncation=False)["input_ids"]
-        return sum(len(i) > limit for i in ids)
 
     def encode(self, texts: Sequence[str], **kwargs: Any) -> np.ndarray:
         """Unit-length float32 vectors, one row per text."""
@@ -154,5 +150,31 @@ class Embedder:
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
     def encode_counted(self, texts: Sequence[str]) -> EncodeResult:
-        """Vectors plus the count of texts cut at the model's limit."""
-        return EncodeResult(self.encode(texts), self.count_truncated(texts))
+        """Vectors plus the count of texts that reached the model's token limit (and were cut there).
+
+        Counted from the attention masks of the model's own tokenization, so it
+        costs nothing: tokenizing a second time would halve throughput on a GPU,
+        where tokenization is the bottleneck. A text of exactly the limit counts too.
+        """
+        model = self.model
+        limit = self.max_tokens
+        # encode() tokenizes through preprocess() (sentence-transformers >= 6) or tokenize() before.
+        hook = "preprocess" if hasattr(model, "preprocess") else "tokenize"
+        original = getattr(model, hook)
+        hits = 0
+
+        def tokenize(*args: Any, **kwargs: Any) -> Any:
+            nonlocal hits
+            features = original(*args, **kwargs)
+            mask = features.get("attention_mask") if hasattr(features, "get") else None
+            if mask is not None:
+                hits += int((mask.sum(dim=1) >= limit).sum())
+            return features
+
+        with _encode_lock:  # the model object is shared by every Embedder of this process
+            setattr(model, hook, tokenize)
+            try:
+                vectors = self.encode(texts)
+            finally:
+                delattr(model, hook)
+        return EncodeResult(vectors, hits)
