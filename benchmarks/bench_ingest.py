@@ -221,7 +221,7 @@ def main() -> None:
     parser.add_argument("--skip-memory", action="store_true", help="skip the 1,000,000-row memory run")
     args = parser.parse_args()
     n_copy, n_first, n_pop, n_slow = (
-        (20_000, 5_000, 5_000, 5_000) if args.quick else (100_000, 20_000, 50_000, 20_000)
+        (20_000, 5_000, 5_000, 5_000) if args.quick else (100_000, 100_000, 50_000, 20_000)
     )
     setup_database()
     from vectorstore import ingest

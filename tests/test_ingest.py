@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import connection
+from django.db import connection, transaction
 
 from tests.conftest import ROOT, database_url, unit_vectors
 from tests.testapp.models import HostDocument
@@ -332,3 +332,22 @@ def test_workers_load_a_populated_table_all_or_nothing(tmp_path):
         bulk_copy(write(tmp_path, clash, "clash.parquet"), "--workers", "2", "--batch-size", "5")
     assert Document.objects.count() == 100
     assert _prepared_transactions() == 0
+
+
+@pytest.mark.django_db(transaction=True)  # the poller's own connection must see the build
+def test_index_build_reports_progress_from_postgres():
+    """build_indexes polls pg_stat_progress_create_index while the HNSW index builds."""
+    from vectorstore import copy as pgcopy
+
+    Document.objects.bulk_create(
+        Document(text=str(i), embedding=v) for i, v in enumerate(unit_vectors(4000, 384))
+    )
+    conn = pgcopy.django_connection()
+    hnsw = [i for i in pgcopy.rebuildable_indexes(conn, "vectorstore_document") if i.method == "hnsw"]
+    seen = []
+    with transaction.atomic():
+        pgcopy.drop_indexes(conn, hnsw)
+        pgcopy.build_indexes(conn, hnsw, progress=lambda *a: seen.append(a), progress_interval=0.01)
+    assert seen, "no progress was reported"
+    assert {name for name, *_ in seen} == {"vectorstore_document_hnsw"}
+    assert any(phase.startswith("building index") for _, phase, _, _ in seen)

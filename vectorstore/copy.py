@@ -188,15 +188,18 @@ class IndexProgress:
         self._thread = threading.Thread(target=self._run, daemon=True, name="index-progress")
 
     def _run(self) -> None:
+        params = connections[self.using].get_connection_params()
+        params.pop("cursor_factory", None)
         try:
-            conn = new_connection(self.using, autocommit=True)
+            conn = psycopg.connect(**params, autocommit=True)
         except psycopg.Error:
             return  # progress is a nicety: never fail a load over it
         with conn:
             while not self._stop.wait(self.interval):
                 row = conn.execute(
-                    "SELECT phase, blocks_done, blocks_total, tuples_done, tuples_total"
-                    " FROM pg_stat_progress_create_index WHERE pid = %s",
+                    "SELECT c.relname, p.phase, p.blocks_done, p.blocks_total, p.tuples_done, p.tuples_total"
+                    " FROM pg_stat_progress_create_index p LEFT JOIN pg_class c ON c.oid = p.index_relid"
+                    " WHERE p.pid = %s",
                     [self.backend_pid],
                 ).fetchone()
                 if row:
@@ -219,6 +222,7 @@ def build_indexes(
     maintenance_work_mem: str | None = None,
     parallel_workers: int | None = None,
     progress=None,
+    progress_interval: float = 0.5,
 ) -> float:
     """Create the indexes (inside the caller's transaction) with the given memory and workers.
 
@@ -232,17 +236,20 @@ def build_indexes(
             "SELECT set_config('max_parallel_maintenance_workers', %s, true)", [str(parallel_workers)]
         )
     pid = conn.info.backend_pid
-    for index in indexes:
+    building = [""]  # the poller cannot read the name: the new index is not committed yet
 
-        def report(phase, blocks_done, blocks_total, tuples_done, tuples_total, name=index.name):
-            if progress is None:
-                return
-            if tuples_total:
-                progress(name, phase, tuples_done, tuples_total)
-            else:
-                progress(name, phase, blocks_done or 0, blocks_total or 0)
+    def report(_relname, phase, blocks_done, blocks_total, tuples_done, tuples_total):
+        if progress is None:
+            return
+        if tuples_total:
+            progress(building[0], phase, tuples_done, tuples_total)
+        else:
+            progress(building[0], phase, blocks_done or 0, blocks_total or 0)
 
-        with IndexProgress(using, pid, report):
+    # One poller for all the builds: a connection per index would cost more than small builds take.
+    with IndexProgress(using, pid, report, interval=progress_interval):
+        for index in indexes:
+            building[0] = index.name
             conn.execute(index.definition)
     return time.perf_counter() - started
 

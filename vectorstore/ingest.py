@@ -858,12 +858,14 @@ def embed_parquet(
     *,
     text_column: str = "text",
     embedder: Embedder | None = None,
-    read_batch_size: int = 2048,
+    read_batch_size: int = 16384,
     progress: bool | None = None,
 ) -> EmbedReport:
     """Embed a table's texts into OUTPUT: every input column kept, plus ``embedding`` (float32 lists).
 
     Reads and writes in batches (memory bounded by the batch); the output appears only once complete.
+    Batches are large because sentence-transformers sorts each call's texts by length: the
+    more texts per call, the less padding (on a GPU, 2,048 per call cost 15% against one call).
     """
     from vectorstore.embedding import Embedder
 
