@@ -14,6 +14,7 @@ index.
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
 import os
 import queue
@@ -334,6 +335,43 @@ class Checker:
 
 
 _DONE = object()
+
+
+def prefetch(items: Iterator[Any], depth: int = 1) -> Iterator[Any]:
+    """Iterate in a background thread, ``depth`` items ahead (exceptions re-raised here)."""
+    handoff: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def offer(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False  # the consumer has gone
+
+    def run() -> None:
+        try:
+            for item in items:
+                if not offer(item):
+                    return
+            offer(_DONE)
+        except BaseException as exc:
+            offer(exc)
+
+    thread = threading.Thread(target=run, daemon=True, name="vectorstore-prefetch")
+    thread.start()
+    try:
+        while True:
+            item = handoff.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
 
 
 class Producer:
@@ -884,24 +922,38 @@ def embed_parquet(
         device=str(model.device), model=embedder.label, output=str(output), load_seconds=started - loading
     )
     bar = make_bar(src.num_rows, "embed", unit="texts", enabled=progress)
-    with bar, AtomicParquetWriter(output, schema) as writer:
-        for batch in src.iter_batches(read_batch_size):
-            text = batch.column(text_column)
-            empty = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0), True)
-            if pc.any(empty).as_py():
-                batch = batch.filter(pc.invert(empty))
-                report.skipped += int(pc.sum(empty).as_py())
-            texts = batch.column(text_column).to_pylist()
-            result = embedder.encode_counted(texts)
-            vectors = pa.FixedSizeListArray.from_arrays(pa.array(result.vectors.reshape(-1)), dims)
-            columns = [batch.column(f.name) for f in fields]
-            writer.write(
-                pa.RecordBatch.from_arrays([*columns, vectors.cast(pa.list_(pa.float32()))], schema=schema)
-            )
-            report.rows += len(text)
-            report.embedded += len(texts)
-            report.truncated += result.truncated
-            bar.update(len(text))
+    # Reading the next chunk and writing the last one run in threads beside the model,
+    # so that on a GPU the model is not left waiting on parquet I/O.
+    with (
+        bar,
+        AtomicParquetWriter(output, schema) as writer,
+        concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-writer") as pool,
+    ):
+        pending: concurrent.futures.Future | None = None
+        try:
+            for batch in prefetch(src.iter_batches(read_batch_size)):
+                text = batch.column(text_column)
+                empty = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0), True)
+                if pc.any(empty).as_py():
+                    batch = batch.filter(pc.invert(empty))
+                    report.skipped += int(pc.sum(empty).as_py())
+                texts = batch.column(text_column).to_pylist()
+                result = embedder.encode_counted(texts)
+                vectors = pa.FixedSizeListArray.from_arrays(pa.array(result.vectors.reshape(-1)), dims)
+                columns = [batch.column(f.name) for f in fields]
+                out = pa.RecordBatch.from_arrays(
+                    [*columns, vectors.cast(pa.list_(pa.float32()))], schema=schema
+                )
+                if pending is not None:
+                    pending.result()  # one write in flight at most: memory stays bounded
+                pending = pool.submit(writer.write, out)
+                report.rows += len(text)
+                report.embedded += len(texts)
+                report.truncated += result.truncated
+                bar.update(len(text))
+        finally:
+            if pending is not None:
+                pending.result()
     report.seconds = time.perf_counter() - started
     report.texts_per_s = report.embedded / report.seconds if report.seconds else 0.0
     return report
