@@ -374,54 +374,12 @@ def prefetch(items: Iterator[Any], depth: int = 1) -> Iterator[Any]:
         stop.set()
 
 
-class Producer:
-    """Reads, checks (and embeds) batches in a thread, handing them over through a bounded queue.
-
-    The bound (``depth`` batches) keeps memory independent of the input's size;
-    the thread lets embedding and parquet decoding overlap the database writes.
-    """
-
-    def __init__(self, batches: Iterator[pa.RecordBatch], checker: Checker, depth: int = 2) -> None:
-        self.batches = batches
-        self.checker = checker
-        self.queue: queue.Queue = queue.Queue(maxsize=depth)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True, name="vectorstore-producer")
-
-    def _put(self, item: Any) -> bool:
-        while not self.stop.is_set():
-            try:
-                self.queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _run(self) -> None:
-        offset = 0
-        try:
-            for batch in self.batches:
-                prepared = self.checker.prepare(batch, offset)
-                offset += batch.num_rows
-                if not self._put(prepared):
-                    return
-            self._put(_DONE)
-        except BaseException as exc:  # handed to the consumer, which re-raises it
-            self._put(exc)
-
-    def __iter__(self) -> Iterator[Prepared]:
-        self.thread.start()
-        try:
-            while True:
-                item = self.queue.get()
-                if item is _DONE:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            self.stop.set()
-            self.thread.join(timeout=30)
+def prepared_batches(src: Source, checker: Checker, batch_size: int) -> Iterator[Prepared]:
+    """The input's batches, checked (and embedded where they have no vectors), in order."""
+    offset = 0
+    for batch in src.iter_batches(batch_size):
+        yield checker.prepare(batch, offset)
+        offset += batch.num_rows
 
 
 # --------------------------------------------------------------------------- load
@@ -642,7 +600,9 @@ def load(
                 write_target = pgcopy.Target(write_table, ("_row", *target.columns), ("int8", *target.types))
 
             bar = make_bar(src.num_rows, f"load {table}", enabled=progress)
-            producer = Producer(src.iter_batches(batch_size), checker)
+            # Checking and embedding run a thread ahead of the writes, two batches deep: the
+            # bound keeps memory independent of the input's size, the thread overlaps the work.
+            producer = prefetch(prepared_batches(src, checker, batch_size), depth=2)
 
             def rows() -> Iterator[tuple]:
                 for prepared in producer:
