@@ -181,20 +181,17 @@ def text_copy(path: Path) -> float:
     return time.perf_counter() - start
 
 
-def command(*args: str, code: str | None = None) -> tuple[float, dict, int]:
-    """Run manage.py (or python -c code) in a child; return wall seconds, its JSON summary, peak RSS (KiB)."""
+def command(*args: str, code: str | None = None) -> tuple[float, dict]:
+    """Run manage.py (or python -c code) in a child; return wall seconds and its JSON summary (last line)."""
     argv = (
         [sys.executable, "-c", code] if code else [sys.executable, str(ROOT / "manage.py"), *args, "--json"]
     )
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out, err = proc.communicate()
+    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
     seconds = time.perf_counter() - start
-    # ru_maxrss of the child alone: wait4 was done by communicate, so read it from /proc-free resource data.
-    if proc.returncode:
-        raise SystemExit(f"{' '.join(argv[:4])} failed:\n{err[-3000:]}")
-    lines = out.strip().splitlines()
-    return seconds, json.loads(lines[-1]), 0
+    if result.returncode:
+        raise SystemExit(f"{' '.join(argv[:4])} failed:\n{result.stderr[-3000:]}")
+    return seconds, json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def peak_rss(args: list[str]) -> tuple[int, str]:
@@ -221,6 +218,12 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--skip-memory", action="store_true", help="skip the 1,000,000-row memory run")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=("copy", "first", "workers", "embed", "overlap", "memory"),
+        help="run only these comparisons",
+    )
     args = parser.parse_args()
     n_copy, n_first, n_pop, n_slow = (
         (20_000, 5_000, 5_000, 5_000) if args.quick else (100_000, 50_000, 50_000, 20_000)
@@ -233,122 +236,132 @@ def main() -> None:
     indexes = Indexes()
     print(f"database {os.environ['DATABASE_URL']}; work files in {work}", flush=True)
 
+    def want(section: str) -> bool:
+        return not args.only or section in args.only
+
     # 1. The COPY path alone, into the table without its vector index.
     big = make_parquet(work / "copy.parquet", n_copy, seed=1)
-    indexes.reset(with_vector=False)
-    report = ingest.load(big, index_strategy="keep", progress=False)
-    ours = report.rows / report.seconds
-    indexes.reset(with_vector=False)
-    raw = n_copy / raw_binary_copy(big)
-    line(
-        f"bulk_copy / raw binary COPY ({n_copy:,} rows, no vector index)",
-        ours / raw,
-        ">= 0.9",
-        ours / raw >= 0.9,
-        f"{ours:,.0f} vs {raw:,.0f} rows/s",
-    )
-    slow = make_parquet(work / "slow.parquet", n_slow, seed=2)
-    indexes.reset(with_vector=False)
-    report = ingest.load(slow, index_strategy="keep", method="insert", progress=False)
-    insert = report.rows / report.seconds
-    indexes.reset(with_vector=False)
-    text = n_slow / text_copy(slow)
-    line(
-        f"bulk_copy / --method insert ({n_slow:,} rows)",
-        ours / insert,
-        "report",
-        True,
-        f"{ours:,.0f} vs {insert:,.0f} rows/s",
-    )
-    line(
-        f"bulk_copy / text-format COPY, notebook's pg_copy ({n_slow:,})",
-        ours / text,
-        "report",
-        True,
-        f"{ours:,.0f} vs {text:,.0f} rows/s",
-    )
+    if want("copy"):
+        indexes.reset(with_vector=False)
+        report = ingest.load(big, index_strategy="keep", progress=False)
+        ours = report.rows / report.seconds
+        indexes.reset(with_vector=False)
+        raw = n_copy / raw_binary_copy(big)
+        line(
+            f"bulk_copy / raw binary COPY ({n_copy:,} rows, no vector index)",
+            ours / raw,
+            ">= 0.9",
+            ours / raw >= 0.9,
+            f"{ours:,.0f} vs {raw:,.0f} rows/s",
+        )
+        slow = make_parquet(work / "slow.parquet", n_slow, seed=2)
+        indexes.reset(with_vector=False)
+        report = ingest.load(slow, index_strategy="keep", method="insert", progress=False)
+        insert = report.rows / report.seconds
+        indexes.reset(with_vector=False)
+        text = n_slow / text_copy(slow)
+        line(
+            f"bulk_copy / --method insert ({n_slow:,} rows)",
+            ours / insert,
+            "report",
+            True,
+            f"{ours:,.0f} vs {insert:,.0f} rows/s",
+        )
+        line(
+            f"bulk_copy / text-format COPY, notebook's pg_copy ({n_slow:,})",
+            ours / text,
+            "report",
+            True,
+            f"{ours:,.0f} vs {text:,.0f} rows/s",
+        )
 
     # 2. A first load into the empty, indexed table: the whole command, against raw COPY with the index
-    #    in place, and raw COPY followed by building the same indexes by hand.
-    first = make_parquet(work / "first.parquet", n_first, seed=3)
-    indexes.reset(with_vector=True)
-    cmd_seconds, summary, _ = command("bulk_copy", str(first))
-    assert summary["index_strategy"] == "rebuild", summary
-    indexes.reset(with_vector=True)
-    raw_indexed = raw_binary_copy(first)
-    indexes.reset(with_vector=True)
-    for index in indexes.all:
-        sql(f'DROP INDEX "{index.name}"')
-    raw_then_build = raw_binary_copy(first, build=indexes.all)
-    line(
-        f"raw COPY into indexed table / bulk_copy command ({n_first:,})",
-        raw_indexed / cmd_seconds,
-        ">= 5",
-        raw_indexed / cmd_seconds >= 5,
-        f"{raw_indexed:.1f} s vs {cmd_seconds:.1f} s",
-    )
-    line(
-        "bulk_copy command / raw COPY then indexes by hand",
-        cmd_seconds / raw_then_build,
-        "<= 1.15",
-        cmd_seconds / raw_then_build <= 1.15,
-        f"{cmd_seconds:.1f} s vs {raw_then_build:.1f} s "
-        f"(command start-up included; in-process load {summary['seconds']:.1f} s)",
-    )
+    if want("first"):
+        #    in place, and raw COPY followed by building the same indexes by hand.
+        first = make_parquet(work / "first.parquet", n_first, seed=3)
+        indexes.reset(with_vector=True)
+        cmd_seconds, summary = command("bulk_copy", str(first))
+        assert summary["index_strategy"] == "rebuild", summary
+        indexes.reset(with_vector=True)
+        raw_indexed = raw_binary_copy(first)
+        indexes.reset(with_vector=True)
+        for index in indexes.all:
+            sql(f'DROP INDEX "{index.name}"')
+        raw_then_build = raw_binary_copy(first, build=indexes.all)
+        line(
+            f"raw COPY into indexed table / bulk_copy command ({n_first:,})",
+            raw_indexed / cmd_seconds,
+            ">= 5",
+            raw_indexed / cmd_seconds >= 5,
+            f"{raw_indexed:.1f} s vs {cmd_seconds:.1f} s",
+        )
+        line(
+            "bulk_copy command / raw COPY then indexes by hand",
+            cmd_seconds / raw_then_build,
+            "<= 1.15",
+            cmd_seconds / raw_then_build <= 1.15,
+            f"{cmd_seconds:.1f} s vs {raw_then_build:.1f} s "
+            f"(command start-up included; in-process load {summary['seconds']:.1f} s)",
+        )
 
     # 3. A load into a populated, indexed table: two COPY streams against one.
-    pop = [make_parquet(work / f"pop{w}.parquet", n_pop, seed=10 + w) for w in (1, 2)]
-    timings = {}
-    for workers, path in zip((1, 2), pop, strict=True):
-        report = ingest.load(path, index_strategy="keep", workers=workers, progress=False)
-        assert report.workers == workers, report
-        timings[workers] = report.seconds
-    speedup = timings[1] / timings[2]
-    line(
-        f"--workers 2 / --workers 1 into a populated table ({n_pop:,})",
-        speedup,
-        ">= 1.5",
-        speedup >= 1.5,
-        f"{n_pop / timings[2]:,.0f} vs {n_pop / timings[1]:,.0f} rows/s",
-    )
+    if want("workers"):
+        pop = [make_parquet(work / f"pop{w}.parquet", n_pop, seed=10 + w) for w in (1, 2)]
+        timings = {}
+        for workers, path in zip((1, 2), pop, strict=True):
+            report = ingest.load(path, index_strategy="keep", workers=workers, progress=False)
+            assert report.workers == workers, report
+            timings[workers] = report.seconds
+        speedup = timings[1] / timings[2]
+        line(
+            f"--workers 2 / --workers 1 into a populated table ({n_pop:,})",
+            speedup,
+            ">= 1.5",
+            speedup >= 1.5,
+            f"{n_pop / timings[2]:,.0f} vs {n_pop / timings[1]:,.0f} rows/s",
+        )
 
     # 4. embed_parquet against SentenceTransformer.encode on the same texts and batch size.
     texts_path = make_parquet(work / "texts.parquet", 256 if args.quick else 768, seed=4, with_vectors=False)
     embedder = Embedder(batch_size=64)
     texts = pq.read_table(texts_path).column("text").to_pylist()
-    embedder.model.encode(texts[:64], batch_size=64)  # warm-up
-    start = time.perf_counter()
-    embedder.model.encode(texts, batch_size=64, normalize_embeddings=True)
-    direct = len(texts) / (time.perf_counter() - start)
-    report = ingest.embed_parquet(texts_path, work / "embedded.parquet", embedder=embedder, progress=False)
-    line(
-        f"embed_parquet / SentenceTransformer.encode ({len(texts)} texts)",
-        report.texts_per_s / direct,
-        ">= 0.95",
-        report.texts_per_s / direct >= 0.95,
-        f"{report.texts_per_s:,.1f} vs {direct:,.1f} texts/s on cpu",
-    )
+    if want("embed"):
+        embedder.model.encode(texts[:64], batch_size=64)  # warm-up
+        start = time.perf_counter()
+        embedder.model.encode(texts, batch_size=64, normalize_embeddings=True)
+        direct = len(texts) / (time.perf_counter() - start)
+        report = ingest.embed_parquet(
+            texts_path, work / "embedded.parquet", embedder=embedder, progress=False
+        )
+        line(
+            f"embed_parquet / SentenceTransformer.encode ({len(texts)} texts)",
+            report.texts_per_s / direct,
+            ">= 0.95",
+            report.texts_per_s / direct >= 0.95,
+            f"{report.texts_per_s:,.1f} vs {direct:,.1f} texts/s on cpu",
+        )
 
     # 5. Embed-and-load against embedding alone plus loading alone.
-    indexes.reset(with_vector=True)
-    both = ingest.load(texts_path, embedder=embedder, index_strategy="rebuild", progress=False).seconds
-    embed_alone = ingest.embed_parquet(
-        texts_path, work / "embedded2.parquet", embedder=embedder, progress=False
-    )
-    indexes.reset(with_vector=True)
-    load_alone = ingest.load(work / "embedded2.parquet", index_strategy="rebuild", progress=False).seconds
-    parts = embed_alone.seconds + load_alone
-    line(
-        "embed-and-load / (embed alone + load alone)",
-        both / parts,
-        "<= 0.75",
-        both / parts <= 0.75,
-        f"{both:.1f} s vs {embed_alone.seconds:.1f} + {load_alone:.2f} s; best possible "
-        f"max/sum = {max(embed_alone.seconds, load_alone) / parts:.2f}",
-    )
+    if want("overlap"):
+        indexes.reset(with_vector=True)
+        both = ingest.load(texts_path, embedder=embedder, index_strategy="rebuild", progress=False).seconds
+        embed_alone = ingest.embed_parquet(
+            texts_path, work / "embedded2.parquet", embedder=embedder, progress=False
+        )
+        indexes.reset(with_vector=True)
+        load_alone = ingest.load(work / "embedded2.parquet", index_strategy="rebuild", progress=False).seconds
+        parts = embed_alone.seconds + load_alone
+        line(
+            "embed-and-load / (embed alone + load alone)",
+            both / parts,
+            "<= 0.75",
+            both / parts <= 0.75,
+            f"{both:.1f} s vs {embed_alone.seconds:.1f} + {load_alone:.2f} s; best possible "
+            f"max/sum = {max(embed_alone.seconds, load_alone) / parts:.2f}",
+        )
 
     # 6. Peak memory: 1,000,000 precomputed rows against 100,000, and no torch import.
-    if not args.skip_memory:
+    if want("memory") and not args.skip_memory:
         small, large = (20_000, 200_000) if args.quick else (100_000, 1_000_000)
         mem = {}
         for n in (small, large):
@@ -371,7 +384,7 @@ def main() -> None:
             f"ingest.load({str(big)!r}, on_conflict='skip', progress=False);"
             "print(json.dumps({'torch': 'torch' in sys.modules}))"
         )
-        _, seen, _ = command(code="import json;" + probe)
+        _, seen = command(code="import json;" + probe)
         line(
             "bulk_copy of precomputed vectors imports torch", float(seen["torch"]), "0", not seen["torch"], ""
         )

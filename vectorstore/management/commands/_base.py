@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand
 
 
 class ServiceCommand(BaseCommand):
@@ -16,11 +16,13 @@ class ServiceCommand(BaseCommand):
             "--json", action="store_true", help="print a one-line JSON summary as the last line"
         )
 
+    def execute(self, *args: Any, **options: Any) -> Any:
+        from vectorstore.parquet import use_system_allocator
+
+        use_system_allocator()  # bounded memory for long loads, see its docstring
+        return super().execute(*args, **options)
+
     def emit(self, summary: str, data: dict[str, Any], as_json: bool) -> None:
         self.stdout.write(summary)
         if as_json:
             self.stdout.write(json.dumps(data, default=str))
-
-    @staticmethod
-    def error(exc: Exception) -> CommandError:
-        return CommandError(str(exc))
