@@ -235,6 +235,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     indexes = Indexes()
     print(f"database {os.environ['DATABASE_URL']}; work files in {work}", flush=True)
+    if args.quick:
+        print("--quick: sizes too small for the goals to mean anything; a smoke run only", flush=True)
 
     def want(section: str) -> bool:
         return not args.only or section in args.only

@@ -89,8 +89,12 @@ def read_records(source: str | Path, count: int, seed: int = 0, id_prefix: str =
     """A random sample of count records from a parquet file (the notebook's random.sample)."""
     src = Source(source)
     src.require("text", "text")
-    table = src._file.read() if src._file is not None else src._table
-    rows = [r for r in table.to_pylist() if isinstance(r.get("text"), str) and r["text"].strip()]
+    rows = [
+        r
+        for batch in src.iter_batches(10_000)
+        for r in batch.to_pylist()
+        if isinstance(r.get("text"), str) and r["text"].strip()
+    ]
     if not rows:
         raise InputError(f"{src.name}: no rows with text")
     picked = random.Random(seed).sample(rows, min(count, len(rows)))

@@ -40,7 +40,10 @@ class Command(ServiceCommand):
             help="rebuild: drop indexes, load, build them; auto: rebuild when the load outsizes the table",
         )
         parser.add_argument(
-            "--workers", type=int, default=1, help="parallel COPY streams into a populated table"
+            "--workers",
+            type=int,
+            default=1,
+            help="parallel COPY streams into a populated table (not used when indexes are rebuilt)",
         )
         parser.add_argument("--rejects", help="where --on-error skip writes bad rows")
         parser.add_argument(
