@@ -750,7 +750,8 @@ def _merge_staging(
             conn.execute(
                 sql.SQL("DELETE FROM {} WHERE _row = ANY(%s)").format(st), [[r for r, _, _ in rejects]]
             )
-        if on_conflict != "error":
+        if on_conflict == "update":
+            # Counted before the upsert: rows whose id is stored now are the ones it will update.
             report.updated = conn.execute(
                 sql.SQL("SELECT count(*) FROM {} s JOIN {} t ON t.external_id = s.external_id").format(st, tb)
             ).fetchone()[0]
@@ -769,12 +770,9 @@ def _merge_staging(
         cursor.execute(insert)
         affected = cursor.rowcount
     if on_conflict == "skip":
+        # Whatever was not inserted was there already (or arrived from a concurrent load meanwhile).
         report.inserted = affected
-        report.skipped = report.updated  # rows that were there already
-        report.updated = 0
-        # A concurrent load may have stored some of ours since we counted: ON CONFLICT kept them once.
-        staged = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(st)).fetchone()[0]
-        report.skipped = staged - affected
+        report.skipped = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(st)).fetchone()[0] - affected
     elif on_conflict == "update":
         report.inserted = affected - report.updated
     else:
