@@ -1,13 +1,62 @@
-"""The app's REST API: a django-ninja Router that a site mounts (see vectorstore/urls.py)."""
+"""The app's REST API: a django-ninja Router that a site mounts (see vectorstore/urls.py).
+
+Reads are open; writes need a user with the document model's add/delete
+permission, authenticated by a Django session (with CSRF) or a bearer token
+from ``manage.py create_api_token``.
+"""
 
 from __future__ import annotations
 
-from django.db import DatabaseError
-from ninja import Router, Schema, Status
+import time
 
+import psycopg
+from django.db import DatabaseError, IntegrityError
+from django.http import HttpRequest
+from django.shortcuts import get_object_or_404
+from ninja import Query, Router, Schema, Status
+from ninja.errors import HttpError
+from ninja.security import HttpBearer, SessionAuth
+
+from vectorstore import conf, search
+from vectorstore.ingest import insert_documents
+from vectorstore.models import ApiToken
+from vectorstore.schemas import (
+    MAX_BATCH,
+    CreatedOut,
+    DocumentIn,
+    DocumentOut,
+    ErrorOut,
+    PageOut,
+    SearchIn,
+    SearchOut,
+)
 from vectorstore.status import server_status
 
 router = Router(tags=["vectorstore"])
+MAX_PAGE = 100
+
+
+class BearerToken(HttpBearer):
+    def authenticate(self, request: HttpRequest, token: str):
+        user = ApiToken.user_for(token)
+        if user is not None:
+            request.user = user
+        return user
+
+
+WRITE_AUTH = [BearerToken(), SessionAuth(csrf=True)]
+
+
+def _require(request: HttpRequest, action: str) -> None:
+    model = conf.document_model()
+    perm = f"{model._meta.app_label}.{action}_{model._meta.model_name}"
+    user = getattr(request, "auth", None) or request.user
+    if not user.has_perm(perm):
+        raise HttpError(403, f"permission {perm} is needed")
+
+
+def _field_error(exc: search.SearchError, where: str = "body") -> HttpError:
+    return HttpError(422, f"{exc.field}: {exc.message}")
 
 
 class HealthOut(Schema):
@@ -25,3 +74,160 @@ def health(request):
         return Status(200, {"status": "ok", **server_status()})
     except DatabaseError as exc:
         return Status(503, {"status": "unavailable", "error": str(exc).strip().splitlines()[0]})
+
+
+def _hit(hit: search.Hit) -> dict:
+    d = hit.document
+    return {
+        "id": d.pk,
+        "external_id": d.external_id,
+        "text": d.text,
+        "category": d.category,
+        "metadata": d.metadata,
+        "created_at": d.created_at,
+        "rank": hit.rank,
+        "score": hit.score,
+        "distance": hit.distance,
+    }
+
+
+@router.post(
+    "/search", response={200: SearchOut, 422: ErrorOut}, summary="Semantic, filtered or hybrid search"
+)
+def search_documents(request, payload: SearchIn):
+    """Nearest documents to a text (embedded server-side) or a vector; `mode` hybrid fuses full text."""
+    try:
+        result = search.search(
+            payload.query,
+            vector=payload.vector,
+            k=payload.k,
+            filters=payload.filters,
+            mode=payload.mode,
+            metric=payload.metric,
+            ef_search=payload.ef_search,
+            iterative_scan=payload.iterative_scan,
+        )
+    except search.SearchError as exc:
+        raise _field_error(exc) from exc
+    return {
+        "results": [_hit(h) for h in result.hits],
+        "took_ms": round(result.took_ms, 3),
+        "mode": result.mode,
+        "metric": result.metric,
+        "exact": result.exact,
+    }
+
+
+class ListParams(Schema):
+    category: str | None = None
+    external_id: str | None = None
+    created_after: str | None = None
+    created_before: str | None = None
+    limit: int = 20
+    offset: int = 0
+
+
+@router.get(
+    "/documents", response={200: PageOut, 422: ErrorOut}, summary="List documents, filtered and paged"
+)
+def list_documents(request, params: Query[ListParams]):
+    if not 1 <= params.limit <= MAX_PAGE:
+        raise HttpError(422, f"limit: must be from 1 to {MAX_PAGE}")
+    if params.offset < 0:
+        raise HttpError(422, "offset: must be 0 or more")
+    spec: dict = {}
+    if params.category is not None:
+        spec["category"] = params.category
+    if params.external_id is not None:
+        spec["external_id"] = params.external_id
+    created = {}
+    if params.created_after is not None:
+        created["$gte"] = params.created_after
+    if params.created_before is not None:
+        created["$lt"] = params.created_before
+    if created:
+        spec["created_at"] = created
+    try:
+        condition = search.build_filter(spec, where="query")
+    except search.SearchError as exc:
+        raise _field_error(exc) from exc
+    model = conf.document_model()
+    rows = list(
+        model._default_manager.filter(condition)
+        .order_by("pk")
+        .defer("embedding", "search_vector")[params.offset : params.offset + params.limit + 1]
+    )
+    more = len(rows) > params.limit
+    return {
+        "items": rows[: params.limit],
+        "limit": params.limit,
+        "offset": params.offset,
+        "next_offset": params.offset + params.limit if more else None,
+    }
+
+
+@router.get("/documents/{int:doc_id}", response={200: DocumentOut, 404: ErrorOut}, summary="One document")
+def get_document(request, doc_id: int):
+    model = conf.document_model()
+    return get_object_or_404(model._default_manager.defer("embedding", "search_vector"), pk=doc_id)
+
+
+@router.get(
+    "/documents/{int:doc_id}/similar",
+    response={200: SearchOut, 404: ErrorOut, 422: ErrorOut},
+    summary="Documents nearest to a stored one",
+)
+def similar_documents(request, doc_id: int, k: int = 10):
+    model = conf.document_model()
+    document = get_object_or_404(model._default_manager.all(), pk=doc_id)
+    try:
+        result = search.similar(document, k=k)
+    except search.SearchError as exc:
+        raise _field_error(exc) from exc
+    return {
+        "results": [_hit(h) for h in result.hits],
+        "took_ms": round(result.took_ms, 3),
+        "mode": result.mode,
+        "metric": result.metric,
+        "exact": result.exact,
+    }
+
+
+@router.post(
+    "/documents",
+    auth=WRITE_AUTH,
+    response={201: CreatedOut, 403: ErrorOut, 409: ErrorOut, 422: ErrorOut},
+    summary="Add documents (embedded server-side, written with COPY)",
+)
+def create_documents(request, payload: list[DocumentIn] | DocumentIn):
+    """One document or a list of up to 1,000: embedded in one batch, written in one COPY, all or none."""
+    _require(request, "add")
+    items = payload if isinstance(payload, list) else [payload]
+    if not items:
+        raise HttpError(422, "body: give at least one document")
+    if len(items) > MAX_BATCH:
+        raise HttpError(422, f"body: at most {MAX_BATCH} documents per request")
+    ids = [i.external_id for i in items if i.external_id is not None]
+    if len(ids) != len(set(ids)):
+        raise HttpError(422, "external_id: the same id twice in one request")
+    started = time.perf_counter()
+    try:
+        created = insert_documents([i.dict() for i in items])
+    except (IntegrityError, psycopg.errors.UniqueViolation) as exc:
+        raise HttpError(409, f"external_id: already stored ({str(exc).splitlines()[-1].strip()})") from exc
+    return Status(201, {"ids": created, "took_ms": round((time.perf_counter() - started) * 1000, 3)})
+
+
+@router.delete(
+    "/documents/{int:doc_id}",
+    auth=WRITE_AUTH,
+    response={204: None, 403: ErrorOut, 404: ErrorOut},
+    summary="Delete",
+)
+def delete_document(request, doc_id: int):
+    _require(request, "delete")
+    model = conf.document_model()
+    deleted, _ = model._default_manager.filter(pk=doc_id).delete()
+    if not deleted:
+        raise HttpError(404, f"no document {doc_id}")
+    return Status(204, None)

@@ -915,3 +915,54 @@ def embed_parquet(
     report.seconds = time.perf_counter() - started
     report.texts_per_s = report.embedded / report.seconds if report.seconds else 0.0
     return report
+
+
+# --------------------------------------------------------------------------- API writes
+
+
+def insert_documents(
+    items: Sequence[dict[str, Any]],
+    *,
+    model: type[models.Model] | None = None,
+    embedder: Embedder | None = None,
+    using: str = "default",
+) -> list[int]:
+    """Embed the items' texts in one batch and write them with one binary COPY; return their ids in order.
+
+    The ids are drawn from the table's sequence first, so that COPY (which returns
+    nothing) can write them and the caller still learns them. One transaction:
+    an id already stored fails the whole call with IntegrityError.
+    """
+    from vectorstore.embedding import Embedder
+
+    model = model or conf.document_model()
+    table = model._meta.db_table
+    dims = model._meta.get_field("embedding").dimensions
+    embedder = embedder or Embedder(dimensions=dims)
+    vectors = embedder.encode([item["text"] for item in items])
+    now = timezone.now()
+    with transaction.atomic(using=using):
+        conn = pgcopy.django_connection(using)
+        ids = [
+            row[0]
+            for row in conn.execute(
+                "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)",
+                [sql.Identifier(table).as_string(conn), len(items)],
+            )
+        ]
+        columns = ("id", "external_id", "text", "embedding", "category", "metadata", "created_at")
+        target = pgcopy.Target.introspect(conn, table, columns)
+        rows = (
+            (
+                pk,
+                item.get("external_id"),
+                item["text"],
+                vector,
+                item.get("category") or "",
+                pgcopy.jsonb(item.get("metadata") or {}),
+                item.get("created_at") or now,
+            )
+            for pk, item, vector in zip(ids, items, pgcopy.encode_vectors(vectors), strict=True)
+        )
+        pgcopy.copy_rows(conn, target, rows)
+    return ids

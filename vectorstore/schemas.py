@@ -1,0 +1,84 @@
+"""django-ninja schemas of the REST API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from ninja import Field, Schema
+from ninja.orm import register_field
+
+from vectorstore import search
+
+# pgvector's VectorField reads as a list of floats wherever ninja builds a schema from a model.
+register_field("VectorField", list[float])
+
+Mode = Literal["vector", "hybrid", "text"]
+Metric = Literal["cosine", "l2", "inner_product"]
+IterativeScan = Literal["off", "strict_order", "relaxed_order"]
+MAX_TEXT = 100_000
+MAX_DIMENSIONS = 16_000  # pgvector's limit: a longer vector is refused before it is even checked
+MAX_BATCH = 1000
+
+
+class SearchIn(Schema):
+    query: str | None = Field(None, max_length=search.MAX_QUERY_CHARS, description="text to search for")
+    vector: list[float] | None = Field(None, max_length=MAX_DIMENSIONS, description="or a query vector")
+    k: int = Field(10, ge=1, le=search.MAX_K)
+    filters: dict[str, Any] | None = Field(
+        None,
+        description="category, external_id, created_at, id, or any metadata key; operators "
+        "$eq $ne $in $nin $lt $lte $gt $gte $exists $and $or",
+        examples=[{"category": "Whig", "year": {"$lt": 1850}}],
+    )
+    mode: Mode = "vector"
+    metric: Metric | None = None
+    ef_search: int | None = Field(None, ge=1, le=1000)
+    iterative_scan: IterativeScan | None = None
+
+
+class DocumentOut(Schema):
+    id: int
+    external_id: str | None
+    text: str
+    category: str
+    metadata: dict[str, Any]
+    created_at: datetime
+
+
+class HitOut(DocumentOut):
+    rank: int
+    score: float
+    distance: float | None
+
+
+class SearchOut(Schema):
+    results: list[HitOut]
+    took_ms: float
+    mode: Mode
+    metric: Metric
+    exact: bool = Field(description="answered by an exact scan after the index came back short")
+
+
+class DocumentIn(Schema):
+    text: str = Field(min_length=1, max_length=MAX_TEXT)
+    external_id: str | None = Field(None, min_length=1, max_length=255)
+    category: str = Field("", max_length=255)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime | None = None
+
+
+class CreatedOut(Schema):
+    ids: list[int]
+    took_ms: float
+
+
+class PageOut(Schema):
+    items: list[DocumentOut]
+    limit: int
+    offset: int
+    next_offset: int | None
+
+
+class ErrorOut(Schema):
+    detail: str | list[dict[str, Any]]
