@@ -1,33 +1,140 @@
-"""Document admin.
+"""Document admin: semantic search in the change list, a readable vector, similar documents, re-embedding.
 
-The vector column is kept out of forms: it would render as a text box of thousands of numbers.
+``DocumentAdmin`` works for any subclass of ``AbstractDocument``:
+``admin.site.register(MyDocument, DocumentAdmin)``.
 """
 
-from django.contrib import admin
+from __future__ import annotations
 
+import numpy as np
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
+
+from vectorstore import search
 from vectorstore.models import Document
+
+SEMANTIC_RESULTS = 200  # how many nearest documents a semantic search in the change list shows
+
+
+class SearchModeFilter(admin.SimpleListFilter):
+    """Chooses what the search box does: semantic (by meaning, the default) or plain text."""
+
+    title = "search mode"
+    parameter_name = "search_mode"
+
+    def lookups(self, request, model_admin):
+        return [("semantic", "Semantic (by meaning)"), ("text", "Plain text")]
+
+    def choices(self, changelist):
+        current = self.value() or "semantic"
+        for value, label in self.lookup_choices:
+            yield {
+                "selected": current == value,
+                "query_string": changelist.get_query_string({self.parameter_name: value}),
+                "display": label,
+            }
+
+    def queryset(self, request, queryset):
+        return queryset  # the mode is read by get_search_results
+
+
+def _embed(texts: list[str], model) -> np.ndarray:
+    from vectorstore.embedding import Embedder
+
+    return Embedder(dimensions=model._meta.get_field("embedding").dimensions).encode(texts)
 
 
 class DocumentAdmin(admin.ModelAdmin):
-    """Reusable for a host site's own subclass of AbstractDocument."""
-
-    list_display = ("id", "external_id", "short_text", "category", "created_at")
-    list_filter = ("category", "created_at")
-    search_fields = ("external_id", "text")
+    list_display = ("id", "external_id", "short_text", "category", "created_at", "distance_shown")
+    list_filter = (SearchModeFilter, "category", "created_at")
+    search_fields = ("text", "external_id")
+    search_help_text = "Searches by meaning, nearest first (choose 'plain text' on the right for words)."
     date_hierarchy = "created_at"
     exclude = ("embedding",)
-    # The text stays read-only until the admin can re-embed on save: an edited
-    # text with its old vector would be found by the wrong queries.
-    readonly_fields = ("text", "search_vector")
+    readonly_fields = ("vector_summary", "similar_documents")
     show_full_result_count = False  # count(*) on a large table on every page is slow
+    actions = ["reembed"]
 
     @admin.display(description="text")
     def short_text(self, obj) -> str:
         return obj.text if len(obj.text) <= 80 else obj.text[:79] + "…"
 
-    def has_add_permission(self, request) -> bool:
-        # Adding needs an embedding, which the admin cannot compute yet.
-        return False
+    @admin.display(description="distance")
+    def distance_shown(self, obj) -> str:
+        distance = getattr(obj, "distance", None)
+        return "" if distance is None else f"{distance:.4f}"
+
+    def _semantic(self, request: HttpRequest, search_term: str) -> bool:
+        return bool(search_term) and request.GET.get(SearchModeFilter.parameter_name, "semantic") != "text"
+
+    def get_search_results(self, request, queryset: QuerySet, search_term: str):
+        if not self._semantic(request, search_term):
+            return super().get_search_results(request, queryset, search_term)
+        try:
+            result = search.search(search_term, k=SEMANTIC_RESULTS, queryset=queryset)
+        except search.SearchError as exc:
+            messages.warning(request, f"Semantic search: {exc}; showing a plain text search instead.")
+            return super().get_search_results(request, queryset, search_term)
+        vector = search.embed_query(search_term, self.model._meta.get_field("embedding").dimensions)
+        ids = [hit.document.pk for hit in result.hits]
+        ranked = queryset.filter(pk__in=ids).annotate(
+            distance=search.distance_expression(result.metric, vector)
+        )
+        # The change list orders before it searches: put the nearest first here.
+        return ranked.order_by("distance", "pk"), False
+
+    @admin.display(description="vector")
+    def vector_summary(self, obj) -> str:
+        if obj is None or obj.embedding is None:
+            return "none yet: it is computed from the text when you save"
+        vector = np.asarray(obj.embedding, dtype=np.float32)
+        first = ", ".join(f"{v:+.4f}" for v in vector[:8])
+        # format_html escapes its arguments into strings first, so numbers are formatted here.
+        norm = f"{float(np.linalg.norm(vector)):.4f}"
+        return format_html("{} dimensions, norm {}<br><code>[{}, …]</code>", len(vector), norm, first)
+
+    @admin.display(description="similar documents")
+    def similar_documents(self, obj) -> str:
+        if obj is None or obj.pk is None or obj.embedding is None:
+            return "-"
+        hits = search.similar(obj, k=5, queryset=self.model._default_manager.all()).hits
+        if not hits:
+            return "-"
+        opts = self.model._meta
+        return format_html(
+            "<ol class='vectorstore-similar'>{}</ol>",
+            format_html_join(
+                "",
+                "<li><a href='{}'>{}</a> <span class='quiet'>(distance {})</span></li>",
+                (
+                    (
+                        reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[h.document.pk]),
+                        str(h.document),
+                        f"{h.distance:.4f}",
+                    )
+                    for h in hits
+                ),
+            ),
+        )
+
+    def save_model(self, request, obj, form, change) -> None:
+        # A changed text with its old vector would be found by the wrong queries: embed it again.
+        if not change or "text" in form.changed_data or obj.embedding is None:
+            obj.embedding = _embed([obj.text], self.model)[0]
+        super().save_model(request, obj, form, change)
+
+    @admin.action(description="Re-embed the selected documents")
+    def reembed(self, request, queryset) -> None:
+        docs = list(queryset.only("pk", "text"))
+        for start in range(0, len(docs), 256):
+            chunk = docs[start : start + 256]
+            for doc, vector in zip(chunk, _embed([d.text for d in chunk], self.model), strict=True):
+                doc.embedding = vector
+            self.model._default_manager.bulk_update(chunk, ["embedding"])
+        self.message_user(request, f"Re-embedded {len(docs)} documents.", messages.SUCCESS)
 
 
 admin.site.register(Document, DocumentAdmin)

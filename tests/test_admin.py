@@ -1,0 +1,83 @@
+"""The Document admin with the real model: semantic search, vector summary, similar documents, re-embed."""
+
+import re
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import ROOT
+from vectorstore import ingest
+from vectorstore.embedding import Embedder
+from vectorstore.models import Document
+
+pytestmark = pytest.mark.django_db
+CHANGELIST = "/admin/vectorstore/document/"
+
+
+@pytest.fixture
+def passages():
+    ingest.load(pq.read_table(ROOT / "fixtures" / "sotu.parquet").slice(300, 60), progress=False)
+    return Document.objects.order_by("pk")
+
+
+def _row_ids(html: str) -> list[int]:
+    return [int(i) for i in re.findall(r'name="_selected_action" value="(\d+)"', html)]
+
+
+def test_semantic_search_ranks_by_distance(admin_client, passages):
+    target = passages[17]
+    response = admin_client.get(CHANGELIST, {"q": target.text[:150]})
+    html = response.content.decode()
+    assert response.status_code == 200
+    ids = _row_ids(html)
+    assert ids[0] == target.pk
+    distances = [float(d) for d in re.findall(r'<td class="field-distance_shown">([0-9.]+)</td>', html)]
+    assert distances == sorted(distances) and len(distances) == len(ids)
+
+
+def test_plain_text_search_on_request(admin_client, passages):
+    word = "Congress"
+    response = admin_client.get(CHANGELIST, {"q": word, "search_mode": "text"})
+    ids = _row_ids(response.content.decode())
+    assert ids and set(ids) == set(passages.filter(text__icontains=word).values_list("pk", flat=True))
+    assert re.findall(r'field-distance_shown">([0-9.]+)<', response.content.decode()) == []  # no ranking
+
+
+def test_change_page_summarises_the_vector_and_links_similar_documents(admin_client, passages):
+    doc = passages[3]
+    html = admin_client.get(f"{CHANGELIST}{doc.pk}/change/").content.decode()
+    assert "384 dimensions, norm 1.0000" in html
+    assert 'name="embedding"' not in html
+    links = re.findall(r"href='/admin/vectorstore/document/(\d+)/change/'", html)
+    assert len(links) == 5 and str(doc.pk) not in links
+
+
+def test_saving_changed_text_re_embeds(admin_client, passages):
+    doc = passages[5]
+    new_text = "Railroads will soon cross the whole continent from ocean to ocean."
+    response = admin_client.post(
+        f"{CHANGELIST}{doc.pk}/change/",
+        {
+            "text": new_text,
+            "external_id": doc.external_id,
+            "category": doc.category,
+            "metadata": "{}",
+            "created_at_0": "2020-01-01",
+            "created_at_1": "00:00:00",
+        },
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    doc.refresh_from_db()
+    assert doc.text == new_text
+    assert np.allclose(np.asarray(doc.embedding), Embedder().encode([new_text])[0], atol=1e-5)
+
+
+def test_reembed_action(admin_client, passages):
+    chosen = list(passages[:3])
+    Document.objects.filter(pk__in=[d.pk for d in chosen]).update(embedding=[0.5] * 384)
+    admin_client.post(CHANGELIST, {"action": "reembed", "_selected_action": [d.pk for d in chosen]})
+    expected = Embedder().encode([d.text for d in chosen])
+    for doc, vector in zip(chosen, expected, strict=True):
+        doc.refresh_from_db()
+        assert np.allclose(np.asarray(doc.embedding), vector, atol=1e-5)
