@@ -66,8 +66,10 @@ def test_admin_semantic_search_and_similar_documents(live_server, admin_user, mo
         similar = page.locator("ol.vectorstore-similar a")
         expect(similar).to_have_count(5)
         first_similar = similar.first.inner_text()
+        href = similar.first.get_attribute("href")
         similar.first.click()
-        expect(page.locator("h2")).to_contain_text(first_similar.split(":")[0])
+        expect(page).to_have_url(f"{live_server.url}{href}")
+        expect(page.locator("#id_external_id")).to_have_value(first_similar.split(":")[0])
         assert f"/{target.pk}/change/" not in page.url
         page.screenshot(path=str(ARTIFACTS / "admin-similar-document.png"), full_page=True)
         browser.close()
