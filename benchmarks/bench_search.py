@@ -1,0 +1,254 @@
+"""Search benchmark on 50,673 real passages: recall against exact search, and API latency against raw psycopg.
+
+    .venv/bin/python benchmarks/bench_search.py
+
+The corpus is benchmarks/data/sotu-passages-200.parquet (the State of the Union
+addresses cut into passages of at most 200 characters, fixtures/build_sotu.py
+--per-address 0 --max-chars 200). Its embeddings are computed once with the
+bundled model and cached in benchmarks/.cache/ (about 10 minutes on 2 cores).
+Queries are 200 passages of fixtures/sotu.parquet, cut differently, so no query
+is a stored text. The benchmark works in its own database, created afresh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+CORPUS = ROOT / "benchmarks" / "data" / "sotu-passages-200.parquet"
+CACHE = ROOT / "benchmarks" / ".cache" / "sotu-passages-200.embedded.parquet"
+RAW_SQL = (
+    "SELECT id, external_id, text, category, metadata, created_at, embedding <=> %s AS distance"
+    " FROM vectorstore_document ORDER BY embedding <=> %s LIMIT %s"
+)
+
+
+def setup_database() -> str:
+    import psycopg
+
+    from project.db import embedded_url
+
+    base = os.environ.get("DATABASE_URL") or embedded_url()
+    parts = urlsplit(base)
+    name = parts.path.lstrip("/") + "_searchbench"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = urlunsplit(parts._replace(path=f"/{name}"))
+    os.environ["DATABASE_URL"] = url
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    return url
+
+
+def pct(values: list[float]) -> tuple[float, float]:
+    return float(np.percentile(values, 50)), float(np.percentile(values, 99))
+
+
+def exact_top(conn, vector: np.ndarray, k: int, where: str = "", params: tuple = ()) -> list[int]:
+    with conn.transaction():
+        conn.execute("SET LOCAL enable_indexscan = off")
+        rows = conn.execute(
+            f"SELECT id FROM vectorstore_document {where} ORDER BY embedding <=> %s LIMIT %s",
+            [*params, vector, k],
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def post(port: int, body: dict) -> float:
+    """One API request on a fresh connection (gunicorn's sync workers close each one); seconds taken."""
+    data = json.dumps(body)
+    start = time.perf_counter()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("POST", "/api/search", body=data, headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    payload = response.read()
+    elapsed = time.perf_counter() - start
+    conn.close()
+    if response.status != 200:
+        raise SystemExit(f"API answered {response.status}: {payload[:300]!r}")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--clients", type=int, default=8)
+    args = parser.parse_args()
+    if not CACHE.exists():
+        CACHE.parent.mkdir(parents=True, exist_ok=True)
+        print(f"embedding {CORPUS.name} once into {CACHE} ...", flush=True)
+        subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "manage.py"),
+                "embed_parquet",
+                str(CORPUS),
+                str(CACHE),
+                "--batch-size",
+                "128",
+            ],
+            check=True,
+        )
+    url = setup_database()
+    import psycopg
+    from pgvector.psycopg import register_vector
+
+    from vectorstore import ingest
+    from vectorstore.embedding import Embedder
+    from vectorstore.search import search
+
+    report = ingest.load(CACHE, progress=False)
+    print(f"loaded {report.rows:,} passages in {report.seconds:.1f} s (indexes {report.index_seconds:.1f} s)")
+    queries = pq.read_table(ROOT / "fixtures" / "sotu.parquet").column("text").to_pylist()
+    rng = np.random.default_rng(0)
+    texts = [queries[i] for i in rng.choice(len(queries), args.queries, replace=False)]
+    embedder = Embedder()
+    vectors = embedder.encode(texts)
+
+    conn = psycopg.connect(url, autocommit=True)
+    register_vector(conn)
+
+    # Recall@10 of the default settings against exact search.
+    recalls = []
+    for v in vectors:
+        truth = set(exact_top(conn, v, 10))
+        got = {h.document.pk for h in search(vector=v, k=10).hits}
+        recalls.append(len(truth & got) / 10)
+    print(
+        f"recall@10, default index settings, {len(vectors)} queries: {np.mean(recalls):.3f}  (goal >= 0.95)"
+    )
+
+    # The same under a 1%-selective metadata filter: one President's passages.
+    counts = conn.execute(
+        "SELECT metadata->>'president', count(*) FROM vectorstore_document"
+        " GROUP BY 1 ORDER BY abs(count(*) - %s)",
+        [report.rows // 100],
+    ).fetchall()
+    president, matching = counts[0]
+    filt = {"president": president}
+    recalls, short = [], 0
+    for v in vectors:
+        truth = set(exact_top(conn, v, 10, "WHERE metadata->>'president' = %s", (president,)))
+        hits = search(vector=v, k=10, filters=filt).hits
+        short += len(hits) < 10
+        recalls.append(len(truth & {h.document.pk for h in hits}) / 10)
+    print(
+        f"recall@10 with a {matching / report.rows:.1%} filter ({president}, {matching} rows): "
+        f"{np.mean(recalls):.3f}, short answers {short}/{len(vectors)}  (goal >= 0.90, none short)"
+    )
+
+    # API latency against the same query in raw psycopg, one client.
+    port = 8765
+    env = {**os.environ, "DATABASE_URL": url, "DJANGO_DEBUG": "0"}
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "project.wsgi:application",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "2",
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
+    )
+    try:
+        for _ in range(100):
+            try:
+                post(port, {"vector": vectors[0].tolist(), "k": 10})
+                break
+            except OSError:
+                time.sleep(0.2)
+        for v in vectors[:20]:  # warm both workers
+            post(port, {"vector": v.tolist(), "k": 10})
+        for t in texts[:4]:
+            post(port, {"query": t, "k": 10})
+
+        def raw(v: np.ndarray, c=conn) -> float:
+            start = time.perf_counter()
+            with c.transaction():
+                c.execute("SET LOCAL hnsw.ef_search = 40")
+                c.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+                c.execute(RAW_SQL, [v, v, 10]).fetchall()
+            return time.perf_counter() - start
+
+        api_ms = [post(port, {"vector": v.tolist(), "k": 10}) * 1000 for v in vectors]
+        raw_ms = [raw(v) * 1000 for v in vectors]
+        (a50, a99), (r50, r99) = pct(api_ms), pct(raw_ms)
+        print(
+            f"vector query latency: API p50 {a50:.2f} ms, p99 {a99:.2f} ms; raw psycopg p50 {r50:.2f} ms, "
+            f"p99 {r99:.2f} ms; p50 overhead {a50 - r50:.2f} ms  (goal <= 3 ms)"
+        )
+
+        def raw_text(t: str) -> float:
+            start = time.perf_counter()
+            v = embedder.model.encode([t], normalize_embeddings=True)[0]
+            raw(v)
+            return time.perf_counter() - start  # embedding included
+
+        unique = [f"{t} ({i})" for i, t in enumerate(texts)]  # unique strings: no cache hits
+        api_text = [post(port, {"query": t, "k": 10}) * 1000 for t in unique[: len(unique) // 2]]
+        raw_text_ms = [raw_text(t) * 1000 for t in unique[len(unique) // 2 :]]
+        (a50, a99), (r50, r99) = pct(api_text), pct(raw_text_ms)
+        print(
+            f"text query latency (embedding included): API p50 {a50:.1f} ms, p99 {a99:.1f} ms; "
+            f"SentenceTransformer + raw psycopg p50 {r50:.1f} ms, p99 {r99:.1f} ms"
+        )
+
+        # Throughput with N concurrent clients.
+        n = len(vectors) * 2
+        work = [vectors[i % len(vectors)] for i in range(n)]
+        with ThreadPoolExecutor(args.clients) as pool:
+            start = time.perf_counter()
+            list(pool.map(lambda v: post(port, {"vector": v.tolist(), "k": 10}), work))
+            api_qps = n / (time.perf_counter() - start)
+        local = threading.local()
+
+        def raw_in_thread(v: np.ndarray) -> float:
+            if not hasattr(local, "conn"):  # one connection per client thread, as a pool would give
+                local.conn = psycopg.connect(url, autocommit=True)
+                register_vector(local.conn)
+            return raw(v, local.conn)
+
+        with ThreadPoolExecutor(args.clients) as pool:
+            list(pool.map(raw_in_thread, work[: args.clients]))  # open the connections first
+            start = time.perf_counter()
+            list(pool.map(raw_in_thread, work))
+        raw_qps = n / (time.perf_counter() - start)
+        print(
+            f"throughput, {args.clients} clients, {n} vector queries: API {api_qps:,.0f}/s, "
+            f"raw psycopg {raw_qps:,.0f}/s (ratio {api_qps / raw_qps:.2f})"
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    main()
