@@ -44,6 +44,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django.contrib.postgres",
+    # ninja as an app serves /api/docs' Swagger UI from our own static files, not from a CDN.
+    "ninja",
     "vectorstore",
     "project",
 ]

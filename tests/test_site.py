@@ -122,8 +122,10 @@ def test_production_server_serves_health_admin_and_static(clean_env):
         assert status == 200 and b"csrfmiddlewaretoken" in body
         status, body = _get(f"{base}/static/admin/css/base.css")
         assert status == 200 and len(body) > 1000
-        status, _ = _get(f"{base}/api/docs")
-        assert status == 200
+        status, body = _get(f"{base}/api/docs")
+        assert status == 200 and b"/static/ninja/swagger-ui-bundle.js" in body  # served here, not from a CDN
+        status, body = _get(f"{base}/static/ninja/swagger-ui-bundle.js")
+        assert status == 200 and len(body) > 100_000
     finally:
         server.terminate()
         server.wait(timeout=10)
