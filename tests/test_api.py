@@ -87,6 +87,8 @@ def test_search_by_text_hybrid_and_text_modes(api, docs):
         ({"query": "x", "filters": {"n": {"$regex": "a"}}}, "$regex"),
         ({"query": "x", "filters": {"created_at": {"$gt": "not a date"}}}, "created_at"),
         ({"query": "x", "mode": "fuzzy"}, "mode"),
+        ({"query": "x", "probes": 0}, "probes"),
+        ({"query": "x", "ef_search": 5000}, "ef_search"),
         ({"vector": [0.0] * 100_000}, "vector"),
         ({}, "query"),
     ],

@@ -106,6 +106,7 @@ def search_documents(request, payload: SearchIn):
             metric=payload.metric,
             ef_search=payload.ef_search,
             iterative_scan=payload.iterative_scan,
+            probes=payload.probes,
         )
     except search.SearchError as exc:
         raise _field_error(exc) from exc

@@ -33,7 +33,8 @@ class SearchIn(Schema):
     )
     mode: Mode = "vector"
     metric: Metric | None = None
-    ef_search: int | None = Field(None, ge=1, le=1000)
+    ef_search: int | None = Field(None, ge=1, le=1000, description="hnsw.ef_search for this query")
+    probes: int | None = Field(None, ge=1, le=10000, description="ivfflat.probes for this query")
     iterative_scan: IterativeScan | None = None
 
 

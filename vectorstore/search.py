@@ -349,6 +349,8 @@ def search(
         raise SearchError("k", f"must be an integer from 1 to {MAX_K}")
     if ef_search is not None and not 1 <= ef_search <= 1000:
         raise SearchError("ef_search", "must be from 1 to 1000")
+    if probes is not None and not 1 <= probes <= 10000:
+        raise SearchError("probes", "must be from 1 to 10000")
     if iterative_scan is not None and iterative_scan not in conf.ITERATIVE_SCANS:
         raise SearchError("iterative_scan", f"expected one of {', '.join(conf.ITERATIVE_SCANS)}")
     if query is not None:
