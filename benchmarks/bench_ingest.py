@@ -19,41 +19,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from _common import ROOT, setup_database
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 TABLE = "vectorstore_document"
 COLUMNS = "external_id, text, embedding, category, metadata, created_at"
-
-
-def setup_database() -> str:
-    """Point Django at a dedicated benchmark database and migrate it; return its URL."""
-    import psycopg
-
-    from project.db import embedded_url
-
-    base = os.environ.get("DATABASE_URL") or embedded_url()
-    parts = urlsplit(base)
-    name = parts.path.lstrip("/") + "_bench"
-    # A new database each run: a run stopped half-way must not leave the next one without its indexes.
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = urlunsplit(parts._replace(path=f"/{name}"))
-    os.environ["DATABASE_URL"] = url
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
-    return url
 
 
 def make_parquet(path: Path, n: int, seed: int = 0, with_vectors: bool = True) -> Path:
@@ -228,7 +201,7 @@ def main() -> None:
     n_copy, n_first, n_pop, n_slow = (
         (20_000, 5_000, 5_000, 5_000) if args.quick else (100_000, 50_000, 50_000, 20_000)
     )
-    setup_database()
+    setup_database("bench")
     from vectorstore import ingest
     from vectorstore.embedding import Embedder
 

@@ -21,43 +21,17 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import pyarrow.parquet as pq
+from _common import ROOT, setup_database
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 CORPUS = ROOT / "benchmarks" / "data" / "sotu-passages-200.parquet"
 CACHE = ROOT / "benchmarks" / ".cache" / "sotu-passages-200.embedded.parquet"
 RAW_SQL = (
     "SELECT id, external_id, text, category, metadata, created_at, embedding <=> %s AS distance"
     " FROM vectorstore_document ORDER BY embedding <=> %s LIMIT %s"
 )
-
-
-def setup_database() -> str:
-    import psycopg
-
-    from project.db import embedded_url
-
-    base = os.environ.get("DATABASE_URL") or embedded_url()
-    parts = urlsplit(base)
-    name = parts.path.lstrip("/") + "_searchbench"
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = urlunsplit(parts._replace(path=f"/{name}"))
-    os.environ["DATABASE_URL"] = url
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
-    return url
 
 
 def pct(values: list[float]) -> tuple[float, float]:
@@ -111,7 +85,7 @@ def main() -> None:
             ],
             check=True,
         )
-    url = setup_database()
+    url = setup_database("searchbench")
     import psycopg
     from pgvector.psycopg import register_vector
 

@@ -91,6 +91,16 @@ def _hit(hit: search.Hit) -> dict:
     }
 
 
+def _search_out(result: search.SearchResult) -> dict:
+    return {
+        "results": [_hit(h) for h in result.hits],
+        "took_ms": round(result.took_ms, 3),
+        "mode": result.mode,
+        "metric": result.metric,
+        "exact": result.exact,
+    }
+
+
 @router.post(
     "/search", response={200: SearchOut, 422: ErrorOut}, summary="Semantic, filtered or hybrid search"
 )
@@ -110,13 +120,7 @@ def search_documents(request, payload: SearchIn):
         )
     except search.SearchError as exc:
         raise _field_error(exc) from exc
-    return {
-        "results": [_hit(h) for h in result.hits],
-        "took_ms": round(result.took_ms, 3),
-        "mode": result.mode,
-        "metric": result.metric,
-        "exact": result.exact,
-    }
+    return _search_out(result)
 
 
 class ListParams(Schema):
@@ -185,13 +189,7 @@ def similar_documents(request, doc_id: int, k: int = 10):
         result = search.similar(document, k=k)
     except search.SearchError as exc:
         raise _field_error(exc) from exc
-    return {
-        "results": [_hit(h) for h in result.hits],
-        "took_ms": round(result.took_ms, 3),
-        "mode": result.mode,
-        "metric": result.metric,
-        "exact": result.exact,
-    }
+    return _search_out(result)
 
 
 @router.post(
