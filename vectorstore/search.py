@@ -171,9 +171,17 @@ def _column_value(column: str, value: Any, where: str) -> Any:
     return value
 
 
-def _column_condition(column: str, spec: Any, where: str) -> Q:
+_LOOKUPS = {"$eq": "exact", "$ne": "exact", "$lt": "lt", "$lte": "lte", "$gt": "gt", "$gte": "gte"}
+
+
+def _conditions(spec: Any, where: str, value_of, make, exists) -> Q:
+    """One field's filter: a bare value means $eq; a dict holds operators.
+
+    ``value_of(value, where)`` checks a value, ``make(lookup, value)`` builds a condition,
+    ``exists()`` the condition that the field is present.
+    """
     if not isinstance(spec, dict):
-        return Q(**{column: _column_value(column, spec, where)})
+        return make("exact", value_of(spec, where))
     q = Q()
     for op, value in spec.items():
         at = f"{where}.{op}"
@@ -182,19 +190,25 @@ def _column_condition(column: str, spec: Any, where: str) -> Q:
         if op == "$exists":
             if not isinstance(value, bool):
                 raise SearchError(at, "expected true or false")
-            q &= Q(**{f"{column}__isnull": not value})
-        elif op in ("$in", "$nin"):
-            values = [_column_value(column, v, at) for v in _list(value, at)]
-            cond = Q(**{f"{column}__in": values})
-            q &= cond if op == "$in" else ~cond
+            cond = exists()
+            q &= cond if value else ~cond
+            continue
+        if op in ("$in", "$nin"):
+            cond = make("in", [value_of(v, at) for v in _list(value, at)])
         else:
-            v = _column_value(column, value, at)
-            lookup = {"$eq": "exact", "$ne": "exact", "$lt": "lt", "$lte": "lte", "$gt": "gt", "$gte": "gte"}[
-                op
-            ]
-            cond = Q(**{f"{column}__{lookup}": v})
-            q &= ~cond if op == "$ne" else cond
+            cond = make(_LOOKUPS[op], value_of(value, at))
+        q &= ~cond if op in ("$ne", "$nin") else cond
     return q
+
+
+def _column_condition(column: str, spec: Any, where: str) -> Q:
+    return _conditions(
+        spec,
+        where,
+        lambda value, at: _column_value(column, value, at),
+        lambda lookup, value: Q(**{f"{column}__{lookup}": value}),
+        lambda: Q(**{f"{column}__isnull": False}),
+    )
 
 
 def _metadata_condition(key: str, spec: Any, where: str) -> Q:
@@ -202,33 +216,12 @@ def _metadata_condition(key: str, spec: Any, where: str) -> Q:
     # a key such as "a__b" or "x'); DROP" is just a (strange) JSON key.
     transform = KeyTransform(key, "metadata")
 
-    def lookup(name: str, value: Any) -> Q:
+    def make(lookup: str, value: Any) -> Q:
         # Values go in as JSON, as Django's own metadata__key=value would send them.
-        rhs = value if name == "in" else Value(value, output_field=models.JSONField())
-        return Q(transform.get_lookup(name)(transform, rhs))
+        rhs = value if lookup == "in" else Value(value, output_field=models.JSONField())
+        return Q(transform.get_lookup(lookup)(transform, rhs))
 
-    if not isinstance(spec, dict):
-        return lookup("exact", _scalar(spec, where))
-    q = Q()
-    for op, value in spec.items():
-        at = f"{where}.{op}"
-        if op not in OPERATORS:
-            raise SearchError(at, f"unknown operator; expected one of {', '.join(OPERATORS)}")
-        if op == "$exists":
-            if not isinstance(value, bool):
-                raise SearchError(at, "expected true or false")
-            cond = Q(metadata__has_key=key)
-            q &= cond if value else ~cond
-        elif op in ("$in", "$nin"):
-            cond = lookup("in", _list(value, at))
-            q &= cond if op == "$in" else ~cond
-        else:
-            name = {"$eq": "exact", "$ne": "exact", "$lt": "lt", "$lte": "lte", "$gt": "gt", "$gte": "gte"}[
-                op
-            ]
-            cond = lookup(name, _scalar(value, at))
-            q &= ~cond if op == "$ne" else cond
-    return q
+    return _conditions(spec, where, _scalar, make, lambda: Q(metadata__has_key=key))
 
 
 def build_filter(spec: Any, where: str = "filters", depth: int = 0) -> Q:
