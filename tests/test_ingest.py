@@ -351,3 +351,13 @@ def test_index_build_reports_progress_from_postgres():
     assert seen, "no progress was reported"
     assert {name for name, *_ in seen} == {"vectorstore_document_hnsw"}
     assert any(phase.startswith("building index") for _, phase, _, _ in seen)
+
+
+def test_bare_text_and_vectors_get_the_fields_defaults(tmp_path):
+    """A file with only text and vectors loads: category and metadata take their defaults."""
+    table = make_table(5).select(["text", "embedding"])
+    summary = bulk_copy(write(tmp_path, table))
+    assert summary["inserted"] == 5
+    assert set(Document.objects.values_list("category", flat=True)) == {""}
+    assert list(Document.objects.values_list("metadata", flat=True)) == [{}] * 5
+    assert Document.objects.filter(external_id__isnull=True).count() == 5

@@ -90,6 +90,7 @@ class ColumnMap:
     vector_field: str
     dimensions: int
     created_field: str | None  # filled with the load's time when no column feeds it
+    defaults: dict[str, Any] = field(default_factory=dict)  # unfed fields, with their defaults
 
     @property
     def fields(self) -> list[str]:
@@ -102,6 +103,7 @@ class ColumnMap:
             out.append("metadata")
         if self.created_field:
             out.append(self.created_field)
+        out += list(self.defaults)
         return out
 
 
@@ -185,6 +187,18 @@ def resolve_columns(
             metadata_columns.append(column)
         else:
             ignored.append(column)
+    # Fields no column feeds get their Django default (the database has none to give):
+    # category "" and metadata {} for a bare text + vector file.
+    fed = {text_field, vector_field, *field_columns, "metadata" if metadata_columns else None, created_field}
+    if id_column:
+        fed.add("external_id")
+    defaults: dict[str, Any] = {}
+    for name, f in concrete.items():
+        if name in fed or f.null:
+            continue
+        if not f.has_default():
+            raise InputError(f"{src.name}: no column for {model._meta.label}.{name}, which has no default")
+        defaults[name] = f.get_default()
     return ColumnMap(
         model=model,
         text_column=text_column,
@@ -197,6 +211,7 @@ def resolve_columns(
         vector_field=vector_field,
         dimensions=dims,
         created_field=created_field,
+        defaults=defaults,
     )
 
 
@@ -318,6 +333,9 @@ class Checker:
             )
         if cm.created_field:
             columns.append([self.loaded_at] * kept.num_rows)
+        for value in cm.defaults.values():
+            value = pgcopy.jsonb(value) if isinstance(value, dict | list) else value
+            columns.append([value] * kept.num_rows)
         rows = list(zip(*columns, strict=True))
 
         rejects = [(offset + i, *why[i]) for i in sorted(why)]
@@ -575,8 +593,13 @@ def load(
     try:
         with transaction.atomic(using=using):
             conn = pgcopy.django_connection(using)
-            target = pgcopy.Target.introspect(conn, table, cmap.fields)
             strategy = index_strategy
+            if strategy != "keep":
+                # Loads that may drop the table's indexes take turns, before reading anything:
+                # two of them dropping indexes at once deadlock. An advisory lock, not a table
+                # lock, so searches and API inserts carry on meanwhile.
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"vectorstore-load:{table}"])
+            target = pgcopy.Target.introspect(conn, table, cmap.fields)
             if strategy == "auto":
                 existing = _table_size_at_least(conn, table, src.num_rows)
                 strategy = "rebuild" if existing < src.num_rows else "keep"

@@ -1,0 +1,128 @@
+"""Reliability, against the real server: a killed load leaves nothing; overlapping loads store rows once."""
+
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from django.db import connection
+
+from tests.conftest import ROOT, database_url
+from tests.testapp.models import HostDocument
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+
+def write_input(path, n: int, prefix: str, start: int = 0) -> list[tuple[str, str]]:
+    """n rows of (id, text, 8-number vector); returns the (id, text) pairs."""
+    rng = np.random.default_rng(start)
+    ids = [f"{prefix}{i}" for i in range(start, start + n)]
+    texts = [f"passage {i} of the load" for i in range(start, start + n)]
+    vectors = rng.standard_normal((n, 8)).astype(np.float32)
+    table = pa.table(
+        {
+            "id": ids,
+            "text": texts,
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), 8).cast(
+                pa.list_(pa.float32())
+            ),
+        }
+    )
+    pq.write_table(table, path, row_group_size=50_000)
+    return list(zip(ids, texts, strict=True))
+
+
+def bulk_copy_process(path, *extra: str) -> subprocess.Popen:
+    env = {
+        "DATABASE_URL": database_url(connection.settings_dict),
+        "DJANGO_SETTINGS_MODULE": "tests.settings",  # the test-only app's model
+        "PATH": "/usr/bin:/bin",
+    }
+    return subprocess.Popen(
+        [sys.executable, "manage.py", "bulk_copy", str(path), "--model", "testapp.HostDocument", *extra],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def stored_checksum(prefix: str) -> tuple[int, str]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*),"
+            " md5(coalesce(string_agg(external_id || ':' || text, E'\\n' ORDER BY external_id), ''))"
+            " FROM testapp_hostdocument WHERE external_id LIKE %s",
+            [prefix + "%"],
+        )
+        return cursor.fetchone()
+
+
+def checksum(pairs) -> str:
+    return hashlib.md5("\n".join(f"{i}:{t}" for i, t in sorted(pairs)).encode()).hexdigest()
+
+
+def copy_progress() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT coalesce(max(tuples_processed), 0) FROM pg_stat_progress_copy")
+        return cursor.fetchone()[0]
+
+
+def wait_until_idle(timeout: float = 30) -> None:
+    """Until no other backend is in a transaction on this database (the killed load's has rolled back)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid() AND xact_start IS NOT NULL"
+            )
+            if cursor.fetchone()[0] == 0:
+                return
+        time.sleep(0.1)
+    raise AssertionError("the killed load's transaction is still open")
+
+
+def test_sigkill_mid_copy_leaves_the_table_as_before_and_a_rerun_completes(tmp_path):
+    """bulk_copy of 200,000 rows killed with SIGKILL during its COPY: nothing stored; run again: all, once."""
+    HostDocument.objects.create(text="already here", embedding=[0.1] * 8, external_id="old-1")
+    before = stored_checksum("")
+    pairs = write_input(tmp_path / "big.parquet", 200_000, "big-")
+    load = bulk_copy_process(tmp_path / "big.parquet")
+    deadline = time.monotonic() + 120
+    while copy_progress() < 20_000:
+        assert load.poll() is None, load.stderr.read()
+        assert time.monotonic() < deadline, "the COPY never got going"
+        time.sleep(0.05)
+    load.send_signal(signal.SIGKILL)
+    load.wait(timeout=10)
+    wait_until_idle()
+    assert stored_checksum("") == before
+
+    rerun = bulk_copy_process(tmp_path / "big.parquet")
+    _, err = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, err
+    assert stored_checksum("big-") == (200_000, checksum(pairs))
+    assert stored_checksum("")[0] == 200_001
+
+
+def test_concurrent_overlapping_loads_store_each_row_once(tmp_path):
+    """Two bulk_copy --on-conflict skip of overlapping files at once: no duplicate or error; counts add up."""
+    a = write_input(tmp_path / "a.parquet", 30_000, "row-", start=0)
+    b = write_input(tmp_path / "b.parquet", 30_000, "row-", start=15_000)  # 15,000..29,999 in both
+    loads = [bulk_copy_process(tmp_path / f"{n}.parquet", "--on-conflict", "skip", "--json") for n in "ab"]
+    results = [p.communicate(timeout=600) for p in loads]
+    for process, (_, err) in zip(loads, results, strict=True):
+        assert process.returncode == 0, err
+
+    summaries = [json.loads(out.strip().splitlines()[-1]) for out, _ in results]
+    assert sum(s["inserted"] for s in summaries) == 45_000
+    assert all(s["inserted"] + s["skipped"] == 30_000 for s in summaries)
+    assert stored_checksum("row-") == (45_000, checksum(set(a) | set(b)))
