@@ -145,3 +145,25 @@ def test_load_fixtures_once(capsys, settings, tmp_path):
     call_command("load_fixtures")
     assert "12 documents stored; fixtures not loaded again" in capsys.readouterr().out
     assert Document.objects.count() == 12
+
+
+def test_check_deploy_is_clean_for_production_settings(clean_env):
+    """DEBUG off by default; with a key from the environment and DJANGO_SECURE=1, check --deploy is clean."""
+    from tests.conftest import run_python
+
+    env = {
+        **clean_env,
+        "DATABASE_URL": database_url(connection.settings_dict),
+        "DJANGO_SECRET_KEY": "x" * 20 + "-a-long-random-production-key-" + "y" * 30,
+        "DJANGO_SECURE": "1",
+        "DJANGO_ALLOWED_HOSTS": "vectors.example.org",
+    }
+    code = (
+        "import os, django; os.environ['DJANGO_SETTINGS_MODULE'] = 'project.settings'; django.setup();"
+        "from django.conf import settings; print(settings.DEBUG, settings.ALLOWED_HOSTS);"
+        "from django.core.management import call_command;"
+        "call_command('check', deploy=True, fail_level='WARNING')"
+    )
+    result = run_python(code, env)
+    assert result.returncode == 0, result.stderr
+    assert "False ['vectors.example.org']" in result.stdout
