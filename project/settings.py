@@ -110,6 +110,10 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 
+# Request bodies over this are refused (400) before they are read or parsed. 10 MiB fits
+# POST /api/documents' 1,000 documents of a few KB each; VECTORSTORE_MAX_BODY sets it.
+DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("VECTORSTORE_MAX_BODY", str(10 * 1024 * 1024)))
+
 STATIC_URL = "static/"
 # WhiteNoise serves the admin's static files from the apps themselves, so the
 # production server needs no collectstatic step and no separate web server.

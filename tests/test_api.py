@@ -204,3 +204,14 @@ def test_openapi_documents_every_route(client):
         "/api/documents/{doc_id}/similar",
     } <= set(schema["paths"])
     assert client.get("/api/docs").status_code == 200
+
+
+def test_oversized_bodies_are_refused_before_parsing(client, settings):
+    """A body over DATA_UPLOAD_MAX_MEMORY_SIZE is a 400 at once; a 1 MB query is a 422 naming the field."""
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
+    body = '{"query": "' + "x" * (2 * 1024 * 1024) + '"}'
+    response = client.post("/api/search", data=body, content_type="application/json")
+    assert response.status_code == 400  # refused on its length: parsed, it would be the 422 below
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+    response = client.post("/api/search", data=body, content_type="application/json")
+    assert response.status_code == 422 and "query" in response.content.decode()
