@@ -126,3 +126,74 @@ def test_concurrent_overlapping_loads_store_each_row_once(tmp_path):
     assert sum(s["inserted"] for s in summaries) == 45_000
     assert all(s["inserted"] + s["skipped"] == 30_000 for s in summaries)
     assert stored_checksum("row-") == (45_000, checksum(set(a) | set(b)))
+
+
+def _search_continuously(stop, counts, vectors):
+    """A client searching the table in a loop through its own connection, counting answers and errors."""
+    import psycopg
+    from pgvector.psycopg import register_vector
+
+    with psycopg.connect(database_url(connection.settings_dict), autocommit=True) as conn:
+        register_vector(conn)
+        i = 0
+        while not stop.is_set():
+            try:
+                rows = conn.execute(
+                    "SELECT id FROM vectorstore_document ORDER BY embedding <=> %s LIMIT 5", [vectors[i % 50]]
+                ).fetchall()
+                counts["ok" if len(rows) == 5 else "short"] += 1
+            except psycopg.Error:
+                counts["error"] += 1
+            i += 1
+
+
+def _invalid_indexes() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_index WHERE NOT indisvalid")
+        return cursor.fetchone()[0]
+
+
+def test_reindex_concurrently_under_searches_and_a_failed_one_leaves_nothing(capsys, monkeypatch):
+    """Searches keep answering while the HNSW index is rebuilt; a failed rebuild leaves no INVALID index."""
+    import threading
+    from collections import Counter
+
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    from tests.conftest import unit_vectors
+    from vectorstore.models import Document
+
+    vectors = unit_vectors(3000, 384, seed=21)
+    Document.objects.bulk_create(Document(text=str(i), embedding=v) for i, v in enumerate(vectors))
+    stop, counts = threading.Event(), Counter()
+    clients = [threading.Thread(target=_search_continuously, args=(stop, counts, vectors)) for _ in range(2)]
+    for c in clients:
+        c.start()
+    try:
+        call_command("reindex", "--json")
+    finally:
+        stop.set()
+        for c in clients:
+            c.join()
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["indexes"] == ["vectorstore_document_hnsw"]
+    assert counts["error"] == 0 and counts["short"] == 0 and counts["ok"] > 0
+
+    # A rebuild cut short by its timeout leaves vectorstore_document_hnsw_ccnew INVALID, until cleaned up.
+    from vectorstore import copy as pgcopy
+
+    dropped = []
+    real_drop = pgcopy.drop_invalid_indexes
+
+    def spy(conn, table):
+        dropped.extend(real_drop(conn, table))
+        return dropped
+
+    monkeypatch.setattr(pgcopy, "drop_invalid_indexes", spy)
+    with pytest.raises(CommandError, match="no INVALID index was left"):
+        call_command("reindex", "--timeout", "1ms")
+    assert dropped == ["vectorstore_document_hnsw_ccnew"]
+    assert _invalid_indexes() == 0
+    plan = Document.objects.order_by_distance(vectors[0])[:5].explain()
+    assert "vectorstore_document_hnsw" in plan

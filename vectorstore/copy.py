@@ -354,3 +354,70 @@ def parallel_copy(
     finally:
         for conn in conns:
             conn.close()
+
+
+def invalid_indexes(conn: psycopg.Connection, table: str) -> list[str]:
+    """Indexes a failed concurrent build left behind (INVALID: maintained on writes, never used)."""
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+        " WHERE i.indrelid = to_regclass(%s) AND NOT i.indisvalid ORDER BY c.relname",
+        [sql.Identifier(table).as_string(conn)],
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def drop_invalid_indexes(conn: psycopg.Connection, table: str) -> list[str]:
+    """Drop the INVALID leftovers of failed concurrent builds (conn must be in autocommit)."""
+    names = invalid_indexes(conn, table)
+    for name in names:
+        conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(name)))
+    return names
+
+
+def reindex_concurrently(
+    table: str,
+    *,
+    using: str = "default",
+    vector_only: bool = True,
+    maintenance_work_mem: str = "1GB",
+    timeout: str | None = None,
+    progress=None,
+) -> list[str]:
+    """Rebuild the table's (vector) indexes with REINDEX CONCURRENTLY: searches and writes go on meanwhile.
+
+    A failed rebuild leaves an INVALID ``<name>_ccnew`` index behind, which would
+    slow every write for nothing: it is dropped before the error is raised, and
+    any such leftover from an earlier run is dropped first. Returns the indexes rebuilt.
+    """
+    conn = new_connection(using, autocommit=True)
+    try:
+        drop_invalid_indexes(conn, table)
+        conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", [maintenance_work_mem])
+        names = [
+            i.name
+            for i in rebuildable_indexes(conn, table)
+            if not vector_only or i.method in ("hnsw", "ivfflat")
+        ]
+        building = [""]
+
+        def report(_relname, phase, blocks_done, blocks_total, tuples_done, tuples_total):
+            if progress is not None:
+                done, total = (
+                    (tuples_done, tuples_total) if tuples_total else (blocks_done or 0, blocks_total or 0)
+                )
+                progress(building[0], phase, done, total)
+
+        with IndexProgress(using, conn.info.backend_pid, report):
+            if timeout:
+                conn.execute("SELECT set_config('statement_timeout', %s, false)", [timeout])
+            for name in names:
+                building[0] = name
+                try:
+                    conn.execute(sql.SQL("REINDEX INDEX CONCURRENTLY {}").format(sql.Identifier(name)))
+                except psycopg.Error:
+                    conn.execute("SELECT set_config('statement_timeout', '0', false)")
+                    drop_invalid_indexes(conn, table)
+                    raise
+        return names
+    finally:
+        conn.close()
