@@ -197,3 +197,60 @@ def test_reindex_concurrently_under_searches_and_a_failed_one_leaves_nothing(cap
     assert _invalid_indexes() == 0
     plan = Document.objects.order_by_distance(vectors[0])[:5].explain()
     assert "vectorstore_document_hnsw" in plan
+
+
+def test_api_inserts_during_a_bulk_load(tmp_path, capsys):
+    """API writes while bulk_copy loads the same table: none fails, and every row of both is stored once."""
+    from django.contrib.auth import get_user_model
+    from django.core.management import call_command
+    from ninja.testing import TestClient
+
+    from tests.conftest import unit_vectors
+    from vectorstore.api import router
+    from vectorstore.models import Document
+
+    n = 20_000
+    vectors = unit_vectors(n, 384, seed=31)
+    table = pa.table(
+        {
+            "id": [f"bulk-{i}" for i in range(n)],
+            "text": [f"bulk passage {i}" for i in range(n)],
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), 384).cast(
+                pa.list_(pa.float32())
+            ),
+        }
+    )
+    pq.write_table(table, tmp_path / "bulk.parquet")
+    get_user_model().objects.create_superuser("loader", password="pw")
+    call_command("create_api_token", "loader")
+    headers = {"Authorization": f"Bearer {capsys.readouterr().out.strip()}"}
+    env = {
+        "DATABASE_URL": database_url(connection.settings_dict),
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "PATH": "/usr/bin:/bin",
+    }
+    load = subprocess.Popen(
+        [sys.executable, "manage.py", "bulk_copy", str(tmp_path / "bulk.parquet")],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    api = TestClient(router)
+    created = []
+    deadline = time.monotonic() + 120
+    while copy_progress() < 2_000:  # the load is under way
+        assert load.poll() is None and time.monotonic() < deadline, load.stderr.read()
+        time.sleep(0.05)
+    for i in range(10):
+        response = api.post(
+            "/documents", json={"text": f"api passage {i}", "external_id": f"api-{i}"}, headers=headers
+        )
+        assert response.status_code == 201, response.json()
+        created += response.json()["ids"]
+    _, err = load.communicate(timeout=600)
+    assert load.returncode == 0, err
+    assert Document.objects.filter(external_id__startswith="bulk-").count() == n
+    assert Document.objects.filter(pk__in=created).count() == 10
+    assert Document.objects.count() == n + 10
