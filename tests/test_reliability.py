@@ -254,3 +254,66 @@ def test_api_inserts_during_a_bulk_load(tmp_path, capsys):
     assert Document.objects.filter(external_id__startswith="bulk-").count() == n
     assert Document.objects.filter(pk__in=created).count() == 10
     assert Document.objects.count() == n + 10
+
+
+@pytest.mark.parametrize("mode", ["insert", "batch"])
+def test_stream_survives_a_server_crash_and_restart(tmp_path, clean_env, mode):
+    """PostgreSQL stopped (immediate mode) under stream_sim and started 3 s later: each record stored once."""
+    from project.db import start_embedded, stop_embedded
+
+    pgdata = tmp_path / "pg"
+    socket_dir, port = start_embedded(pgdata)  # a server of the test's own: the suite's stays up
+    try:
+        url = f"postgresql://postgres@/vectorstore?host={socket_dir}&port={port}"
+        env = {**clean_env, "DATABASE_URL": url, "DJANGO_SETTINGS_MODULE": "project.settings"}
+        migrate = subprocess.run(
+            [sys.executable, "manage.py", "migrate", "--noinput"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert migrate.returncode == 0, migrate.stderr
+        stream = subprocess.Popen(
+            [
+                sys.executable,
+                "manage.py",
+                "stream_sim",
+                "--count",
+                "120",
+                "--rate",
+                "30",
+                "--mode",
+                mode,
+                "--batch-size",
+                "8",
+                "--id-prefix",
+                "crash-",
+                "--json",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(6)  # the model is loaded and records are flowing
+        assert stream.poll() is None, stream.stderr.read()
+        assert stop_embedded(pgdata, mode="immediate")
+        time.sleep(3)
+        start_embedded(pgdata)
+        out, err = stream.communicate(timeout=300)
+        assert stream.returncode == 0, err
+        summary = json.loads(out.strip().splitlines()[-1])
+        assert summary["retries"] > 0 and summary["outage_seconds"] > 1
+        assert "unreachable" in out
+        import psycopg
+
+        with psycopg.connect(url) as conn:
+            total, distinct = conn.execute(
+                "SELECT count(*), count(DISTINCT external_id) FROM vectorstore_document"
+                " WHERE external_id LIKE 'crash-%'"
+            ).fetchone()
+        assert (total, distinct) == (120, 120)
+    finally:
+        stop_embedded(pgdata)

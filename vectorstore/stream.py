@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from django.db import models, transaction
+import psycopg
+from django.db import InterfaceError, OperationalError, connections, models, transaction
 from django.utils import timezone
 
 from vectorstore import conf
@@ -50,6 +51,8 @@ class StreamReport:
     throughput_per_s: float = 0.0
     batch_size: int = 1
     rate: float | None = None
+    retries: int = 0  # writes retried after the server went away
+    outage_seconds: float = 0.0  # time spent retrying them
     latencies: list[float] = field(default_factory=list, repr=False)  # ms, arrival to commit
     embed: list[float] = field(default_factory=list, repr=False)
     write: list[float] = field(default_factory=list, repr=False)
@@ -62,6 +65,8 @@ class StreamReport:
             "throughput_per_s": round(self.throughput_per_s, 1),
             "batch_size": self.batch_size,
             "rate": self.rate,
+            "retries": self.retries,
+            "outage_seconds": round(self.outage_seconds, 3),
             "latency_ms": percentiles(self.latencies),
             "embed_ms": percentiles(self.embed),
             "write_ms": percentiles(self.write),
@@ -74,6 +79,10 @@ class StreamReport:
             f"latency p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, p99 {lat['p99']:.1f} ms, "
             f"max {lat['max']:.1f} ms (embed p50 {percentiles(self.embed)['p50']:.1f} ms, "
             f"write p50 {percentiles(self.write)['p50']:.1f} ms)"
+        ) + (
+            f"; the database was unreachable for {self.outage_seconds:.1f} s: {self.retries} retries"
+            if self.retries
+            else ""
         )
 
 
@@ -113,16 +122,25 @@ def read_records(source: str | Path, count: int, seed: int = 0, id_prefix: str =
 
 
 class Writer:
-    """Writes records to the document table on Django's connection, each call its own transaction."""
+    """Writes records to the document table on Django's connection, each call its own transaction.
+
+    A write that fails because the server went away (restart, failover, network)
+    is retried with exponential backoff until ``max_outage`` seconds have passed.
+    Retries are idempotent: an INSERT carries ON CONFLICT (external_id) DO NOTHING,
+    and a COPY, whose commit may have landed before the connection broke, is
+    retried as such an INSERT. So every record is stored exactly once.
+    """
 
     COLUMNS = ("external_id", "text", "embedding", "category", "metadata", "created_at")
 
-    def __init__(self, model: type[models.Model], using: str = "default") -> None:
+    def __init__(self, model: type[models.Model], using: str = "default", max_outage: float = 60.0) -> None:
         self.model = model
         self.using = using
+        self.max_outage = max_outage
+        self.retries = 0
+        self.outage_seconds = 0.0
         conn = pgcopy.django_connection(using)
         self.target = pgcopy.Target.introspect(conn, model._meta.db_table, self.COLUMNS)
-        # ON CONFLICT makes a retried record land once, however often it is sent.
         self.insert = self.target.insert_sql(" ON CONFLICT (external_id) DO NOTHING")
 
     def _row(self, record: Record, vector: Any) -> tuple:
@@ -135,18 +153,48 @@ class Writer:
             timezone.now(),
         )
 
-    def insert_one(self, record: Record, vector: np.ndarray) -> None:
+    def _insert(self, records: Sequence[Record], vectors: np.ndarray) -> None:
         conn = pgcopy.django_connection(self.using)
-        with transaction.atomic(using=self.using):
-            conn.execute(self.insert, self._row(record, vector))
+        with transaction.atomic(using=self.using), conn.cursor() as cursor:
+            cursor.executemany(self.insert, [self._row(r, v) for r, v in zip(records, vectors, strict=True)])
 
-    def copy(self, records: Sequence[Record], vectors: np.ndarray) -> None:
+    def _copy(self, records: Sequence[Record], vectors: np.ndarray) -> None:
         conn = pgcopy.django_connection(self.using)
         encoded = pgcopy.encode_vectors(vectors)
         with transaction.atomic(using=self.using):
             pgcopy.copy_rows(
                 conn, self.target, (self._row(r, v) for r, v in zip(records, encoded, strict=True))
             )
+
+    def _with_retries(self, first, retry) -> None:
+        started = None
+        delay = 0.05
+        attempt = first
+        while True:
+            try:
+                attempt()
+                if started is not None:
+                    self.outage_seconds += time.perf_counter() - started
+                return
+            except (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError):
+                now = time.perf_counter()
+                started = started if started is not None else now
+                if now - started > self.max_outage:
+                    raise
+                self.retries += 1
+                connections[self.using].close()  # a broken connection is not reused
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                attempt = retry
+
+    def insert_one(self, record: Record, vector: np.ndarray) -> None:
+        def run():
+            return self._insert([record], np.asarray([vector]))
+
+        self._with_retries(run, run)
+
+    def copy(self, records: Sequence[Record], vectors: np.ndarray) -> None:
+        self._with_retries(lambda: self._copy(records, vectors), lambda: self._insert(records, vectors))
 
 
 def simulate(
@@ -229,6 +277,8 @@ def simulate(
                 wait_until(pending[0][1] + max_wait_ms / 1000)
             flush()
 
+    report.retries = writer.retries
+    report.outage_seconds = writer.outage_seconds
     report.count = len(records)
     report.seconds = time.perf_counter() - start
     report.throughput_per_s = report.count / report.seconds if report.seconds else 0.0
