@@ -256,7 +256,7 @@ def test_api_inserts_during_a_bulk_load(tmp_path, capsys):
     assert Document.objects.count() == n + 10
 
 
-@pytest.mark.parametrize("mode", ["insert", "batch"])
+@pytest.mark.parametrize("mode", ["insert", "copy", "batch"])
 def test_stream_survives_a_server_crash_and_restart(tmp_path, clean_env, mode):
     """PostgreSQL stopped (immediate mode) under stream_sim and started 3 s later: each record stored once."""
     from project.db import start_embedded, stop_embedded
