@@ -219,6 +219,30 @@ def main() -> None:
             f"throughput, {args.clients} clients, {n} vector queries: API {api_qps:,.0f}/s, "
             f"raw psycopg {raw_qps:,.0f}/s (ratio {api_qps / raw_qps:.2f})"
         )
+
+        # The same for text queries, embedding included (unique texts: no cache hits).
+        m = len(unique)
+        with ThreadPoolExecutor(args.clients) as pool:
+            start = time.perf_counter()
+            list(pool.map(lambda t: post(port, {"query": f"{t} [load]", "k": 10}), unique))
+            api_text_qps = m / (time.perf_counter() - start)
+
+        def raw_text_in_thread(t: str) -> float:
+            if not hasattr(local, "conn"):
+                local.conn = psycopg.connect(url, autocommit=True)
+                register_vector(local.conn)
+            v = embedder.model.encode([t], normalize_embeddings=True)[0]
+            return raw(v, local.conn)
+
+        with ThreadPoolExecutor(args.clients) as pool:
+            start = time.perf_counter()
+            list(pool.map(raw_text_in_thread, [f"{t} [raw]" for t in unique]))
+            raw_text_qps = m / (time.perf_counter() - start)
+        print(
+            f"throughput, {args.clients} clients, {m} text queries (embedding included): API "
+            f"{api_text_qps:,.0f}/s, SentenceTransformer + raw psycopg {raw_text_qps:,.0f}/s "
+            f"(ratio {api_text_qps / raw_text_qps:.2f})"
+        )
     finally:
         server.terminate()
         server.wait(timeout=10)
