@@ -72,6 +72,20 @@ def make_bar(total: int | None, desc: str, unit: str = "rows", enabled: bool | N
     )
 
 
+def index_progress_bar(desc: str, enabled: bool | None = None):
+    """A bar for index builds and the callback that copy.build_indexes / reindex_concurrently feed it."""
+    bar = make_bar(None, desc, unit="blocks", enabled=enabled)
+
+    def on_progress(name: str, phase: str, done: int, total: int) -> None:
+        bar.set_description(f"index {name}: {phase}")
+        if total:
+            bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return bar, on_progress
+
+
 # --------------------------------------------------------------------------- mapping
 
 
@@ -680,15 +694,7 @@ def load(
                 report.inserted = written
 
             if dropped:
-                index_bar = make_bar(None, "build indexes", unit="blocks", enabled=progress)
-
-                def on_progress(name: str, phase: str, done: int, total: int) -> None:
-                    index_bar.set_description(f"index {name}: {phase}")
-                    if total:
-                        index_bar.total = total
-                    index_bar.n = done
-                    index_bar.refresh()
-
+                index_bar, on_progress = index_progress_bar("build indexes", enabled=progress)
                 with index_bar:
                     report.index_seconds = pgcopy.build_indexes(
                         conn,

@@ -10,7 +10,7 @@ from django.core.management.base import CommandError
 
 from vectorstore import conf
 from vectorstore import copy as pgcopy
-from vectorstore.ingest import make_bar
+from vectorstore.ingest import index_progress_bar
 from vectorstore.management.commands._base import ServiceCommand
 
 
@@ -34,14 +34,7 @@ class Command(ServiceCommand):
             model = apps.get_model(o["model"]) if o["model"] else conf.document_model()
         except (LookupError, ValueError) as exc:
             raise CommandError(f"--model: {exc}") from exc
-        bar = make_bar(None, "reindex", unit="blocks")
-
-        def progress(name: str, phase: str, done: int, total: int) -> None:
-            bar.set_description(f"index {name}: {phase}")
-            if total:
-                bar.total = total
-            bar.n = done
-            bar.refresh()
+        bar, progress = index_progress_bar("reindex")
 
         started = time.perf_counter()
         try:
