@@ -7,8 +7,10 @@ from typing import Any, Literal
 
 from ninja import Field, Schema
 from ninja.orm import register_field
+from pydantic import field_validator
 
 from vectorstore import search
+from vectorstore.validation import storable_json, storable_text
 
 # pgvector's VectorField reads as a list of floats wherever ninja builds a schema from a model.
 register_field("VectorField", list[float])
@@ -67,6 +69,16 @@ class DocumentIn(Schema):
     category: str = Field("", max_length=255)
     metadata: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime | None = None
+
+    @field_validator("text", "external_id", "category")
+    @classmethod
+    def _storable_text(cls, value: str | None) -> str | None:
+        return value if value is None else storable_text(value)
+
+    @field_validator("metadata")
+    @classmethod
+    def _storable_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return storable_json(value)
 
 
 class CreatedOut(Schema):

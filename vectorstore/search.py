@@ -15,6 +15,7 @@ answered again exactly, so it returns k rows whenever k rows match.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections import OrderedDict
@@ -26,13 +27,16 @@ from typing import Any
 import numpy as np
 from django.contrib.postgres.search import SearchQuery, SearchRank
 from django.db import connections, models, transaction
-from django.db.models import F, Q, Value
+from django.db.models import F, Func, Q, Value
 from django.db.models.fields.json import KeyTransform
+from django.db.models.functions import Cast
+from django.db.models.lookups import Exact, Lookup
 from django.utils.dateparse import parse_datetime
 from pgvector.django import CosineDistance, L2Distance, MaxInnerProduct
 
 from vectorstore import conf
 from vectorstore.models import TEXT_SEARCH_CONFIG
+from vectorstore.validation import storable_text
 
 METRICS = {"cosine": CosineDistance, "l2": L2Distance, "inner_product": MaxInnerProduct}
 MODES = ("vector", "hybrid", "text")
@@ -139,10 +143,17 @@ def check_vector(vector: Any, dimensions: int, name: str = "vector") -> np.ndarr
 # --------------------------------------------------------------------------- filters
 
 
+def _text(value: str, where: str) -> str:
+    try:
+        return storable_text(value)
+    except ValueError as exc:
+        raise SearchError(where, f"strings {exc}") from None
+
+
 def _scalar(value: Any, where: str) -> Any:
-    if isinstance(value, str) and "\x00" in value:
-        raise SearchError(where, "strings cannot hold NUL characters")
-    if value is None or isinstance(value, bool | int | str):
+    if isinstance(value, str):
+        return _text(value, where)
+    if value is None or isinstance(value, bool | int):
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -161,27 +172,35 @@ def _list(value: Any, where: str) -> list:
 
 def _column_value(column: str, value: Any, where: str) -> Any:
     value = _scalar(value, where)
-    if column == "created_at" and value is not None:
+    if value is None:
+        return value
+    if column == "created_at":
         parsed = parse_datetime(value) if isinstance(value, str) else None
         if parsed is None:
             raise SearchError(where, "expected an ISO 8601 date and time, such as 2024-01-31T00:00:00Z")
         return parsed
     if column == "pk" and not (isinstance(value, int) and not isinstance(value, bool)):
         raise SearchError(where, "expected an integer")
+    if column in ("category", "external_id") and not isinstance(value, str):
+        raise SearchError(where, "expected a string")
     return value
 
 
 _LOOKUPS = {"$eq": "exact", "$ne": "exact", "$lt": "lt", "$lte": "lte", "$gt": "gt", "$gte": "gte"}
+_NOTHING = Q(pk__in=[])
 
 
 def _conditions(spec: Any, where: str, value_of, make, exists) -> Q:
     """One field's filter: a bare value means $eq; a dict holds operators.
 
     ``value_of(value, where)`` checks a value, ``make(lookup, value)`` builds a condition,
-    ``exists()`` the condition that the field is present.
+    ``exists()`` the condition that the field is present. A document without the field matches
+    no comparison ($ne and $nin included), only ``$exists: false``.
     """
     if not isinstance(spec, dict):
         return make("exact", value_of(spec, where))
+    if not spec:
+        raise SearchError(where, f"expected a value or at least one operator of {', '.join(OPERATORS)}")
     q = Q()
     for op, value in spec.items():
         at = f"{where}.{op}"
@@ -192,34 +211,87 @@ def _conditions(spec: Any, where: str, value_of, make, exists) -> Q:
                 raise SearchError(at, "expected true or false")
             cond = exists()
             q &= cond if value else ~cond
-            continue
-        if op in ("$in", "$nin"):
-            cond = make("in", [value_of(v, at) for v in _list(value, at)])
+        elif op in ("$in", "$nin"):
+            values = [value_of(v, at) for v in _list(value, at)]
+            if not values:  # nothing to be in: $in matches nothing, $nin every document with the field
+                q &= _NOTHING if op == "$in" else exists()
+                continue
+            cond = make("in", values)
+            q &= (exists() & ~cond) if op == "$nin" else cond
         else:
-            cond = make(_LOOKUPS[op], value_of(value, at))
-        q &= ~cond if op in ("$ne", "$nin") else cond
+            value = value_of(value, at)
+            if value is None and op not in ("$eq", "$ne"):
+                raise SearchError(at, "null can only be compared with $eq, $ne, $in and $nin")
+            cond = make(_LOOKUPS[op], value)
+            q &= (exists() & ~cond) if op == "$ne" else cond
     return q
 
 
 def _column_condition(column: str, spec: Any, where: str) -> Q:
+    def make(lookup: str, value: Any) -> Q:
+        if lookup == "in" and None in value:
+            rest = [v for v in value if v is not None]
+            return Q(**{f"{column}__isnull": True}) | (Q(**{f"{column}__in": rest}) if rest else _NOTHING)
+        return Q(**{f"{column}__{lookup}": value})
+
     return _conditions(
         spec,
         where,
         lambda value, at: _column_value(column, value, at),
-        lambda lookup, value: Q(**{f"{column}__{lookup}": value}),
+        make,
         lambda: Q(**{f"{column}__isnull": False}),
     )
+
+
+_JSON_TYPES = {bool: "boolean", int: "number", float: "number", str: "string"}
+
+
+class _JsonIn(Lookup):
+    """``lhs = ANY(%s::jsonb[])`` over JSON values: what Django's IN cannot say, because it drops
+    None (JSON's null is a value here) and de-duplicates in Python, where False == 0 == -0.0."""
+
+    lookup_name = "json_in"
+    prepare_rhs = False
+
+    def as_sql(self, compiler, connection):
+        lhs, lhs_params = compiler.compile(self.lhs)
+        return f"{lhs} = ANY(%s::jsonb[])", (*lhs_params, [json.dumps(v) for v in self.rhs])
+
+
+class MetadataKey(KeyTransform):
+    """``metadata -> 'key'`` with the key always sent as text.
+
+    Django's KeyTransform sends a key that int() accepts ("0", "-1", " 7", "1_0") as an
+    integer, which PostgreSQL reads as an array index: {"0": 5} would not match key "0".
+    """
+
+    def as_postgresql(self, compiler, connection):
+        lhs, params = compiler.compile(self.lhs)
+        return f"({lhs} -> %s)", (*params, self.key_name)
 
 
 def _metadata_condition(key: str, spec: Any, where: str) -> Q:
     # The key reaches SQL only as a parameter of the -> operator, never as a lookup path:
     # a key such as "a__b" or "x'); DROP" is just a (strange) JSON key.
-    transform = KeyTransform(key, "metadata")
+    transform = MetadataKey(key, "metadata")
+
+    def json_value(value: Any) -> Value:
+        # Values go in as JSON, as Django's own metadata__key=value would send them.
+        return Value(value, output_field=models.JSONField())
 
     def make(lookup: str, value: Any) -> Q:
-        # Values go in as JSON, as Django's own metadata__key=value would send them.
-        rhs = value if lookup == "in" else Value(value, output_field=models.JSONField())
-        return Q(transform.get_lookup(lookup)(transform, rhs))
+        if lookup == "in":
+            # Django's IN drops None (SQL's NULL never equals); JSON's null is a value to match.
+            return Q(_JsonIn(transform, value))
+        if value is None:  # JSON's null: Value(None) would be SQL's NULL, which equals nothing
+            return Q(transform.get_lookup("exact")(transform, Cast(Value("null"), models.JSONField())))
+        cond = Q(transform.get_lookup(lookup)(transform, json_value(value)))
+        if lookup != "exact":
+            # jsonb orders every string below every number (and null below both): a range
+            # compares like with like, so {"$lt": 5} never matches "abc".
+            typeof = Func(transform, function="jsonb_typeof", output_field=models.TextField())
+            cond &= Q(Exact(typeof, _JSON_TYPES[type(value)]))
+        return cond
 
     return _conditions(spec, where, _scalar, make, lambda: Q(metadata__has_key=key))
 
@@ -241,6 +313,7 @@ def build_filter(spec: Any, where: str = "filters", depth: int = 0) -> Q:
         at = f"{where}.{key}"
         if not isinstance(key, str) or not key or len(key) > 255 or "\x00" in key:
             raise SearchError(at, "keys are non-empty strings of at most 255 characters, without NUL")
+        _text(key, at)
         if key in ("$and", "$or"):
             parts = value if isinstance(value, list) else None
             if not parts:
@@ -349,8 +422,7 @@ def search(
     if query is not None:
         if not isinstance(query, str) or not query.strip():
             raise SearchError("query", "must be a non-empty string")
-        if "\x00" in query:
-            raise SearchError("query", "cannot hold NUL characters")
+        _text(query, "query")
         if len(query) > MAX_QUERY_CHARS:
             raise SearchError("query", f"at most {MAX_QUERY_CHARS} characters")
     if mode in ("hybrid", "text") and query is None:
