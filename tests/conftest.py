@@ -53,3 +53,16 @@ def unit_vectors(n: int, dims: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     v = rng.standard_normal((n, dims)).astype(np.float32)
     return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def writer_token(db, capsys) -> str:
+    """A bearer token of a user who may add and delete documents (created with the command)."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Permission
+    from django.core.management import call_command
+
+    user = get_user_model().objects.create_user("token-writer")
+    user.user_permissions.add(*Permission.objects.filter(codename__in=["add_document", "delete_document"]))
+    call_command("create_api_token", "token-writer")
+    return capsys.readouterr().out.strip()

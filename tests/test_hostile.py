@@ -433,18 +433,6 @@ def test_lone_surrogates_and_bad_utf8_are_400_or_422():
         assert response.status_code in (400, 422), (body, response.content)
 
 
-@pytest.fixture
-def writer_token(capsys) -> str:
-    from django.contrib.auth import get_user_model
-    from django.contrib.auth.models import Permission
-    from django.core.management import call_command
-
-    user = get_user_model().objects.create_user("writer")
-    user.user_permissions.add(*Permission.objects.filter(codename="add_document"))
-    call_command("create_api_token", "writer")
-    return capsys.readouterr().out.strip()
-
-
 @pytest.mark.parametrize(
     "body",
     [

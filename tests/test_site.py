@@ -64,6 +64,30 @@ def test_admin_requires_login(client):
     assert response.status_code == 302 and "/admin/login/" in response["Location"]
 
 
+def test_admin_requires_staff_and_the_model_permission(client):
+    """A user who is not staff cannot use the admin even holding every document permission; a staff
+    user without the permission is refused the document pages."""
+    from django.contrib.auth.models import Permission
+
+    doc = Document.objects.create(text="kept", embedding=unit_vectors(1, 384)[0])
+    perms = Permission.objects.filter(content_type__app_label="vectorstore")
+    user = get_user_model().objects.create_user("reader", password="pw-for-tests")
+    user.user_permissions.add(*perms)
+    client.force_login(user)
+    for url in ("/admin/", "/admin/vectorstore/document/", f"/admin/vectorstore/document/{doc.pk}/delete/"):
+        response = client.get(url)
+        assert response.status_code == 302 and "/admin/login/" in response["Location"], url
+    response = client.post(f"/admin/vectorstore/document/{doc.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302 and Document.objects.filter(pk=doc.pk).exists()
+
+    staff = get_user_model().objects.create_user("staff", password="pw-for-tests", is_staff=True)
+    client.force_login(staff)
+    assert client.get("/admin/").status_code == 200
+    assert client.get("/admin/vectorstore/document/").status_code == 403
+    assert client.post(f"/admin/vectorstore/document/{doc.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert Document.objects.filter(pk=doc.pk).exists()
+
+
 def test_ensure_admin_creates_once_and_prints_login(capsys, monkeypatch):
     """The first run creates the superuser; later runs print the same login and create nothing."""
     monkeypatch.setenv("VECTORSTORE_ADMIN_PASSWORD", "s3cret-for-tests")

@@ -128,15 +128,16 @@ def embed_query(text: str, dimensions: int | None = None) -> np.ndarray:
 
 def check_vector(vector: Any, dimensions: int, name: str = "vector") -> np.ndarray:
     try:
-        array = np.asarray(vector, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
+        with np.errstate(over="ignore"):  # beyond float32's range becomes inf, refused below
+            array = np.asarray(vector, dtype=np.float32)
+    except (TypeError, ValueError, OverflowError) as exc:
         raise SearchError(name, "must be a list of numbers") from exc
     if array.ndim != 1:
         raise SearchError(name, "must be a flat list of numbers")
     if len(array) != dimensions:
         raise SearchError(name, f"has {len(array)} numbers; the vector column holds {dimensions}")
     if not np.isfinite(array).all():
-        raise SearchError(name, "holds NaN or infinity")
+        raise SearchError(name, "holds NaN or infinity, or a number beyond float32's range")
     return array
 
 
