@@ -317,3 +317,101 @@ def test_stream_survives_a_server_crash_and_restart(tmp_path, clean_env, mode):
         assert (total, distinct) == (120, 120)
     finally:
         stop_embedded(pgdata)
+
+
+def _prepared_loads() -> list[str]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()"
+            " AND gid LIKE 'vectorstore-load-%%' ORDER BY gid"
+        )
+        return [r[0] for r in cursor.fetchall()]
+
+
+def _wait_for(query: str, timeout: float = 60) -> list[tuple]:
+    """Poll a query until it returns rows; returns them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with connection.cursor() as cursor:
+            cursor.execute(query)
+            rows = cursor.fetchall()
+        if rows:
+            return rows
+        assert time.monotonic() < deadline, f"never true: {query}"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def roll_back_leftovers(transactional_db):
+    """Whatever the test leaves prepared is rolled back before the database is flushed (which
+    would otherwise wait on its locks forever)."""
+    yield
+    with connection.cursor() as cursor:
+        for gid in _prepared_loads():
+            cursor.execute(f"ROLLBACK PREPARED '{gid}'")
+
+
+@pytest.mark.parametrize("decided", [False, True], ids=["before-the-decision", "after-the-decision"])
+def test_parallel_load_killed_mid_commit_is_finished_once(tmp_path, capsys, decided, roll_back_leftovers):
+    """bulk_copy --workers 2 dies with both streams prepared: its prepared transactions (invisible rows,
+    held locks) are rolled back if it died before recording its commit decision, committed if after;
+    loads still running are left alone. Either way each row ends up stored exactly once."""
+    import psycopg
+    from django.core.management import call_command
+
+    from vectorstore import copy as pgcopy
+
+    write_input(tmp_path / "base.parquet", 2_000, "base-")
+    assert bulk_copy_process(tmp_path / "base.parquet").wait(timeout=300) == 0
+    more = write_input(tmp_path / "more.parquet", 1_000, "more-", start=2_000)
+
+    # Hold the decision table: the load prepares both streams, then waits to record its decision.
+    blocker = psycopg.connect(database_url(connection.settings_dict))
+    load = None
+    try:
+        # SHARE mode: reads go on, the load's INSERT waits.
+        blocker.execute("LOCK TABLE vectorstore_loaddecision IN SHARE MODE")
+        load = bulk_copy_process(tmp_path / "more.parquet", "--workers", "2", "--batch-size", "100")
+        (owner_pid,) = _wait_for(
+            "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND query LIKE 'INSERT INTO \"vectorstore_loaddecision\"%%'"
+        )[0]
+        assert len(_prepared_loads()) == 2
+        alive = pgcopy.recover_prepared_loads()
+        assert (len(alive.running), alive.committed, alive.rolled_back) == (2, [], [])  # its owner lives
+
+        if decided:
+            load.send_signal(signal.SIGSTOP)
+            blocker.commit()  # the decision goes in; the process, stopped, commits nothing
+            _wait_for("SELECT 1 FROM vectorstore_loaddecision")
+            load.send_signal(signal.SIGKILL)
+        else:
+            load.send_signal(signal.SIGKILL)
+            with connection.cursor() as cursor:  # as if the machine died: the INSERT never runs
+                cursor.execute("SELECT pg_terminate_backend(%s)", [owner_pid])
+            blocker.commit()
+        load.wait(timeout=10)
+        _wait_for(f"SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = {owner_pid})")
+    finally:
+        blocker.close()
+        if load is not None and load.poll() is None:
+            load.kill()
+            load.wait()
+    assert len(_prepared_loads()) == 2
+    assert stored_checksum("more-")[0] == 0  # prepared, not committed: invisible
+
+    if decided:
+        call_command("recover_loads", "--json")
+        summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert (len(summary["committed"]), summary["rolled_back"]) == (2, [])
+    else:
+        rerun = bulk_copy_process(tmp_path / "more.parquet", "--workers", "2", "--json")
+        out, err = rerun.communicate(timeout=300)
+        assert rerun.returncode == 0, err
+        summary = json.loads(out.strip().splitlines()[-1])
+        assert (summary["recovered_rolled_back"], summary["recovered_committed"]) == (2, 0)
+        assert "first finished an interrupted parallel load" in out
+    assert _prepared_loads() == []
+    _wait_for("SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM vectorstore_loaddecision)", timeout=1)
+    assert stored_checksum("more-") == (1_000, checksum(more))
+    assert stored_checksum("base-")[0] == 2_000

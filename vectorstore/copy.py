@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import threading
 import time
 import weakref
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -276,17 +277,21 @@ def parallel_copy(
     import queue
     import uuid
 
-    conns = [new_connection(using) for _ in range(workers)]
+    # The owner connection holds a session advisory lock for as long as this load lives, so
+    # recover_prepared_loads() can tell its prepared transactions from those of a dead load.
+    owner = new_connection(using, autocommit=True)
+    conns: list[psycopg.Connection] = []
     try:
-        limit = int(conns[0].execute("SHOW max_prepared_transactions").fetchone()[0])
-        conns[0].rollback()
+        limit = int(owner.execute("SHOW max_prepared_transactions").fetchone()[0])
         if limit < workers:
             raise ParallelCopyUnavailable(
                 f"{workers} workers need the server's max_prepared_transactions >= {workers} (it is {limit}),"
                 " so that their streams commit as one transaction; use --workers 1 or raise the setting"
             )
         load_id = uuid.uuid4().hex[:16]
-        gids = [f"vectorstore-load-{load_id}-{i + 1}-of-{workers}" for i in range(workers)]
+        owner.execute("SELECT pg_advisory_lock(hashtext(%s))", [_owner_key(load_id)])
+        gids = [f"{LOAD_GID_PREFIX}{load_id}-{i + 1}-of-{workers}" for i in range(workers)]
+        conns.extend(new_connection(using) for _ in range(workers))
         work: queue.Queue = queue.Queue(maxsize=workers * 2)
         done = threading.Event()
         failed = threading.Event()
@@ -346,14 +351,91 @@ def parallel_copy(
                     else:
                         conn.rollback()
             raise errors[0]
-        committer = conns[0]
-        committer.autocommit = True
+        # The decision, durable before the first COMMIT PREPARED: from here on the load is committed
+        # even if this process dies before the last one (recover_prepared_loads finishes it).
+        decisions = _decision_table()
+        owner.execute(
+            sql.SQL(
+                "INSERT INTO {} (load_id, db_table, streams, decided_at) VALUES (%s, %s, %s, now())"
+            ).format(decisions),
+            [load_id, target.table, workers],
+        )
         for gid in gids:
-            committer.execute(sql.SQL("COMMIT PREPARED {}").format(sql.Literal(gid)))
+            owner.execute(sql.SQL("COMMIT PREPARED {}").format(sql.Literal(gid)))
+        owner.execute(sql.SQL("DELETE FROM {} WHERE load_id = %s").format(decisions), [load_id])
         return sum(counts)
     finally:
-        for conn in conns:
+        for conn in (owner, *conns):
             conn.close()
+
+
+LOAD_GID_PREFIX = "vectorstore-load-"
+_GID = re.compile(rf"^{LOAD_GID_PREFIX}(?P<load>[0-9a-f]+)-\d+-of-\d+$")
+
+
+def _owner_key(load_id: str) -> str:
+    return f"vectorstore-load-owner:{load_id}"
+
+
+def _decision_table() -> sql.Identifier:
+    from vectorstore.models import LoadDecision
+
+    return sql.Identifier(LoadDecision._meta.db_table)
+
+
+@dataclass
+class Recovery:
+    """What recover_prepared_loads() did: prepared transactions committed or rolled back, by gid,
+    and the loads it left alone because their process is still running."""
+
+    committed: list[str] = field(default_factory=list)
+    rolled_back: list[str] = field(default_factory=list)
+    running: list[str] = field(default_factory=list)
+
+
+def recover_prepared_loads(using: str = "default") -> Recovery:
+    """Finish the parallel loads whose process died between PREPARE and the last COMMIT PREPARED.
+
+    Their prepared transactions hold locks (and, until resolved, their rows stay invisible)
+    forever. A load whose commit decision was recorded is committed; one without is rolled back
+    (presumed abort). Loads still running hold their owner lock and are left alone.
+    """
+    result = Recovery()
+    conn = new_connection(using, autocommit=True)
+    decisions = _decision_table()
+    try:
+        groups: dict[str, list[str]] = {}
+        for (gid,) in conn.execute(
+            "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() AND starts_with(gid, %s)"
+            " ORDER BY gid",
+            [LOAD_GID_PREFIX],
+        ):
+            if match := _GID.match(gid):
+                groups.setdefault(match["load"], []).append(gid)
+        stale = [
+            row[0]
+            for row in conn.execute(sql.SQL("SELECT load_id FROM {} ORDER BY load_id").format(decisions))
+            if row[0] not in groups
+        ]
+        for load_id in [*groups, *stale]:
+            key = _owner_key(load_id)
+            if not conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", [key]).fetchone()[0]:
+                result.running.extend(groups.get(load_id, []))
+                continue
+            try:
+                decided = conn.execute(
+                    sql.SQL("SELECT 1 FROM {} WHERE load_id = %s").format(decisions), [load_id]
+                ).fetchone()
+                for gid in groups.get(load_id, []):
+                    verb = "COMMIT" if decided else "ROLLBACK"
+                    conn.execute(sql.SQL(verb + " PREPARED {}").format(sql.Literal(gid)))
+                    (result.committed if decided else result.rolled_back).append(gid)
+                conn.execute(sql.SQL("DELETE FROM {} WHERE load_id = %s").format(decisions), [load_id])
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", [key])
+        return result
+    finally:
+        conn.close()
 
 
 def invalid_indexes(conn: psycopg.Connection, table: str) -> list[str]:

@@ -437,6 +437,9 @@ class LoadReport:
     workers: int = 1
     rejects_path: str | None = None
     ignored_columns: list[str] = field(default_factory=list)
+    # Prepared transactions of earlier parallel loads that died, finished before this one began.
+    recovered_committed: int = 0
+    recovered_rolled_back: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -463,6 +466,11 @@ class LoadReport:
         line += ")"
         if self.rejects_path:
             line += f"; rejects: {self.rejects_path}"
+        if self.recovered_committed or self.recovered_rolled_back:
+            line += (
+                f"; first finished an interrupted parallel load: {self.recovered_committed} streams"
+                f" committed, {self.recovered_rolled_back} rolled back"
+            )
         return line
 
 
@@ -603,6 +611,12 @@ def load(
     checker = Checker(
         src, cmap, embedder if cmap.embedding_column is None else None, on_error, binary=method == "copy"
     )
+
+    # A parallel load that died among its COMMIT PREPAREDs left prepared transactions holding
+    # locks this load would wait on forever: finish them first.
+    recovery = pgcopy.recover_prepared_loads(using)
+    report.recovered_committed = len(recovery.committed)
+    report.recovered_rolled_back = len(recovery.rolled_back)
 
     try:
         with transaction.atomic(using=using):

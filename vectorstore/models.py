@@ -162,3 +162,24 @@ class ApiToken(models.Model):
             return None
         cls.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
         return token.user
+
+
+class LoadDecision(models.Model):
+    """The commit decision of a parallel load (``bulk_copy --workers N``), written once every stream
+    is prepared and before the first COMMIT PREPARED.
+
+    Two-phase commit needs it: if the loading process dies among its COMMIT PREPAREDs, the
+    prepared transactions left behind are committed when this row exists and rolled back when it
+    does not (``copy.recover_prepared_loads``, run by every load and by ``manage.py recover_loads``).
+    """
+
+    load_id = models.CharField(max_length=64, primary_key=True)
+    db_table = models.CharField(max_length=255)
+    streams = models.PositiveSmallIntegerField()
+    decided_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "parallel load commit decision"
+
+    def __str__(self) -> str:
+        return f"load {self.load_id} into {self.db_table} ({self.streams} streams)"
