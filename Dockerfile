@@ -14,4 +14,4 @@ RUN useradd --create-home app
 USER app
 
 EXPOSE 8000
-CMD ["gunicorn", "project.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "2"]
+CMD ["gunicorn", "project.wsgi:application", "--config", "python:project.gunicorn", "--bind", "0.0.0.0:8000", "--workers", "2"]

@@ -32,7 +32,7 @@ run: setup
 	$(PY) manage.py load_fixtures
 	$(PY) manage.py ensure_admin
 	@echo "Serving http://$(HOST):$(PORT)/  (admin: /admin/, API docs: /api/docs, health: /api/health)"
-	$(VENV)/bin/gunicorn project.wsgi:application --bind $(HOST):$(PORT) --workers $(WORKERS) \
+	$(VENV)/bin/gunicorn project.wsgi:application --config python:project.gunicorn --bind $(HOST):$(PORT) --workers $(WORKERS) \
 		--access-logfile - --graceful-timeout 10
 
 test: setup

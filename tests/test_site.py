@@ -1,9 +1,6 @@
 """The site: health API, admin, the admin login command, and the production server."""
 
 import json
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 
@@ -13,7 +10,8 @@ from django.core.management import call_command
 from django.db import connection
 from ninja.testing import TestClient
 
-from tests.conftest import ROOT, database_url, free_port, unit_vectors
+from benchmarks.bench_load import serve
+from tests.conftest import ROOT, database_url, unit_vectors
 from vectorstore.api import router
 from vectorstore.models import Document
 
@@ -111,35 +109,9 @@ def _get(url: str) -> tuple[int, bytes]:
 @pytest.mark.django_db(transaction=True)
 def test_production_server_serves_health_admin_and_static(clean_env):
     """gunicorn with the site's production settings (DEBUG off) serves the API, the admin and its CSS."""
-    port = free_port()
-    env = {**clean_env, "DATABASE_URL": database_url(connection.settings_dict), "DJANGO_DEBUG": "0"}
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "project.wsgi:application",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "1",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                status, body = _get(f"{base}/api/health")
-                break
-            except OSError:
-                assert server.poll() is None, server.stdout.read().decode()
-                assert time.monotonic() < deadline, "gunicorn did not answer in 30 s"
-                time.sleep(0.2)
+    with serve(database_url(connection.settings_dict), workers=1, env=clean_env) as port:
+        base = f"http://127.0.0.1:{port}"
+        status, body = _get(f"{base}/api/health")
         assert status == 200, body
         assert json.loads(body)["pgvector"] == _pgvector_version()
         status, body = _get(f"{base}/admin/login/")
@@ -150,9 +122,6 @@ def test_production_server_serves_health_admin_and_static(clean_env):
         assert status == 200 and b"/static/ninja/swagger-ui-bundle.js" in body  # served here, not from a CDN
         status, body = _get(f"{base}/static/ninja/swagger-ui-bundle.js")
         assert status == 200 and len(body) > 100_000
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def test_load_fixtures_once(capsys, settings, tmp_path):

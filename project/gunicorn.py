@@ -1,0 +1,32 @@
+"""gunicorn settings for the site: ``gunicorn project.wsgi --config python:project.gunicorn``.
+
+`make run`, the Dockerfile and benchmarks/bench_load.py start it this way; --bind and --workers
+still come from the command line.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Each worker's torch would otherwise start one thread per core: two workers on two cores then run
+# four busy threads and embed queries slower than one thread each would.
+_threads = os.environ.get("VECTORSTORE_TORCH_THREADS")
+
+
+def post_fork(server, worker) -> None:
+    threads = _threads or str(max(1, (os.cpu_count() or 1) // max(1, server.cfg.workers)))
+    os.environ["OMP_NUM_THREADS"] = threads  # read when the worker first imports torch
+
+
+def post_worker_init(worker) -> None:
+    """Load the embedding model before the first request, not during it (a few seconds on a CPU).
+    VECTORSTORE_PRELOAD_MODEL=0 leaves it to the first text query (a site that only searches by vector)."""
+    if os.environ.get("VECTORSTORE_PRELOAD_MODEL", "1") == "0":
+        return
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    from vectorstore.search import embed_query
+
+    embed_query("warm up")
+    worker.log.info("embedding model loaded, torch on %s thread(s)", torch.get_num_threads())

@@ -1,0 +1,55 @@
+"""Bounded API load against the production server: 8 clients mixing searches, reads and inserts for a
+fixed time (VECTORSTORE_LOAD_SECONDS, 10 s by default) must see no error, and every insert answered 201
+must be stored exactly once. Timings are printed, never asserted: benchmarks/bench_load.py records them.
+"""
+
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
+from django.db import connection
+
+from benchmarks.bench_load import MIX, request, run_load, serve
+from tests.conftest import ROOT, database_url, unit_vectors
+from vectorstore import ingest
+from vectorstore.models import ApiToken, Document
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)  # the server's own connections must see the rows
+def test_mixed_load_has_no_errors_and_stores_each_insert_once(clean_env):
+    passages = pq.read_table(ROOT / "fixtures" / "sotu.parquet").slice(0, 400)
+    vectors = unit_vectors(len(passages), 384, seed=5)
+    ingest.load(
+        passages.append_column("embedding", pa.array(list(vectors), type=pa.list_(pa.float32()))),
+        progress=False,
+    )
+    user = get_user_model().objects.create_user("load-writer")
+    user.user_permissions.add(Permission.objects.get(codename="add_document"))
+    _, token = ApiToken.issue(user, "load test")
+    categories = sorted(set(passages.column("category").to_pylist()))
+    ids = list(Document.objects.values_list("pk", flat=True))
+
+    with serve(database_url(connection.settings_dict), workers=2, env=clean_env) as port:
+        result = run_load(
+            port,
+            token=token,
+            vectors=np.asarray(vectors),
+            texts=passages.column("text").to_pylist(),
+            categories=categories,
+            ids=ids,
+            clients=8,
+            seconds=float(os.environ.get("VECTORSTORE_LOAD_SECONDS", "10")),
+        )
+        assert request(port, "GET", "/api/health")[0] == 200
+    print(result.report())
+
+    assert result.error_count == 0, result.errors
+    assert all(result.latencies[op] for op in MIX), result.report()  # every kind of request was made
+    stored = dict(Document.objects.filter(external_id__startswith="load-").values_list("external_id", "pk"))
+    assert stored == result.created
+    assert Document.objects.count() == len(ids) + len(result.created)
