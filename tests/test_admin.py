@@ -73,6 +73,27 @@ def test_saving_changed_text_re_embeds(admin_client, passages):
     assert np.allclose(np.asarray(doc.embedding), Embedder().encode([new_text])[0], atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("metadata", '{"k": "a\\u0000b"}'), ("metadata", '{"k": "\\ud800"}'), ("text", "nul \x00 here")],
+)
+def test_what_postgres_cannot_store_is_a_form_error(admin_client, passages, field, value):
+    doc = passages[6]
+    data = {
+        "text": doc.text,
+        "external_id": doc.external_id,
+        "category": doc.category,
+        "metadata": "{}",
+        "created_at_0": "2020-01-01",
+        "created_at_1": "00:00:00",
+        field: value,
+    }
+    response = admin_client.post(f"{CHANGELIST}{doc.pk}/change/", data)
+    assert response.status_code == 200  # the form again, with its error
+    assert response.context["adminform"].form.errors[field]
+    assert Document.objects.get(pk=doc.pk).text == doc.text
+
+
 def test_reembed_action(admin_client, passages):
     chosen = list(passages[:3])
     Document.objects.filter(pk__in=[d.pk for d in chosen]).update(embedding=[0.5] * 384)

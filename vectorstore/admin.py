@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import numpy as np
+from django import forms
 from django.contrib import admin, messages
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
@@ -15,6 +17,7 @@ from django.utils.html import format_html, format_html_join
 
 from vectorstore import search
 from vectorstore.models import Document
+from vectorstore.validation import storable_json
 
 SEMANTIC_RESULTS = 200  # how many nearest documents a semantic search in the change list shows
 
@@ -47,7 +50,32 @@ def _embed(texts: list[str], model) -> np.ndarray:
     return Embedder(dimensions=model._meta.get_field("embedding").dimensions).encode(texts)
 
 
+class _EscapingEncoder(DjangoJSONEncoder):
+    """Django's JSON form field shows values with ensure_ascii=False, which cannot render half a
+    surrogate pair; escaped, the form can show the value it refuses."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs["ensure_ascii"] = True
+        super().__init__(*args, **kwargs)
+
+
+class DocumentForm(forms.ModelForm):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if "metadata" in self.fields:
+            self.fields["metadata"].encoder = _EscapingEncoder
+
+    def clean_metadata(self):
+        # JSON can carry what jsonb cannot store (\u0000, half a surrogate pair): a form error, not a 500.
+        value = self.cleaned_data["metadata"]
+        try:
+            return storable_json(value)
+        except ValueError as exc:
+            raise forms.ValidationError(f"PostgreSQL cannot store this: {exc}") from exc
+
+
 class DocumentAdmin(admin.ModelAdmin):
+    form = DocumentForm
     list_display = ("id", "external_id", "short_text", "category", "created_at", "distance_shown")
     list_filter = (SearchModeFilter, "category", "created_at")
     search_fields = ("text", "external_id")
