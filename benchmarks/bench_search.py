@@ -142,6 +142,8 @@ def main() -> None:
             "-m",
             "gunicorn",
             "project.wsgi:application",
+            "--config",
+            "python:project.gunicorn",
             "--bind",
             f"127.0.0.1:{port}",
             "--workers",
