@@ -415,3 +415,108 @@ def test_parallel_load_killed_mid_commit_is_finished_once(tmp_path, capsys, deci
     _wait_for("SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM vectorstore_loaddecision)", timeout=1)
     assert stored_checksum("more-") == (1_000, checksum(more))
     assert stored_checksum("base-")[0] == 2_000
+
+
+OPEN_WRITE = (
+    "INSERT INTO testapp_hostdocument (text, embedding, category, metadata, created_at)"
+    " VALUES ('open writer', '[1,1,1,1,1,1,1,1]', '', '{}', now())"
+)
+
+
+def _run_operation(operation, errors: list, setup_sql: str | None = None) -> None:
+    """Apply a migration operation as a non-atomic migration would (in a thread: its own connection)."""
+    from django.db import connection as conn
+    from django.db.migrations.loader import MigrationLoader
+
+    try:
+        state = MigrationLoader(conn).project_state()
+        if setup_sql:
+            with conn.cursor() as cursor:
+                cursor.execute(setup_sql)
+        with conn.schema_editor(atomic=False) as editor:
+            operation.database_forwards("testapp", editor, state, state)
+    except Exception as exc:
+        errors.append(exc)
+    finally:
+        conn.close()
+
+
+def test_concurrent_ivfflat_build_lets_searches_and_writes_go_on(tmp_path):
+    """AddIvfflatIndex(concurrently=True) on a populated table: while the build waits on an open
+    writer, a search and an insert from other sessions complete; a failed build leaves no INVALID
+    index; inside a transaction it refuses to start."""
+    import threading
+
+    import psycopg
+    from django.db import NotSupportedError, transaction
+
+    from vectorstore.operations import AddIvfflatIndex
+
+    rng = np.random.default_rng(3)
+    HostDocument.objects.bulk_create(
+        HostDocument(text=f"row {i}", embedding=v) for i, v in enumerate(rng.standard_normal((2000, 8)))
+    )
+    url = database_url(connection.settings_dict)
+    writer = psycopg.connect(url)  # a transaction that stays open: the build must wait for it
+    writer.execute(OPEN_WRITE)
+    errors: list = []
+    build = threading.Thread(
+        target=_run_operation,
+        args=(
+            AddIvfflatIndex("hostdocument", "host_cc_ivf", opclass="vector_cosine_ops", concurrently=True),
+            errors,
+        ),
+    )
+    build.start()
+    try:
+        _wait_for("SELECT 1 FROM pg_stat_progress_create_index WHERE command = 'CREATE INDEX CONCURRENTLY'")
+        with psycopg.connect(url, autocommit=True) as other:
+            other.execute("SET statement_timeout = '10s'")
+            nearest = other.execute(
+                "SELECT id FROM testapp_hostdocument ORDER BY embedding <=> '[1,0,0,0,0,0,0,0]' LIMIT 5"
+            ).fetchall()
+            other.execute(
+                "INSERT INTO testapp_hostdocument (text, embedding, category, metadata, created_at)"
+                " VALUES ('during the build', '[0,1,0,0,0,0,0,0]', '', '{}', now())"
+            )
+        assert len(nearest) == 5
+        # Both finished while the build was still waiting: they never queued behind it.
+        _wait_for(
+            "SELECT 1 FROM pg_stat_progress_create_index WHERE command = 'CREATE INDEX CONCURRENTLY'",
+            timeout=1,
+        )
+    finally:
+        writer.commit()
+        writer.close()
+        build.join(timeout=120)
+    assert errors == []
+    assert _invalid_indexes() == 0
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = 'host_cc_ivf'::regclass")
+        assert cursor.fetchone() == (True,)
+    assert HostDocument.objects.filter(text="during the build").exists()
+
+    # A build that fails (its statement timeout, while it waits for an open writer) drops its INVALID
+    # leftover before raising: the drop waits for that writer too, and goes through once it ends.
+    failing = AddIvfflatIndex("hostdocument", "host_cc_ivf_2", lists=4, concurrently=True)
+    writer = psycopg.connect(url)
+    writer.execute(OPEN_WRITE)
+    errors = []
+    build = threading.Thread(target=_run_operation, args=(failing, errors, "SET statement_timeout = '1s'"))
+    build.start()
+    try:
+        _wait_for("SELECT 1 FROM pg_stat_activity WHERE query LIKE 'DROP INDEX CONCURRENTLY%%'")
+        assert _invalid_indexes() == 1  # the failed build's leftover, about to go
+    finally:
+        writer.rollback()
+        writer.close()
+        build.join(timeout=120)
+    assert len(errors) == 1 and "statement timeout" in str(errors[0]), errors
+    assert _invalid_indexes() == 0
+
+    with pytest.raises(NotSupportedError, match="atomic = False"), transaction.atomic():
+        from django.db.migrations.loader import MigrationLoader
+
+        state = MigrationLoader(connection).project_state()
+        with connection.schema_editor() as editor:
+            failing.database_forwards("testapp", editor, state, state)
