@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pyarrow.parquet as pq
 from _common import ROOT, setup_database
+from bench_load import serve
 
 CORPUS = ROOT / "benchmarks" / "data" / "sotu-passages-200.parquet"
 CACHE = ROOT / "benchmarks" / ".cache" / "sotu-passages-200.embedded.parquet"
@@ -134,33 +134,7 @@ def main() -> None:
     )
 
     # API latency against the same query in raw psycopg, one client.
-    port = 8765
-    env = {**os.environ, "DATABASE_URL": url, "DJANGO_DEBUG": "0"}
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "project.wsgi:application",
-            "--config",
-            "python:project.gunicorn",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "2",
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=env,
-    )
-    try:
-        for _ in range(100):
-            try:
-                post(port, {"vector": vectors[0].tolist(), "k": 10})
-                break
-            except OSError:
-                time.sleep(0.2)
+    with serve(url, workers=2) as port:
         for v in vectors[:20]:  # warm both workers
             post(port, {"vector": v.tolist(), "k": 10})
         for t in texts[:4]:
@@ -245,9 +219,6 @@ def main() -> None:
             f"{api_text_qps:,.0f}/s, SentenceTransformer + raw psycopg {raw_text_qps:,.0f}/s "
             f"(ratio {api_text_qps / raw_text_qps:.2f})"
         )
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 if __name__ == "__main__":

@@ -276,17 +276,14 @@ def _metadata_condition(key: str, spec: Any, where: str) -> Q:
     # a key such as "a__b" or "x'); DROP" is just a (strange) JSON key.
     transform = MetadataKey(key, "metadata")
 
-    def json_value(value: Any) -> Value:
-        # Values go in as JSON, as Django's own metadata__key=value would send them.
-        return Value(value, output_field=models.JSONField())
-
     def make(lookup: str, value: Any) -> Q:
         if lookup == "in":
             # Django's IN drops None (SQL's NULL never equals); JSON's null is a value to match.
             return Q(_JsonIn(transform, value))
         if value is None:  # JSON's null: Value(None) would be SQL's NULL, which equals nothing
             return Q(transform.get_lookup("exact")(transform, Cast(Value("null"), models.JSONField())))
-        cond = Q(transform.get_lookup(lookup)(transform, json_value(value)))
+        # Values go in as JSON, as Django's own metadata__key=value would send them.
+        cond = Q(transform.get_lookup(lookup)(transform, Value(value, output_field=models.JSONField())))
         if lookup != "exact":
             # jsonb orders every string below every number (and null below both): a range
             # compares like with like, so {"$lt": 5} never matches "abc".
@@ -312,8 +309,8 @@ def build_filter(spec: Any, where: str = "filters", depth: int = 0) -> Q:
     q = Q()
     for key, value in spec.items():
         at = f"{where}.{key}"
-        if not isinstance(key, str) or not key or len(key) > 255 or "\x00" in key:
-            raise SearchError(at, "keys are non-empty strings of at most 255 characters, without NUL")
+        if not isinstance(key, str) or not key or len(key) > 255:
+            raise SearchError(at, "keys are non-empty strings of at most 255 characters")
         _text(key, at)
         if key in ("$and", "$or"):
             parts = value if isinstance(value, list) else None
