@@ -520,3 +520,28 @@ def test_concurrent_ivfflat_build_lets_searches_and_writes_go_on(tmp_path):
         state = MigrationLoader(connection).project_state()
         with connection.schema_editor() as editor:
             failing.database_forwards("testapp", editor, state, state)
+
+
+def test_parallel_load_that_cannot_record_its_decision_rolls_back(tmp_path, roll_back_leftovers):
+    """If the commit decision cannot be written, nothing is committed and nothing stays prepared."""
+    write_input(tmp_path / "base.parquet", 500, "base-")
+    assert bulk_copy_process(tmp_path / "base.parquet").wait(timeout=300) == 0
+    write_input(tmp_path / "more.parquet", 300, "more-", start=500)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$BEGIN RAISE EXCEPTION 'decisions refused for this test'; END$$;"
+            " CREATE TRIGGER refuse BEFORE INSERT ON vectorstore_loaddecision"
+            " FOR EACH ROW EXECUTE FUNCTION refuse()"
+        )
+    try:
+        load = bulk_copy_process(tmp_path / "more.parquet", "--workers", "2", "--batch-size", "50")
+        _, err = load.communicate(timeout=300)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TRIGGER refuse ON vectorstore_loaddecision; DROP FUNCTION refuse()")
+    assert load.returncode != 0 and "decisions refused for this test" in err
+    assert "Traceback" not in err
+    assert _prepared_loads() == []
+    assert stored_checksum("more-")[0] == 0
+    assert stored_checksum("base-")[0] == 500

@@ -288,6 +288,11 @@ def parallel_copy(
                 f"{workers} workers need the server's max_prepared_transactions >= {workers} (it is {limit}),"
                 " so that their streams commit as one transaction; use --workers 1 or raise the setting"
             )
+        decisions = _decision_table()
+        if owner.execute("SELECT to_regclass(%s)", [decisions.as_string(owner)]).fetchone()[0] is None:
+            raise ParallelCopyUnavailable(
+                "--workers needs the vectorstore_loaddecision table on this database: run migrate"
+            )
         load_id = uuid.uuid4().hex[:16]
         owner.execute("SELECT pg_advisory_lock(hashtext(%s))", [_owner_key(load_id)])
         gids = [f"{LOAD_GID_PREFIX}{load_id}-{i + 1}-of-{workers}" for i in range(workers)]
@@ -353,13 +358,18 @@ def parallel_copy(
             raise errors[0]
         # The decision, durable before the first COMMIT PREPARED: from here on the load is committed
         # even if this process dies before the last one (recover_prepared_loads finishes it).
-        decisions = _decision_table()
-        owner.execute(
-            sql.SQL(
-                "INSERT INTO {} (load_id, db_table, streams, decided_at) VALUES (%s, %s, %s, now())"
-            ).format(decisions),
-            [load_id, target.table, workers],
-        )
+        try:
+            owner.execute(
+                sql.SQL(
+                    "INSERT INTO {} (load_id, db_table, streams, decided_at) VALUES (%s, %s, %s, now())"
+                ).format(decisions),
+                [load_id, target.table, workers],
+            )
+        except psycopg.Error:
+            for gid in gids:  # no decision recorded: the load is rolled back (presumed abort)
+                with contextlib.suppress(psycopg.Error):
+                    owner.execute(sql.SQL("ROLLBACK PREPARED {}").format(sql.Literal(gid)))
+            raise
         for gid in gids:
             owner.execute(sql.SQL("COMMIT PREPARED {}").format(sql.Literal(gid)))
         owner.execute(sql.SQL("DELETE FROM {} WHERE load_id = %s").format(decisions), [load_id])
@@ -412,7 +422,9 @@ def recover_prepared_loads(using: str = "default") -> Recovery:
         ):
             if match := _GID.match(gid):
                 groups.setdefault(match["load"], []).append(gid)
-        stale = [
+        if not groups:  # the common case: nothing to do, and no need for the decision table
+            return result
+        stale = [  # decisions of loads that died after their last COMMIT PREPARED: only to delete
             row[0]
             for row in conn.execute(sql.SQL("SELECT load_id FROM {} ORDER BY load_id").format(decisions))
             if row[0] not in groups
