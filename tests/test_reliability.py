@@ -480,6 +480,11 @@ def test_concurrent_ivfflat_build_lets_searches_and_writes_go_on(tmp_path):
                 " VALUES ('during the build', '[0,1,0,0,0,0,0,0]', '', '{}', now())"
             )
         assert len(nearest) == 5
+        # The build's index is INVALID until it finishes: cleaning up leftovers must not take it.
+        from vectorstore import copy as pgcopy
+
+        with psycopg.connect(url, autocommit=True) as other:
+            assert pgcopy.drop_invalid_indexes(other, "testapp_hostdocument") == []
         # Both finished while the build was still waiting: they never queued behind it.
         _wait_for(
             "SELECT 1 FROM pg_stat_progress_create_index WHERE command = 'CREATE INDEX CONCURRENTLY'",

@@ -451,10 +451,17 @@ def recover_prepared_loads(using: str = "default") -> Recovery:
 
 
 def invalid_indexes(conn: psycopg.Connection, table: str) -> list[str]:
-    """Indexes a failed concurrent build left behind (INVALID: maintained on writes, never used)."""
+    """Indexes a failed concurrent build left behind (INVALID: maintained on writes, never used).
+
+    An index another session is building concurrently is INVALID too until it finishes: while
+    any such build runs on the table, none is reported (a leftover waits for the next call).
+    """
     rows = conn.execute(
         "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
-        " WHERE i.indrelid = to_regclass(%s) AND NOT i.indisvalid ORDER BY c.relname",
+        " WHERE i.indrelid = to_regclass(%s) AND NOT i.indisvalid"
+        " AND NOT EXISTS (SELECT 1 FROM pg_stat_progress_create_index p"
+        "                 WHERE p.relid = i.indrelid AND p.pid <> pg_backend_pid())"
+        " ORDER BY c.relname",
         [sql.Identifier(table).as_string(conn)],
     ).fetchall()
     return [r[0] for r in rows]

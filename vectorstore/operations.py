@@ -90,10 +90,12 @@ class AddIvfflatIndex(Operation):
                     [self.name],
                 )
                 if cursor.fetchone():  # this build's own leftover, never an index that was there before
-                    # Without the timeout that may have cut the build short (restored afterwards).
+                    # Without the timeout that may have cut the build short, restored afterwards.
+                    cursor.execute("SELECT current_setting('statement_timeout')")
+                    (timeout,) = cursor.fetchone()
                     cursor.execute("SELECT set_config('statement_timeout', '0', false)")
                     cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {schema_editor.quote_name(self.name)}")
-                    cursor.execute("RESET statement_timeout")
+                    cursor.execute("SELECT set_config('statement_timeout', %s, false)", [timeout])
             raise
 
     def database_backwards(self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any) -> None:
