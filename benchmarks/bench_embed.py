@@ -1,7 +1,7 @@
 """embed_parquet against SentenceTransformer.encode on the same texts, batch size and device.
 
-    .venv/bin/python benchmarks/bench_embed.py --device cpu --count 768
-    python3 benchmarks/bench_embed.py --device cuda --count 20000 --batch-size 256   # on a GPU machine
+    .venv/bin/python -m benchmarks.bench_embed --device cpu --count 768
+    python3 -m benchmarks.bench_embed --device cuda --count 20000 --batch-size 256   # on a GPU machine
 
 Texts are the fixture's passages, cycled to --count. Each side runs twice,
 alternating, and the better run of each counts. No database is used.
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,8 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from benchmarks.harness import ROOT
 
 
 def main() -> None:
@@ -41,8 +39,8 @@ def main() -> None:
     django.setup()
     import torch
 
+    from vectorstore.embed_parquet import embed_parquet
     from vectorstore.embedding import Embedder
-    from vectorstore.ingest import embed_parquet
 
     fixture = pq.read_table(ROOT / "fixtures" / "sotu.parquet")
     table = fixture.take(pa.array(np.arange(args.count) % fixture.num_rows))

@@ -1,7 +1,7 @@
 """Ingestion benchmark: bulk_copy and embed_parquet against baselines run in the same process and database.
 
-    .venv/bin/python benchmarks/bench_ingest.py            # about 5 minutes on 2 cores
-    .venv/bin/python benchmarks/bench_ingest.py --quick    # smaller sizes, for a smoke run
+    .venv/bin/python -m benchmarks.bench_ingest            # about 5 minutes on 2 cores
+    .venv/bin/python -m benchmarks.bench_ingest --quick    # smaller sizes, for a smoke run
 
 It uses its own database, ``<name>_bench`` on the same server (the embedded one,
 or DATABASE_URL's), created afresh and migrated each run, so stored data is never touched.
@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from _common import ROOT, setup_database
+
+from benchmarks.harness import ROOT, setup_database
 
 TABLE = "vectorstore_document"
 COLUMNS = "external_id, text, embedding, category, metadata, created_at"
@@ -53,7 +54,7 @@ def make_parquet(path: Path, n: int, seed: int = 0, with_vectors: bool = True) -
 
 
 def sql(statement: str) -> None:
-    from vectorstore.copy import django_connection
+    from vectorstore.pgcopy import django_connection
 
     conn = django_connection()
     conn.execute(statement)
@@ -65,7 +66,8 @@ class Indexes:
     """The Document table's secondary indexes as migrated, to drop and restore between runs."""
 
     def __init__(self) -> None:
-        from vectorstore.copy import django_connection, rebuildable_indexes
+        from vectorstore.indexes import rebuildable_indexes
+        from vectorstore.pgcopy import django_connection
 
         self.all = rebuildable_indexes(django_connection(), TABLE)
         self.vector = [i for i in self.all if i.method in ("hnsw", "ivfflat")]
@@ -203,6 +205,7 @@ def main() -> None:
     )
     setup_database("bench")
     from vectorstore import ingest
+    from vectorstore.embed_parquet import embed_parquet
     from vectorstore.embedding import Embedder
 
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
@@ -305,9 +308,7 @@ def main() -> None:
         start = time.perf_counter()
         embedder.model.encode(texts, batch_size=64, normalize_embeddings=True)
         direct = len(texts) / (time.perf_counter() - start)
-        report = ingest.embed_parquet(
-            texts_path, work / "embedded.parquet", embedder=embedder, progress=False
-        )
+        report = embed_parquet(texts_path, work / "embedded.parquet", embedder=embedder, progress=False)
         line(
             f"embed_parquet / SentenceTransformer.encode ({len(texts)} texts)",
             report.texts_per_s / direct,
@@ -320,9 +321,7 @@ def main() -> None:
     if want("overlap"):
         indexes.reset(with_vector=True)
         both = ingest.load(texts_path, embedder=embedder, index_strategy="rebuild", progress=False).seconds
-        embed_alone = ingest.embed_parquet(
-            texts_path, work / "embedded2.parquet", embedder=embedder, progress=False
-        )
+        embed_alone = embed_parquet(texts_path, work / "embedded2.parquet", embedder=embedder, progress=False)
         indexes.reset(with_vector=True)
         load_alone = ingest.load(work / "embedded2.parquet", index_strategy="rebuild", progress=False).seconds
         parts = embed_alone.seconds + load_alone

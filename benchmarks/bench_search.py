@@ -1,6 +1,6 @@
 """Search benchmark on 50,673 real passages: recall against exact search, and API latency against raw psycopg.
 
-    .venv/bin/python benchmarks/bench_search.py
+    .venv/bin/python -m benchmarks.bench_search
 
 The corpus is benchmarks/data/sotu-passages-200.parquet (the State of the Union
 addresses cut into passages of at most 200 characters, fixtures/build_sotu.py
@@ -23,11 +23,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow.parquet as pq
-from _common import ROOT, setup_database
-from bench_load import serve
+
+from benchmarks.harness import CACHE, ROOT, serve, setup_database
 
 CORPUS = ROOT / "benchmarks" / "data" / "sotu-passages-200.parquet"
-CACHE = ROOT / "benchmarks" / ".cache" / "sotu-passages-200.embedded.parquet"
+EMBEDDED = CACHE / "sotu-passages-200.embedded.parquet"
 RAW_SQL = (
     "SELECT id, external_id, text, category, metadata, created_at, embedding <=> %s AS distance"
     " FROM vectorstore_document ORDER BY embedding <=> %s LIMIT %s"
@@ -70,16 +70,16 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--clients", type=int, default=8)
     args = parser.parse_args()
-    if not CACHE.exists():
-        CACHE.parent.mkdir(parents=True, exist_ok=True)
-        print(f"embedding {CORPUS.name} once into {CACHE} ...", flush=True)
+    if not EMBEDDED.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        print(f"embedding {CORPUS.name} once into {EMBEDDED} ...", flush=True)
         subprocess.run(
             [
                 sys.executable,
                 str(ROOT / "manage.py"),
                 "embed_parquet",
                 str(CORPUS),
-                str(CACHE),
+                str(EMBEDDED),
                 "--batch-size",
                 "128",
             ],
@@ -93,7 +93,7 @@ def main() -> None:
     from vectorstore.embedding import Embedder
     from vectorstore.search import search
 
-    report = ingest.load(CACHE, progress=False)
+    report = ingest.load(EMBEDDED, progress=False)
     print(f"loaded {report.rows:,} passages in {report.seconds:.1f} s (indexes {report.index_seconds:.1f} s)")
     queries = pq.read_table(ROOT / "fixtures" / "sotu.parquet").column("text").to_pylist()
     rng = np.random.default_rng(0)

@@ -123,4 +123,6 @@ WHITENOISE_USE_FINDERS = True
 VECTORSTORE = {
     "DIMENSIONS": 384,
     "DEVICE": os.environ.get("VECTORSTORE_DEVICE", "auto"),
+    # What `manage.py stream_sim` replays when given no --source.
+    "STREAM_SOURCE": BASE_DIR / "fixtures" / "sotu.parquet",
 }

@@ -10,7 +10,7 @@ from django.core.management import call_command
 from django.test import Client
 from ninja.testing import TestClient
 
-from tests.conftest import unit_vectors
+from tests.helpers import unit_vectors
 from vectorstore.api import router
 from vectorstore.models import ApiToken, Document
 

@@ -6,7 +6,7 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 from vectorstore import ingest
 from vectorstore.models import Document
 

@@ -3,7 +3,7 @@
 import pytest
 from django.db import connection
 
-from tests.conftest import database_url, run_python
+from tests.helpers import database_url, run_python
 
 SHOW_DATABASE = """
 import os, django

@@ -11,7 +11,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from sentence_transformers import SentenceTransformer
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 from vectorstore.embedding import Embedder, EmbeddingError, bundled_model_path, resolve_device
 
 FIXTURE = ROOT / "fixtures" / "sotu.parquet"

@@ -15,7 +15,7 @@ from django.test import Client
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import unit_vectors
+from tests.helpers import unit_vectors
 from vectorstore.models import Document
 
 pytestmark = pytest.mark.django_db

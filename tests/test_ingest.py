@@ -14,7 +14,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection, transaction
 
-from tests.conftest import ROOT, database_url, unit_vectors
+from tests.helpers import ROOT, database_url, unit_vectors
 from tests.testapp.models import HostDocument
 from vectorstore import ingest
 from vectorstore.models import Document
@@ -202,7 +202,8 @@ def test_id_already_stored_aborts(tmp_path):
     bulk_copy(path)
     before = snapshot()
     with pytest.raises(
-        CommandError, match=r"row 0: id 'doc-0' is already stored .*--on-conflict skip or update"
+        CommandError,
+        match=r"row 0: id 'doc-0' is already stored .*--on-conflict skip or --on-conflict update",
     ):
         bulk_copy(path)
     assert snapshot() == before
@@ -337,17 +338,17 @@ def test_workers_load_a_populated_table_all_or_nothing(tmp_path):
 @pytest.mark.django_db(transaction=True)  # the poller's own connection must see the build
 def test_index_build_reports_progress_from_postgres():
     """build_indexes polls pg_stat_progress_create_index while the HNSW index builds."""
-    from vectorstore import copy as pgcopy
+    from vectorstore import indexes, pgcopy
 
     Document.objects.bulk_create(
         Document(text=str(i), embedding=v) for i, v in enumerate(unit_vectors(4000, 384))
     )
     conn = pgcopy.django_connection()
-    hnsw = [i for i in pgcopy.rebuildable_indexes(conn, "vectorstore_document") if i.method == "hnsw"]
+    hnsw = [i for i in indexes.rebuildable_indexes(conn, "vectorstore_document") if i.method == "hnsw"]
     seen = []
     with transaction.atomic():
-        pgcopy.drop_indexes(conn, hnsw)
-        pgcopy.build_indexes(conn, hnsw, progress=lambda *a: seen.append(a), progress_interval=0.01)
+        indexes.drop_indexes(conn, hnsw)
+        indexes.build_indexes(conn, hnsw, progress=lambda *a: seen.append(a), progress_interval=0.01)
     assert seen, "no progress was reported"
     assert {name for name, *_ in seen} == {"vectorstore_document_hnsw"}
     assert any(phase.startswith("building index") for _, phase, _, _ in seen)

@@ -13,8 +13,8 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.db import connection
 
-from benchmarks.bench_load import MIX, request, run_load, serve
-from tests.conftest import ROOT, database_url, unit_vectors
+from benchmarks.harness import MIX, request, run_load, serve
+from tests.helpers import ROOT, database_url, unit_vectors
 from vectorstore import ingest
 from vectorstore.models import ApiToken, Document
 

@@ -5,7 +5,7 @@ from django.core.management import call_command
 from django.db import connection
 from django.db.migrations.loader import MigrationLoader
 
-from tests.conftest import unit_vectors
+from tests.helpers import unit_vectors
 from tests.testapp.models import HostDocument
 from vectorstore.operations import AddIvfflatIndex, ivfflat_lists
 

@@ -7,7 +7,7 @@ import pytest
 from django.db import DataError, IntegrityError, connection, transaction
 from pgvector.django import CosineDistance, L2Distance
 
-from tests.conftest import unit_vectors
+from tests.helpers import unit_vectors
 from tests.testapp.models import HostDocument
 from vectorstore.models import Document
 

@@ -5,6 +5,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -13,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from django.db import connection
 
-from tests.conftest import ROOT, database_url
+from tests.helpers import ROOT, database_url
 from tests.testapp.models import HostDocument
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -155,13 +156,12 @@ def _invalid_indexes() -> int:
 
 def test_reindex_concurrently_under_searches_and_a_failed_one_leaves_nothing(capsys, monkeypatch):
     """Searches keep answering while the HNSW index is rebuilt; a failed rebuild leaves no INVALID index."""
-    import threading
     from collections import Counter
 
     from django.core.management import call_command
     from django.core.management.base import CommandError
 
-    from tests.conftest import unit_vectors
+    from tests.helpers import unit_vectors
     from vectorstore.models import Document
 
     vectors = unit_vectors(3000, 384, seed=21)
@@ -181,18 +181,46 @@ def test_reindex_concurrently_under_searches_and_a_failed_one_leaves_nothing(cap
     assert counts["error"] == 0 and counts["short"] == 0 and counts["ok"] > 0
 
     # A rebuild cut short by its timeout leaves vectorstore_document_hnsw_ccnew INVALID, until cleaned up.
-    from vectorstore import copy as pgcopy
+    # A writer's open transaction holds the rebuild after it has created that index (REINDEX CONCURRENTLY
+    # waits for every writer before it builds), so the timeout strikes there however busy the machine is;
+    # the clean-up's DROP INDEX CONCURRENTLY then waits for the writer too, which is let go once it does.
+    from django.db import connections
+
+    from vectorstore import indexes
 
     dropped = []
-    real_drop = pgcopy.drop_invalid_indexes
+    real_drop = indexes.drop_invalid_indexes
 
     def spy(conn, table):
         dropped.extend(real_drop(conn, table))
         return dropped
 
-    monkeypatch.setattr(pgcopy, "drop_invalid_indexes", spy)
-    with pytest.raises(CommandError, match="no INVALID index was left"):
-        call_command("reindex", "--timeout", "1ms")
+    monkeypatch.setattr(indexes, "drop_invalid_indexes", spy)
+    failure: list[str] = []
+
+    def reindex_with_timeout() -> None:
+        try:
+            call_command("reindex", "--timeout", "2s")
+        except CommandError as exc:
+            failure.append(str(exc))
+        finally:
+            connections.close_all()
+
+    import psycopg
+
+    with psycopg.connect(database_url(connection.settings_dict)) as writer:
+        writer.execute("UPDATE vectorstore_document SET category = 'held' WHERE text = '0'")
+        rebuild = threading.Thread(target=reindex_with_timeout)
+        rebuild.start()
+        _wait_for(
+            "SELECT pid FROM pg_stat_activity WHERE query LIKE 'DROP INDEX CONCURRENTLY%'"
+            " AND pid <> pg_backend_pid()",
+            timeout=120,
+        )
+        writer.rollback()
+    rebuild.join(timeout=120)
+    assert not rebuild.is_alive()
+    assert len(failure) == 1 and "no INVALID index was left" in failure[0]
     assert dropped == ["vectorstore_document_hnsw_ccnew"]
     assert _invalid_indexes() == 0
     plan = Document.objects.order_by_distance(vectors[0])[:5].explain()
@@ -205,7 +233,7 @@ def test_api_inserts_during_a_bulk_load(tmp_path, capsys):
     from django.core.management import call_command
     from ninja.testing import TestClient
 
-    from tests.conftest import unit_vectors
+    from tests.helpers import unit_vectors
     from vectorstore.api import router
     from vectorstore.models import Document
 
@@ -258,7 +286,8 @@ def test_api_inserts_during_a_bulk_load(tmp_path, capsys):
 
 @pytest.mark.parametrize("mode", ["insert", "copy", "batch"])
 def test_stream_survives_a_server_crash_and_restart(tmp_path, clean_env, mode):
-    """PostgreSQL stopped (immediate mode) under stream_sim and started 3 s later: each record stored once."""
+    """PostgreSQL stopped (immediate mode) under stream_sim and started again once the writer has seen it
+    gone: the writes are retried, and each record is stored once."""
     from project.db import start_embedded, stop_embedded
 
     pgdata = tmp_path / "pg"
@@ -297,18 +326,41 @@ def test_stream_survives_a_server_crash_and_restart(tmp_path, clean_env, mode):
             stderr=subprocess.PIPE,
             text=True,
         )
-        time.sleep(6)  # the model is loaded and records are flowing
-        assert stream.poll() is None, stream.stderr.read()
+        # Read stderr as it comes: stream_sim says there when a write first finds the server gone.
+        warned = threading.Event()
+        errors: list[str] = []
+
+        def read_stderr() -> None:
+            for line in stream.stderr:
+                errors.append(line)
+                if "unreachable" in line:
+                    warned.set()
+
+        reader = threading.Thread(target=read_stderr, daemon=True)
+        reader.start()
+        import psycopg
+
+        def stored() -> int:
+            with psycopg.connect(url) as conn:
+                return conn.execute(
+                    "SELECT count(*) FROM vectorstore_document WHERE external_id LIKE 'crash-%'"
+                ).fetchone()[0]
+
+        deadline = time.monotonic() + 240  # the model loads first: slow on a busy machine
+        while stored() < 5:  # records are flowing
+            assert stream.poll() is None, "".join(errors)
+            assert time.monotonic() < deadline, "no record was stored"
+            time.sleep(0.05)
         assert stop_embedded(pgdata, mode="immediate")
-        time.sleep(3)
+        assert warned.wait(timeout=120), f"stream_sim never saw the outage: {''.join(errors)}"
+        time.sleep(2)  # the outage's length, from the writer's first failure on: more than a second
         start_embedded(pgdata)
-        out, err = stream.communicate(timeout=300)
-        assert stream.returncode == 0, err
+        out = stream.stdout.read()
+        assert stream.wait(timeout=300) == 0, "".join(errors)
+        reader.join(timeout=10)
         summary = json.loads(out.strip().splitlines()[-1])
         assert summary["retries"] > 0 and summary["outage_seconds"] > 1
         assert "unreachable" in out
-        import psycopg
-
         with psycopg.connect(url) as conn:
             total, distinct = conn.execute(
                 "SELECT count(*), count(DISTINCT external_id) FROM vectorstore_document"
@@ -359,7 +411,7 @@ def test_parallel_load_killed_mid_commit_is_finished_once(tmp_path, capsys, deci
     import psycopg
     from django.core.management import call_command
 
-    from vectorstore import copy as pgcopy
+    from vectorstore import twophase
 
     write_input(tmp_path / "base.parquet", 2_000, "base-")
     assert bulk_copy_process(tmp_path / "base.parquet").wait(timeout=300) == 0
@@ -377,7 +429,7 @@ def test_parallel_load_killed_mid_commit_is_finished_once(tmp_path, capsys, deci
             " AND query LIKE 'INSERT INTO \"vectorstore_loaddecision\"%%'"
         )[0]
         assert len(_prepared_loads()) == 2
-        alive = pgcopy.recover_prepared_loads()
+        alive = twophase.recover_prepared_loads()
         assert (len(alive.running), alive.committed, alive.rolled_back) == (2, [], [])  # its owner lives
 
         if decided:
@@ -481,10 +533,10 @@ def test_concurrent_ivfflat_build_lets_searches_and_writes_go_on(tmp_path):
             )
         assert len(nearest) == 5
         # The build's index is INVALID until it finishes: cleaning up leftovers must not take it.
-        from vectorstore import copy as pgcopy
+        from vectorstore import indexes
 
         with psycopg.connect(url, autocommit=True) as other:
-            assert pgcopy.drop_invalid_indexes(other, "testapp_hostdocument") == []
+            assert indexes.drop_invalid_indexes(other, "testapp_hostdocument") == []
         # Both finished while the build was still waiting: they never queued behind it.
         _wait_for(
             "SELECT 1 FROM pg_stat_progress_create_index WHERE command = 'CREATE INDEX CONCURRENTLY'",

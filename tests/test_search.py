@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 from django.db import connection
 
-from tests.conftest import ROOT, unit_vectors
+from tests.helpers import ROOT, unit_vectors
 from tests.testapp.models import HostDocument
 from vectorstore import ingest
 from vectorstore.models import Document

@@ -1,17 +1,18 @@
 """The site: health API, admin, the admin login command, and the production server."""
 
 import json
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.core.management import call_command
 from django.db import connection
 from ninja.testing import TestClient
 
-from benchmarks.bench_load import serve
-from tests.conftest import ROOT, database_url, unit_vectors
+from benchmarks.harness import serve
+from tests.helpers import ROOT, database_url, unit_vectors
 from vectorstore.api import router
 from vectorstore.models import Document
 
@@ -86,13 +87,22 @@ def test_admin_requires_staff_and_the_model_permission(client):
     assert Document.objects.filter(pk=doc.pk).exists()
 
 
-def test_ensure_admin_creates_once_and_prints_login(capsys, monkeypatch):
+def site_command(env: dict[str, str], *args: str) -> str:
+    """A manage.py command of the site (its own settings) against the test database; its output."""
+    env = {**env, "DATABASE_URL": database_url(connection.settings_dict)}
+    result = subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.mark.django_db(transaction=True)  # the command's own process must see and leave committed rows
+def test_ensure_admin_creates_once_and_prints_login(clean_env):
     """The first run creates the superuser; later runs print the same login and create nothing."""
-    monkeypatch.setenv("VECTORSTORE_ADMIN_PASSWORD", "s3cret-for-tests")
-    call_command("ensure_admin")
-    assert "Created the admin login: admin / s3cret-for-tests" in capsys.readouterr().out
-    call_command("ensure_admin")
-    assert "Admin login: admin / s3cret-for-tests" in capsys.readouterr().out
+    env = {**clean_env, "VECTORSTORE_ADMIN_PASSWORD": "s3cret-for-tests"}
+    assert "Created the admin login: admin / s3cret-for-tests" in site_command(env, "ensure_admin")
+    assert "Admin login: admin / s3cret-for-tests" in site_command(env, "ensure_admin")
     user = get_user_model().objects.get(username="admin")
     assert user.is_superuser and user.check_password("s3cret-for-tests")
 
@@ -124,25 +134,21 @@ def test_production_server_serves_health_admin_and_static(clean_env):
         assert status == 200 and len(body) > 100_000
 
 
-def test_load_fixtures_once(capsys, settings, tmp_path):
+@pytest.mark.django_db(transaction=True)
+def test_load_fixtures_once(clean_env, tmp_path):
     """The first start loads fixtures/ (embedding it); the next finds documents and loads nothing."""
     import pyarrow.parquet as pq
 
-    (tmp_path / "fixtures").mkdir()
-    pq.write_table(
-        pq.read_table(ROOT / "fixtures" / "sotu.parquet").slice(0, 12), tmp_path / "fixtures" / "f.parquet"
-    )
-    settings.BASE_DIR = tmp_path
-    call_command("load_fixtures")
-    assert "12 inserted" in capsys.readouterr().out
-    call_command("load_fixtures")
-    assert "12 documents stored; fixtures not loaded again" in capsys.readouterr().out
+    pq.write_table(pq.read_table(ROOT / "fixtures" / "sotu.parquet").slice(0, 12), tmp_path / "f.parquet")
+    assert "12 inserted" in site_command(clean_env, "load_fixtures", str(tmp_path))
+    out = site_command(clean_env, "load_fixtures", str(tmp_path))
+    assert "12 documents stored; fixtures not loaded again" in out
     assert Document.objects.count() == 12
 
 
 def test_check_deploy_is_clean_for_production_settings(clean_env):
     """DEBUG off by default; with a key from the environment and DJANGO_SECURE=1, check --deploy is clean."""
-    from tests.conftest import run_python
+    from tests.helpers import run_python
 
     env = {
         **clean_env,

@@ -1,7 +1,7 @@
 """Document admin: semantic search in the change list, a readable vector, similar documents, re-embedding.
 
-``DocumentAdmin`` works for any subclass of ``AbstractDocument``:
-``admin.site.register(MyDocument, DocumentAdmin)``.
+The configured document model (``VECTORSTORE["DOCUMENT_MODEL"]``) is registered here; ``DocumentAdmin``
+works for any other subclass of ``AbstractDocument`` too: ``admin.site.register(MyDocument, DocumentAdmin)``.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-from vectorstore import search
-from vectorstore.models import Document
+from vectorstore import conf, search
+from vectorstore.embedding import Embedder, EmbeddingError
 from vectorstore.validation import storable_json
 
 SEMANTIC_RESULTS = 200  # how many nearest documents a semantic search in the change list shows
@@ -45,8 +45,6 @@ class SearchModeFilter(admin.SimpleListFilter):
 
 
 def _embed(texts: list[str], model) -> np.ndarray:
-    from vectorstore.embedding import Embedder
-
     return Embedder(dimensions=model._meta.get_field("embedding").dimensions).encode(texts)
 
 
@@ -103,7 +101,7 @@ class DocumentAdmin(admin.ModelAdmin):
             return super().get_search_results(request, queryset, search_term)
         try:
             result = search.search(search_term, k=SEMANTIC_RESULTS, queryset=queryset)
-        except search.SearchError as exc:
+        except (search.SearchError, EmbeddingError) as exc:
             messages.warning(request, f"Semantic search: {exc}; showing a plain text search instead.")
             return super().get_search_results(request, queryset, search_term)
         vector = search.embed_query(search_term, self.model._meta.get_field("embedding").dimensions)
@@ -165,4 +163,5 @@ class DocumentAdmin(admin.ModelAdmin):
         self.message_user(request, f"Re-embedded {len(docs)} documents.", messages.SUCCESS)
 
 
-admin.site.register(Document, DocumentAdmin)
+# The configured document model (VECTORSTORE["DOCUMENT_MODEL"]), whichever app defines it.
+admin.site.register(conf.document_model(), DocumentAdmin)

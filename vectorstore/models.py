@@ -13,43 +13,12 @@ from django.db import models
 from django.utils import timezone
 from pgvector.django import HnswIndex, VectorField
 
+from vectorstore.limits import TEXT_SEARCH_CONFIG
+from vectorstore.query import DocumentManager
+
 # HNSW build parameters, explicit so that a migration records them (pgvector's defaults).
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 64
-# The text search configuration of the generated tsvector column.
-TEXT_SEARCH_CONFIG = "english"
-
-
-class DocumentQuerySet(models.QuerySet):
-    """Search helpers on any AbstractDocument subclass's manager and querysets."""
-
-    def nearest(self, query: Any, k: int = 10, **kwargs: Any) -> list:
-        """The k documents nearest a text or a vector, within this queryset; each has ``.distance``.
-
-        Takes the options of ``vectorstore.search.search`` (filters, metric, mode, ef_search, ...).
-        """
-        from vectorstore.search import search
-
-        if isinstance(query, str):
-            result = search(query, k=k, queryset=self, **kwargs)
-        else:
-            result = search(vector=query, k=k, queryset=self, **kwargs)
-        return [hit.document for hit in result.hits]
-
-    def similar_to(self, document: models.Model, k: int = 10, **kwargs: Any) -> list:
-        """The k documents nearest a stored one, itself left out."""
-        from vectorstore.search import similar
-
-        return [hit.document for hit in similar(document, k, queryset=self, **kwargs).hits]
-
-    def order_by_distance(self, vector: Any, metric: str = "cosine") -> models.QuerySet:
-        """A lazy queryset annotated with ``distance`` and ordered by it, to slice and compose."""
-        from vectorstore.search import METRICS
-
-        return self.annotate(distance=METRICS[metric]("embedding", vector)).order_by("distance")
-
-
-DocumentManager = models.Manager.from_queryset(DocumentQuerySet)
 
 
 class AbstractDocument(models.Model):

@@ -10,6 +10,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vectorstore.validation import InputError
+
+__all__ = ["AtomicParquetWriter", "InputError", "Source", "use_system_allocator"]
+
 
 def use_system_allocator() -> None:
     """Make pyarrow allocate with the C library's malloc in this process.
@@ -20,10 +24,6 @@ def use_system_allocator() -> None:
     that calls the loaders from Python keeps its own choice.
     """
     pa.set_memory_pool(pa.system_memory_pool())
-
-
-class InputError(ValueError):
-    """Input that cannot be loaded; the message names the file, the column and the first bad row."""
 
 
 class Source:

@@ -9,24 +9,33 @@ from ninja import Field, Schema
 from ninja.orm import register_field
 from pydantic import field_validator
 
-from vectorstore import search
+from vectorstore.limits import (
+    EF_SEARCH_RANGE,
+    ITERATIVE_SCANS,
+    MAX_DIMENSIONS,
+    MAX_K,
+    MAX_QUERY_CHARS,
+    MAX_TEXT,
+    METRICS,
+    PROBES_RANGE,
+    SEARCH_MODES,
+)
 from vectorstore.validation import storable_json, storable_text
 
 # pgvector's VectorField reads as a list of floats wherever ninja builds a schema from a model.
 register_field("VectorField", list[float])
 
-Mode = Literal["vector", "hybrid", "text"]
-Metric = Literal["cosine", "l2", "inner_product"]
-IterativeScan = Literal["off", "strict_order", "relaxed_order"]
-MAX_TEXT = 100_000
-MAX_DIMENSIONS = 16_000  # pgvector's limit: a longer vector is refused before it is even checked
-MAX_BATCH = 1000
+# Literal[("a", "b")] is Literal["a", "b"]: the vocabularies stay written once, in limits.py.
+Mode = Literal[SEARCH_MODES]
+Metric = Literal[METRICS]
+IterativeScan = Literal[ITERATIVE_SCANS]
 
 
 class SearchIn(Schema):
-    query: str | None = Field(None, max_length=search.MAX_QUERY_CHARS, description="text to search for")
+    query: str | None = Field(None, max_length=MAX_QUERY_CHARS, description="text to search for")
+    # pgvector's limit: a longer vector is refused before it is even checked.
     vector: list[float] | None = Field(None, max_length=MAX_DIMENSIONS, description="or a query vector")
-    k: int = Field(10, ge=1, le=search.MAX_K)
+    k: int = Field(10, ge=1, le=MAX_K)
     filters: dict[str, Any] | None = Field(
         None,
         description="category, external_id, created_at, id, or any metadata key; operators "
@@ -35,8 +44,12 @@ class SearchIn(Schema):
     )
     mode: Mode = "vector"
     metric: Metric | None = None
-    ef_search: int | None = Field(None, ge=1, le=1000, description="hnsw.ef_search for this query")
-    probes: int | None = Field(None, ge=1, le=10000, description="ivfflat.probes for this query")
+    ef_search: int | None = Field(
+        None, ge=EF_SEARCH_RANGE[0], le=EF_SEARCH_RANGE[1], description="hnsw.ef_search for this query"
+    )
+    probes: int | None = Field(
+        None, ge=PROBES_RANGE[0], le=PROBES_RANGE[1], description="ivfflat.probes for this query"
+    )
     iterative_scan: IterativeScan | None = None
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,9 +19,10 @@ import psycopg
 from django.db import InterfaceError, OperationalError, connections, models, transaction
 from django.utils import timezone
 
-from vectorstore import conf
-from vectorstore import copy as pgcopy
-from vectorstore.parquet import InputError, Source
+from vectorstore import conf, pgcopy
+from vectorstore.parquet import Source
+from vectorstore.validation import InputError
+from vectorstore.writes import DocumentRows
 
 if TYPE_CHECKING:
     from vectorstore.embedding import Embedder
@@ -131,27 +132,25 @@ class Writer:
     retried as such an INSERT. So every record is stored exactly once.
     """
 
-    COLUMNS = ("external_id", "text", "embedding", "category", "metadata", "created_at")
-
-    def __init__(self, model: type[models.Model], using: str = "default", max_outage: float = 60.0) -> None:
+    def __init__(
+        self,
+        model: type[models.Model],
+        using: str = "default",
+        max_outage: float = 60.0,
+        on_outage: Callable[[str], Any] | None = None,
+    ) -> None:
         self.model = model
+        self.on_outage = on_outage  # told once per outage, when its first write fails
         self.using = using
         self.max_outage = max_outage
         self.retries = 0
         self.outage_seconds = 0.0
-        conn = pgcopy.django_connection(using)
-        self.target = pgcopy.Target.introspect(conn, model._meta.db_table, self.COLUMNS)
+        self.rows = DocumentRows(pgcopy.django_connection(using), model)
+        self.target = self.rows.target
         self.insert = self.target.insert_sql(" ON CONFLICT (external_id) DO NOTHING")
 
     def _row(self, record: Record, vector: Any) -> tuple:
-        return (
-            record.external_id,
-            record.text,
-            vector,
-            record.category,
-            pgcopy.jsonb(record.metadata),
-            timezone.now(),
-        )
+        return self.rows.row({**asdict(record), "created_at": timezone.now()}, vector)
 
     def _insert(self, records: Sequence[Record], vectors: np.ndarray) -> None:
         conn = pgcopy.django_connection(self.using)
@@ -176,9 +175,21 @@ class Writer:
                 if started is not None:
                     self.outage_seconds += time.perf_counter() - started
                 return
-            except (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError):
+            except (
+                OperationalError,
+                InterfaceError,
+                psycopg.OperationalError,
+                psycopg.InterfaceError,
+            ) as exc:
                 now = time.perf_counter()
-                started = started if started is not None else now
+                if started is None:
+                    started = now
+                    if self.on_outage is not None:
+                        first_line = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+                        self.on_outage(
+                            f"the database is unreachable ({first_line}); retrying for up to"
+                            f" {self.max_outage:.0f} s"
+                        )
                 if now - started > self.max_outage:
                     raise
                 self.retries += 1
@@ -207,17 +218,19 @@ def simulate(
     max_wait_ms: float = 50.0,
     rate: float | None = None,
     using: str = "default",
+    on_outage: Callable[[str], Any] | None = None,
 ) -> StreamReport:
     """Replay records in one mode; each record's latency runs from its arrival to its commit.
 
     Without ``rate`` a record arrives as soon as the previous one is handled
-    (batch mode: as soon as it is read); with it, records arrive every 1/rate s.
+    (batch mode: as soon as it is read); with it, records arrive every 1/rate s. ``on_outage(message)``
+    is called when a write first finds the database gone (it is then retried, see Writer).
     """
     if mode not in MODES:
         raise InputError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     if rate is not None and rate <= 0:
         raise InputError(f"rate must be positive, not {rate}")
-    writer = Writer(model or conf.document_model(), using)
+    writer = Writer(model or conf.document_model(), using, on_outage=on_outage)
     embedder.encode(["warm-up"])  # the first call pays for lazy initialisation; keep it out of the figures
     report = StreamReport(mode=mode, batch_size=batch_size if mode == "batch" else 1, rate=rate)
     start = time.perf_counter()

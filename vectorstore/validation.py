@@ -1,4 +1,5 @@
-"""What PostgreSQL can store: checked before a write or a query, so bad input is a 4xx, not a 500."""
+"""Bad input, caught before it reaches the database: what PostgreSQL can store (so bad input is a
+4xx, not a 500), and the error that loaders raise for input they cannot load."""
 
 from __future__ import annotations
 
@@ -6,6 +7,13 @@ import math
 from typing import Any
 
 MAX_METADATA_DEPTH = 32
+
+
+class InputError(ValueError):
+    """Input that cannot be loaded; the message names the file, the column and the first bad row.
+
+    Messages speak of parameters (``on_conflict='skip'``); commands translate them to their flags.
+    """
 
 
 def storable_text(value: str) -> str:

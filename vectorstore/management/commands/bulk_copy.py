@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from django.core.management.base import CommandError
-
 from vectorstore import ingest
-from vectorstore.embedding import EmbeddingError
+from vectorstore.embedding import Embedder, EmbeddingError
 from vectorstore.management.commands._base import ServiceCommand
-from vectorstore.parquet import InputError
+from vectorstore.validation import InputError
 
 
 class Command(ServiceCommand):
@@ -60,12 +58,10 @@ class Command(ServiceCommand):
     def handle(self, *args, **o) -> None:
         embedder = None
         if o["embedding_model"] or o["device"]:
-            from vectorstore.embedding import Embedder
-
             try:
                 embedder = Embedder(model=o["embedding_model"], device=o["device"])
             except EmbeddingError as exc:
-                raise CommandError(str(exc)) from exc
+                raise self.error(exc) from exc
         try:
             report = ingest.load(
                 o["input"],
@@ -86,5 +82,5 @@ class Command(ServiceCommand):
                 maintenance_work_mem=o["maintenance_work_mem"],
             )
         except (InputError, EmbeddingError) as exc:
-            raise CommandError(str(exc)) from exc
+            raise self.error(exc) from exc
         self.emit(report.summary(), report.as_dict(), o["json"])

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from django.core.management.base import CommandError
-
-from vectorstore import ingest
+from vectorstore.embed_parquet import embed_parquet
 from vectorstore.embedding import Embedder, EmbeddingError
 from vectorstore.management.commands._base import ServiceCommand
-from vectorstore.parquet import InputError
+from vectorstore.validation import InputError
 
 
 class Command(ServiceCommand):
@@ -29,9 +27,7 @@ class Command(ServiceCommand):
     def handle(self, *args, **o) -> None:
         try:
             embedder = Embedder(model=o["model"], device=o["device"], batch_size=o["batch_size"])
-            report = ingest.embed_parquet(
-                o["input"], o["output"], text_column=o["text_column"], embedder=embedder
-            )
+            report = embed_parquet(o["input"], o["output"], text_column=o["text_column"], embedder=embedder)
         except (InputError, EmbeddingError) as exc:
-            raise CommandError(str(exc)) from exc
+            raise self.error(exc) from exc
         self.emit(report.summary(), report.as_dict(), o["json"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vectorstore import copy as pgcopy
+from vectorstore import twophase
 from vectorstore.management.commands._base import ServiceCommand
 
 
@@ -14,7 +14,7 @@ class Command(ServiceCommand):
     )
 
     def handle(self, *args, **o) -> None:
-        result = pgcopy.recover_prepared_loads()
+        result = twophase.recover_prepared_loads()
         self.emit(
             f"{len(result.committed)} prepared transactions committed, {len(result.rolled_back)} rolled back,"
             f" {len(result.running)} of running loads left alone",

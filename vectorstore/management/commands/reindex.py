@@ -8,10 +8,9 @@ import psycopg
 from django.apps import apps
 from django.core.management.base import CommandError
 
-from vectorstore import conf
-from vectorstore import copy as pgcopy
-from vectorstore.ingest import index_progress_bar
+from vectorstore import conf, indexes
 from vectorstore.management.commands._base import ServiceCommand
+from vectorstore.progress import index_progress_bar
 
 
 class Command(ServiceCommand):
@@ -39,7 +38,7 @@ class Command(ServiceCommand):
         started = time.perf_counter()
         try:
             with bar:
-                names = pgcopy.reindex_concurrently(
+                names = indexes.reindex_concurrently(
                     model._meta.db_table,
                     vector_only=not o["all"],
                     maintenance_work_mem=o["maintenance_work_mem"],

@@ -4,21 +4,13 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
-from django.conf import settings
 from django.core.management.base import CommandError
 
-from vectorstore import stream
+from vectorstore import conf, stream
 from vectorstore.embedding import Embedder, EmbeddingError
 from vectorstore.management.commands._base import ServiceCommand
-from vectorstore.parquet import InputError
-
-
-def default_source() -> Path | None:
-    base = getattr(settings, "BASE_DIR", None)
-    path = Path(base) / "fixtures" / "sotu.parquet" if base else None
-    return path if path and path.exists() else None
+from vectorstore.validation import InputError
 
 
 class Command(ServiceCommand):
@@ -27,7 +19,7 @@ class Command(ServiceCommand):
     def add_arguments(self, parser) -> None:
         super().add_arguments(parser)
         parser.add_argument(
-            "--source", help="a parquet file with a text column (default: fixtures/sotu.parquet)"
+            "--source", help="a parquet file with a text column (default: VECTORSTORE STREAM_SOURCE)"
         )
         parser.add_argument("--count", type=int, default=100)
         parser.add_argument(
@@ -45,9 +37,9 @@ class Command(ServiceCommand):
         parser.add_argument("--embedding-model", help="sentence-transformers path or name")
 
     def handle(self, *args, **o) -> None:
-        source = o["source"] or default_source()
+        source = o["source"] or conf.stream_source()
         if source is None:
-            raise CommandError("--source: no parquet file given and no fixtures/sotu.parquet here")
+            raise CommandError("--source: give a parquet file (no VECTORSTORE['STREAM_SOURCE'] is set)")
         if o["count"] < 1:
             raise CommandError(f"--count must be at least 1, not {o['count']}")
         if o["batch_size"] < 1:
@@ -68,11 +60,12 @@ class Command(ServiceCommand):
                     batch_size=o["batch_size"],
                     max_wait_ms=o["max_wait_ms"],
                     rate=o["rate"],
+                    on_outage=self.stderr.write,
                 )
                 reports.append(report)
                 self.stdout.write(report.summary())
         except (InputError, EmbeddingError) as exc:
-            raise CommandError(str(exc)) from exc
+            raise self.error(exc) from exc
         if o["plot"]:
             self.stdout.write(f"plot: {stream.plot(reports, o['plot'])}")
         if o["json"]:

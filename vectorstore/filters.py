@@ -1,0 +1,228 @@
+"""The filter language: a JSON document of fields and operators (the langchain-postgres set), turned
+into a Django ``Q`` of lookups and parameters, never into SQL text.
+
+    build_filter({"category": "Whig", "year": {"$lt": 1850}, "$or": [{"a": 1}, {"b": {"$exists": true}}]})
+
+Keys ``category``, ``external_id``, ``created_at`` and ``id`` filter those columns; any other key
+filters that key of ``metadata``. The README's Filters section states the semantics exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from django.db import models
+from django.db.models import Func, Q, Value
+from django.db.models.fields.json import KeyTransform
+from django.db.models.functions import Cast
+from django.db.models.lookups import Exact, Lookup
+from django.utils.dateparse import parse_datetime
+
+from vectorstore.limits import MAX_FILTER_DEPTH, MAX_FILTER_LIST
+from vectorstore.validation import storable_text
+
+COLUMN_FILTERS = {
+    "category": "category",
+    "external_id": "external_id",
+    "created_at": "created_at",
+    "id": "pk",
+}
+OPERATORS = ("$eq", "$ne", "$lt", "$lte", "$gt", "$gte", "$in", "$nin", "$exists")
+
+
+class SearchError(ValueError):
+    """A bad search request; ``field`` names the input at fault."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def storable(value: str, where: str) -> str:
+    """The string, if PostgreSQL can store it; else a SearchError naming ``where``."""
+    try:
+        return storable_text(value)
+    except ValueError as exc:
+        raise SearchError(where, f"strings {exc}") from None
+
+
+def _scalar(value: Any, where: str) -> Any:
+    if isinstance(value, str):
+        return storable(value, where)
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise SearchError(where, "numbers must be finite")
+        return value
+    raise SearchError(where, f"expected a string, number, boolean or null, not {type(value).__name__}")
+
+
+def _list(value: Any, where: str) -> list:
+    if not isinstance(value, list | tuple):
+        raise SearchError(where, "expected a list")
+    if len(value) > MAX_FILTER_LIST:
+        raise SearchError(where, f"at most {MAX_FILTER_LIST} values")
+    return [_scalar(v, where) for v in value]
+
+
+def _column_value(column: str, value: Any, where: str) -> Any:
+    value = _scalar(value, where)
+    if value is None:
+        return value
+    if column == "created_at":
+        parsed = parse_datetime(value) if isinstance(value, str) else None
+        if parsed is None:
+            raise SearchError(where, "expected an ISO 8601 date and time, such as 2024-01-31T00:00:00Z")
+        return parsed
+    if column == "pk" and not (isinstance(value, int) and not isinstance(value, bool)):
+        raise SearchError(where, "expected an integer")
+    if column in ("category", "external_id") and not isinstance(value, str):
+        raise SearchError(where, "expected a string")
+    return value
+
+
+_LOOKUPS = {"$eq": "exact", "$ne": "exact", "$lt": "lt", "$lte": "lte", "$gt": "gt", "$gte": "gte"}
+_NOTHING = Q(pk__in=[])
+
+
+def _conditions(spec: Any, where: str, value_of, make, exists) -> Q:
+    """One field's filter: a bare value means $eq; a dict holds operators.
+
+    ``value_of(value, where)`` checks a value, ``make(lookup, value)`` builds a condition,
+    ``exists()`` the condition that the field is present. A document without the field matches
+    no comparison ($ne and $nin included), only ``$exists: false``.
+    """
+    if not isinstance(spec, dict):
+        return make("exact", value_of(spec, where))
+    if not spec:
+        raise SearchError(where, f"expected a value or at least one operator of {', '.join(OPERATORS)}")
+    q = Q()
+    for op, value in spec.items():
+        at = f"{where}.{op}"
+        if op not in OPERATORS:
+            raise SearchError(at, f"unknown operator; expected one of {', '.join(OPERATORS)}")
+        if op == "$exists":
+            if not isinstance(value, bool):
+                raise SearchError(at, "expected true or false")
+            cond = exists()
+            q &= cond if value else ~cond
+        elif op in ("$in", "$nin"):
+            values = [value_of(v, at) for v in _list(value, at)]
+            if not values:  # nothing to be in: $in matches nothing, $nin every document with the field
+                q &= _NOTHING if op == "$in" else exists()
+                continue
+            cond = make("in", values)
+            q &= (exists() & ~cond) if op == "$nin" else cond
+        else:
+            value = value_of(value, at)
+            if value is None and op not in ("$eq", "$ne"):
+                raise SearchError(at, "null can only be compared with $eq, $ne, $in and $nin")
+            cond = make(_LOOKUPS[op], value)
+            q &= (exists() & ~cond) if op == "$ne" else cond
+    return q
+
+
+def _column_condition(column: str, spec: Any, where: str) -> Q:
+    def make(lookup: str, value: Any) -> Q:
+        if lookup == "in" and None in value:
+            rest = [v for v in value if v is not None]
+            return Q(**{f"{column}__isnull": True}) | (Q(**{f"{column}__in": rest}) if rest else _NOTHING)
+        return Q(**{f"{column}__{lookup}": value})
+
+    return _conditions(
+        spec,
+        where,
+        lambda value, at: _column_value(column, value, at),
+        make,
+        lambda: Q(**{f"{column}__isnull": False}),
+    )
+
+
+_JSON_TYPES = {bool: "boolean", int: "number", float: "number", str: "string"}
+
+
+class _JsonIn(Lookup):
+    """``lhs = ANY(%s::jsonb[])`` over JSON values: what Django's IN cannot say, because it drops
+    None (JSON's null is a value here) and de-duplicates in Python, where False == 0 == -0.0."""
+
+    lookup_name = "json_in"
+    prepare_rhs = False
+
+    def as_sql(self, compiler, connection):
+        lhs, lhs_params = compiler.compile(self.lhs)
+        return f"{lhs} = ANY(%s::jsonb[])", (*lhs_params, [json.dumps(v) for v in self.rhs])
+
+
+class MetadataKey(KeyTransform):
+    """``metadata -> 'key'`` with the key always sent as text.
+
+    Django's KeyTransform sends a key that int() accepts ("0", "-1", " 7", "1_0") as an
+    integer, which PostgreSQL reads as an array index: {"0": 5} would not match key "0".
+    """
+
+    def as_postgresql(self, compiler, connection):
+        lhs, params = compiler.compile(self.lhs)
+        return f"({lhs} -> %s)", (*params, self.key_name)
+
+
+def _metadata_condition(key: str, spec: Any, where: str) -> Q:
+    # The key reaches SQL only as a parameter of the -> operator, never as a lookup path:
+    # a key such as "a__b" or "x'); DROP" is just a (strange) JSON key.
+    transform = MetadataKey(key, "metadata")
+
+    def make(lookup: str, value: Any) -> Q:
+        if lookup == "in":
+            # Django's IN drops None (SQL's NULL never equals); JSON's null is a value to match.
+            return Q(_JsonIn(transform, value))
+        if value is None:  # JSON's null: Value(None) would be SQL's NULL, which equals nothing
+            return Q(transform.get_lookup("exact")(transform, Cast(Value("null"), models.JSONField())))
+        # Values go in as JSON, as Django's own metadata__key=value would send them.
+        cond = Q(transform.get_lookup(lookup)(transform, Value(value, output_field=models.JSONField())))
+        if lookup != "exact":
+            # jsonb orders every string below every number (and null below both): a range
+            # compares like with like, so {"$lt": 5} never matches "abc".
+            typeof = Func(transform, function="jsonb_typeof", output_field=models.TextField())
+            cond &= Q(Exact(typeof, _JSON_TYPES[type(value)]))
+        return cond
+
+    return _conditions(spec, where, _scalar, make, lambda: Q(metadata__has_key=key))
+
+
+def build_filter(spec: Any, where: str = "filters", depth: int = 0) -> Q:
+    """Translate a filter document (the langchain-postgres operator set) into a Q, never into SQL text.
+
+    Keys ``category``, ``external_id``, ``created_at`` and ``id`` filter those columns;
+    any other key filters that key of ``metadata``. ``$and`` / ``$or`` take lists of filters.
+    """
+    if spec is None:
+        return Q()
+    if not isinstance(spec, dict):
+        raise SearchError(where, "expected an object")
+    if depth > MAX_FILTER_DEPTH:
+        raise SearchError(where, "nested too deeply")
+    q = Q()
+    for key, value in spec.items():
+        at = f"{where}.{key}"
+        if not isinstance(key, str) or not key or len(key) > 255:
+            raise SearchError(at, "keys are non-empty strings of at most 255 characters")
+        storable(key, at)
+        if key in ("$and", "$or"):
+            parts = value if isinstance(value, list) else None
+            if not parts:
+                raise SearchError(at, "expected a non-empty list of filters")
+            subs = [build_filter(p, f"{at}[{i}]", depth + 1) for i, p in enumerate(parts)]
+            combined = subs[0]
+            for sub in subs[1:]:
+                combined = combined & sub if key == "$and" else combined | sub
+            q &= combined
+        elif key.startswith("$"):
+            raise SearchError(at, "unknown operator at this level; expected $and, $or or a field name")
+        elif key in COLUMN_FILTERS:
+            q &= _column_condition(COLUMN_FILTERS[key], value, at)
+        else:
+            q &= _metadata_condition(key, value, at)
+    return q

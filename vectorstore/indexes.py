@@ -1,0 +1,203 @@
+"""A table's secondary indexes: drop and build around a bulk load (with progress), rebuild them
+concurrently under traffic, and clean up what a failed concurrent build leaves behind."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from django.db import connections
+from psycopg import sql
+
+from vectorstore.pgcopy import new_connection
+from vectorstore.progress import IndexProgressCallback
+
+VECTOR_METHODS = ("hnsw", "ivfflat")
+
+
+@dataclass(frozen=True)
+class IndexDef:
+    name: str
+    definition: str
+    method: str
+
+
+def rebuildable_indexes(conn: psycopg.Connection, table: str) -> list[IndexDef]:
+    """The table's indexes that back no constraint: safe to drop before a bulk load and build after."""
+    rows = conn.execute(
+        "SELECT c.relname, pg_get_indexdef(i.indexrelid), am.amname"
+        " FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am am ON am.oid = c.relam"
+        " WHERE i.indrelid = to_regclass(%s)"
+        " AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)"
+        " ORDER BY c.relname",
+        [sql.Identifier(table).as_string(conn)],
+    ).fetchall()
+    return [IndexDef(*row) for row in rows]
+
+
+def drop_indexes(conn: psycopg.Connection, indexes: Sequence[IndexDef]) -> None:
+    for index in indexes:
+        conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(index.name)))
+
+
+class IndexProgress:
+    """Polls pg_stat_progress_create_index for one backend from a second connection, into a callback."""
+
+    def __init__(
+        self, using: str, backend_pid: int, callback: Callable[..., None], interval: float = 0.5
+    ) -> None:
+        self.using = using
+        self.backend_pid = backend_pid
+        self.callback = callback
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="index-progress")
+
+    def _run(self) -> None:
+        try:
+            conn = new_connection(self.using, autocommit=True)
+        except psycopg.Error:
+            return  # progress is a nicety: never fail a load over it
+        with conn:
+            while not self._stop.wait(self.interval):
+                row = conn.execute(
+                    "SELECT c.relname, p.phase, p.blocks_done, p.blocks_total, p.tuples_done, p.tuples_total"
+                    " FROM pg_stat_progress_create_index p LEFT JOIN pg_class c ON c.oid = p.index_relid"
+                    " WHERE p.pid = %s",
+                    [self.backend_pid],
+                ).fetchone()
+                if row:
+                    self.callback(*row)
+
+    def __enter__(self) -> IndexProgress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def build_indexes(
+    conn: psycopg.Connection,
+    indexes: Sequence[IndexDef],
+    *,
+    using: str = "default",
+    maintenance_work_mem: str | None = None,
+    parallel_workers: int | None = None,
+    progress: IndexProgressCallback | None = None,
+    progress_interval: float = 0.5,
+) -> float:
+    """Create the indexes (inside the caller's transaction) with the given memory and workers.
+
+    ``progress(index_name, phase, done, total)`` is called while each builds. Returns the seconds spent.
+    """
+    started = time.perf_counter()
+    if maintenance_work_mem:
+        conn.execute("SELECT set_config('maintenance_work_mem', %s, true)", [maintenance_work_mem])
+    if parallel_workers is not None:
+        conn.execute(
+            "SELECT set_config('max_parallel_maintenance_workers', %s, true)", [str(parallel_workers)]
+        )
+    pid = conn.info.backend_pid
+    building = [""]  # the poller cannot read the name: the new index is not committed yet
+
+    def report(_relname, phase, blocks_done, blocks_total, tuples_done, tuples_total):
+        if progress is None:
+            return
+        if tuples_total:
+            progress(building[0], phase, tuples_done, tuples_total)
+        else:
+            progress(building[0], phase, blocks_done or 0, blocks_total or 0)
+
+    # One poller for all the builds: a connection per index would cost more than small builds take.
+    with IndexProgress(using, pid, report, interval=progress_interval):
+        for index in indexes:
+            building[0] = index.name
+            conn.execute(index.definition)
+    return time.perf_counter() - started
+
+
+def invalid_indexes(conn: psycopg.Connection, table: str) -> list[str]:
+    """Indexes a failed concurrent build left behind (INVALID: maintained on writes, never used).
+
+    An index another session is building concurrently is INVALID too until it finishes: while
+    any such build runs on the table, none is reported (a leftover waits for the next call).
+    """
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+        " WHERE i.indrelid = to_regclass(%s) AND NOT i.indisvalid"
+        " AND NOT EXISTS (SELECT 1 FROM pg_stat_progress_create_index p"
+        "                 WHERE p.relid = i.indrelid AND p.pid <> pg_backend_pid())"
+        " ORDER BY c.relname",
+        [sql.Identifier(table).as_string(conn)],
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def drop_invalid_indexes(conn: psycopg.Connection, table: str) -> list[str]:
+    """Drop the INVALID leftovers of failed concurrent builds (conn must be in autocommit)."""
+    names = invalid_indexes(conn, table)
+    for name in names:
+        conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(name)))
+    return names
+
+
+def reindex_concurrently(
+    table: str,
+    *,
+    using: str = "default",
+    vector_only: bool = True,
+    maintenance_work_mem: str = "1GB",
+    timeout: str | None = None,
+    progress: IndexProgressCallback | None = None,
+) -> list[str]:
+    """Rebuild the table's (vector) indexes with REINDEX CONCURRENTLY: searches and writes go on meanwhile.
+
+    A failed rebuild leaves an INVALID ``<name>_ccnew`` index behind, which would
+    slow every write for nothing: it is dropped before the error is raised, and
+    any such leftover from an earlier run is dropped first. Returns the indexes rebuilt.
+    """
+    conn = new_connection(using, autocommit=True)
+    try:
+        drop_invalid_indexes(conn, table)
+        conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", [maintenance_work_mem])
+        names = [
+            i.name for i in rebuildable_indexes(conn, table) if not vector_only or i.method in VECTOR_METHODS
+        ]
+        building = [""]
+
+        def report(_relname, phase, blocks_done, blocks_total, tuples_done, tuples_total):
+            if progress is not None:
+                done, total = (
+                    (tuples_done, tuples_total) if tuples_total else (blocks_done or 0, blocks_total or 0)
+                )
+                progress(building[0], phase, done, total)
+
+        with IndexProgress(using, conn.info.backend_pid, report):
+            if timeout:
+                conn.execute("SELECT set_config('statement_timeout', %s, false)", [timeout])
+            for name in names:
+                building[0] = name
+                try:
+                    conn.execute(sql.SQL("REINDEX INDEX CONCURRENTLY {}").format(sql.Identifier(name)))
+                except psycopg.Error:
+                    conn.execute("SELECT set_config('statement_timeout', '0', false)")
+                    drop_invalid_indexes(conn, table)
+                    raise
+        return names
+    finally:
+        conn.close()
+
+
+def parallel_workers(using: str) -> int | None:
+    """Index build workers: all but one core when the server runs on this machine (a Unix socket)."""
+    host = connections[using].settings_dict.get("HOST") or ""
+    if str(host).startswith("/"):
+        return max(0, (os.cpu_count() or 1) - 1)
+    return None  # a remote server: keep its own max_parallel_maintenance_workers
