@@ -82,6 +82,12 @@ def encode_vectors(vectors: np.ndarray) -> list[bytes]:
     return [data[i : i + width] for i in range(0, n * width, width)]
 
 
+def binary_vector(vector: np.ndarray) -> bytes:
+    """One vector in pgvector's binary format, as a parameter psycopg sends as a binary ``vector``
+    (on a connection from ``prepare_connection``)."""
+    return _EncodedVector(encode_vectors(np.asarray(vector, dtype=np.float32)[None, :])[0])
+
+
 def _dumps(obj: Any) -> str:
     # default=str: dates, decimals and other scalars a parquet file may hold.
     return json.dumps(obj, ensure_ascii=False, default=str)

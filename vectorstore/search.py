@@ -11,6 +11,10 @@ distance functions, so the index serves it; ``hnsw.ef_search``,
 query's own transaction. A filtered query that still comes back with fewer than
 k rows (more were filtered out than the index scan could make up for) is
 answered again exactly, so it returns k rows whenever k rows match.
+
+Django builds each query (filters become lookups and parameters); ``statements`` runs it with
+the vector bound in binary, the settings and the query in one round trip, and hands back rows:
+``hit.values`` is the row, ``hit.document`` a model instance built only when asked for.
 """
 
 from __future__ import annotations
@@ -19,16 +23,17 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from threading import Lock
 from typing import Any
 
 import numpy as np
 from django.contrib.postgres.search import SearchQuery, SearchRank
-from django.db import connections, models, transaction
+from django.db import models
 from django.db.models import F, Value
 from pgvector.django import CosineDistance, L2Distance, MaxInnerProduct
 
-from vectorstore import conf
+from vectorstore import conf, statements
 from vectorstore.embedding import Embedder
 from vectorstore.filters import SearchError, build_filter, storable
 from vectorstore.limits import (
@@ -40,6 +45,7 @@ from vectorstore.limits import (
     SEARCH_MODES,
     TEXT_SEARCH_CONFIG,
 )
+from vectorstore.statements import QueryVector, Statement
 
 __all__ = ["Hit", "SearchError", "SearchResult", "build_filter", "embed_query", "search", "similar"]
 
@@ -50,10 +56,23 @@ RRF_K = 60  # reciprocal rank fusion constant (Cormack et al.)
 
 @dataclass
 class Hit:
-    document: models.Model
+    """One result: rank, score and distance, the stored fields in ``values`` (every concrete field but the
+    vector and the tsvector), and ``document``, a model instance built from them on first use."""
+
     rank: int
     score: float
-    distance: float | None = None
+    distance: float | None
+    values: dict[str, Any]
+    model: type[models.Model] = field(repr=False)
+    using: str = field(default="default", repr=False)
+
+    @cached_property
+    def document(self) -> models.Model:
+        """The hit as a model instance (its vector and tsvector deferred), with ``distance`` and ``score``."""
+        document = self.model.from_db(self.using, list(self.values), list(self.values.values()))
+        document.distance = self.distance
+        document.score = self.score
+        return document
 
 
 @dataclass
@@ -128,14 +147,6 @@ def check_vector(vector: Any, dimensions: int, name: str = "vector") -> np.ndarr
 # --------------------------------------------------------------------------- index settings
 
 
-def _set_local(using: str, settings: dict[str, str]) -> None:
-    # set_config(..., true) is SET LOCAL: it ends with the transaction. One statement, one round trip.
-    calls = ", ".join(["set_config(%s, %s, true)"] * len(settings))
-    params = [part for item in settings.items() for part in item]
-    with connections[using].cursor() as cursor:
-        cursor.execute(f"SELECT {calls}", params)
-
-
 def index_settings(ef_search: int | None, iterative_scan: str | None, probes: int | None) -> dict[str, str]:
     """Every knob, every time: SET LOCAL must not leak one query's choice into the next."""
     scan = iterative_scan or conf.iterative_scan()
@@ -158,13 +169,6 @@ def distance_expression(metric: str, vector: np.ndarray, field_name: str = "embe
 def vector_queryset(queryset: models.QuerySet, vector: np.ndarray, metric: str, k: int) -> models.QuerySet:
     """``ORDER BY distance LIMIT k``: the shape pgvector's indexes serve."""
     return queryset.annotate(distance=distance_expression(metric, vector)).order_by("distance")[:k]
-
-
-def exact_queryset(queryset: models.QuerySet, vector: np.ndarray, metric: str, k: int) -> models.QuerySet:
-    # Ordering by distance + 0 keeps the planner off the vector index: an exact scan of the matches.
-    return queryset.annotate(distance=distance_expression(metric, vector)).order_by(
-        (F("distance") + Value(0.0)).asc()
-    )[:k]
 
 
 def score_of(metric: str, distance: float) -> float:
@@ -227,55 +231,53 @@ def search(
     if vector is not None and query is not None and mode == "vector":
         raise SearchError("vector", "give a query text or a vector, not both")
     condition = build_filter(filters)
+    filtered = base.filter(condition)
     # The hits' vectors and tsvectors stay in the database: parsing 10 x 384 numbers back
-    # from text would cost more than the search itself (document.embedding loads on use).
-    filtered = base.filter(condition).defer("embedding", "search_vector")
+    # would cost more than the search itself (Hit.document.embedding loads on use).
+    fields = [f.attname for f in model._meta.concrete_fields if f.name not in ("embedding", "search_vector")]
+    # The SQL of a search on the model's own manager depends only on its shape: Django compiles it once.
+    shape = (model._meta.label, using, tuple(fields), metric) if queryset is None and not filters else None
+    settings = index_settings(ef_search, iterative_scan, probes)
 
     qvector = None
     if mode != "text":
         qvector = check_vector(vector, dims) if vector is not None else embed_query(query, dims)
 
+    def hit(rank: int, row: tuple, score: float, distance: float | None) -> Hit:
+        return Hit(rank, score, distance, dict(zip(fields, row, strict=False)), model, using)
+
     exact = False
-    with transaction.atomic(using=using):
-        _set_local(using, index_settings(ef_search, iterative_scan, probes))
-        if mode == "vector":
-            docs = list(vector_queryset(filtered, qvector, metric, k))
-            if len(docs) < k and filters:
-                docs = list(exact_queryset(filtered, qvector, metric, k))
-                exact = True
-            docs.sort(key=lambda d: d.distance)  # relaxed_order may hand rows back slightly out of order
-            hits = [Hit(d, i + 1, score_of(metric, d.distance), d.distance) for i, d in enumerate(docs)]
+    if mode == "vector":
+        (rows,) = statements.run(using, settings, [_nearest(filtered, fields, metric, k, shape)], qvector)
+        if len(rows) < k and filters:
+            exact_statement = Statement.compile(_nearest_query(filtered, fields, metric, k, exact=True))
+            (rows,) = statements.run(using, settings, [exact_statement], qvector)
+            exact = True
+        rows.sort(key=lambda r: r[-1])  # relaxed_order may hand rows back slightly out of order
+        hits = [hit(i + 1, r, score_of(metric, r[-1]), r[-1]) for i, r in enumerate(rows)]
+    else:
+        pool = max(k, 50) if mode == "hybrid" else k
+        text = Statement.compile(
+            _text_query_set(filtered, fields, query, metric if qvector is not None else None, pool)
+        )
+        if mode == "text":
+            (text_rows,) = statements.run(using, settings, [text], None)
+            hits = [hit(i + 1, r, float(r[len(fields)]), None) for i, r in enumerate(text_rows)]
         else:
-            tsquery = _text_query(query)
-            pool = max(k, 50) if mode == "hybrid" else k
-            text_docs = list(
-                filtered.filter(search_vector=tsquery)
-                .annotate(text_rank=SearchRank(F("search_vector"), tsquery, cover_density=True))
-                .order_by("-text_rank", "pk")[:pool]
-            )
-            if mode == "text":
-                hits = [Hit(d, i + 1, float(d.text_rank)) for i, d in enumerate(text_docs)]
-            else:
-                vector_docs = list(vector_queryset(filtered, qvector, metric, pool))
-                vector_docs.sort(key=lambda d: d.distance)
-                fused: dict[Any, float] = {}
-                by_pk: dict[Any, models.Model] = {}
-                for ranked in (vector_docs, text_docs):
-                    for i, d in enumerate(ranked):
-                        fused[d.pk] = fused.get(d.pk, 0.0) + 1.0 / (RRF_K + i + 1)
-                        by_pk.setdefault(d.pk, d)
-                # Ties (one document first in each list) go to the full-text match: it holds the words.
-                text_rank = {d.pk: i for i, d in enumerate(text_docs)}
-                order = sorted(fused, key=lambda pk: (-fused[pk], text_rank.get(pk, pool), pk))[:k]
-                distances = dict(
-                    filtered.filter(pk__in=order)
-                    .annotate(distance=distance_expression(metric, qvector))
-                    .values_list("pk", "distance")
-                )
-                hits = [Hit(by_pk[pk], i + 1, fused[pk], distances.get(pk)) for i, pk in enumerate(order)]
-    for hit in hits:
-        hit.document.distance = hit.distance
-        hit.document.score = hit.score
+            nearest = _nearest(filtered, fields, metric, pool, shape)
+            vector_rows, text_rows = statements.run(using, settings, [nearest, text], qvector)
+            vector_rows.sort(key=lambda r: r[-1])
+            pk = fields.index(model._meta.pk.attname)
+            fused: dict[Any, float] = {}
+            by_pk: dict[Any, tuple] = {}
+            for ranked in (vector_rows, text_rows):
+                for i, r in enumerate(ranked):
+                    fused[r[pk]] = fused.get(r[pk], 0.0) + 1.0 / (RRF_K + i + 1)
+                    by_pk.setdefault(r[pk], r)
+            # Ties (one document first in each list) go to the full-text match: it holds the words.
+            text_rank = {r[pk]: i for i, r in enumerate(text_rows)}
+            order = sorted(fused, key=lambda key: (-fused[key], text_rank.get(key, pool), key))[:k]
+            hits = [hit(i + 1, by_pk[key], fused[key], by_pk[key][-1]) for i, key in enumerate(order)]
     return SearchResult(
         hits=hits,
         took_ms=(time.perf_counter() - started) * 1000,
@@ -283,6 +285,41 @@ def search(
         metric=metric,
         exact=exact,
     )
+
+
+def _nearest_query(
+    queryset: models.QuerySet, fields: list[str], metric: str, k: int, exact: bool = False
+) -> models.QuerySet:
+    """The rows' fields and distance, nearest first: ``ORDER BY distance LIMIT k`` (the index's shape), or
+    ordered by distance + 0, which keeps the planner off the index (an exact scan of the matches)."""
+    annotated = queryset.annotate(distance=METRICS[metric]("embedding", QueryVector()))
+    order = (F("distance") + Value(0.0)).asc() if exact else "distance"
+    return annotated.order_by(order).values_list(*fields, "distance")[:k]
+
+
+def _nearest(
+    queryset: models.QuerySet, fields: list[str], metric: str, k: int, shape: tuple | None
+) -> Statement:
+    if shape is None:
+        return Statement.compile(_nearest_query(queryset, fields, metric, k))
+    return statements.statement_cache.get(
+        ("nearest", *shape, k), lambda: _nearest_query(queryset, fields, metric, k)
+    )
+
+
+def _text_query_set(
+    queryset: models.QuerySet, fields: list[str], query: str, metric: str | None, k: int
+) -> models.QuerySet:
+    """Full-text matches, best first: the rows' fields, their rank, and (for hybrid) their distance."""
+    tsquery = _text_query(query)
+    ranked = queryset.filter(search_vector=tsquery).annotate(
+        text_rank=SearchRank(F("search_vector"), tsquery, cover_density=True)
+    )
+    columns = [*fields, "text_rank"]
+    if metric is not None:
+        ranked = ranked.annotate(distance=METRICS[metric]("embedding", QueryVector()))
+        columns.append("distance")
+    return ranked.order_by("-text_rank", "pk").values_list(*columns)[:k]
 
 
 def similar(document: models.Model, k: int = 10, **kwargs: Any) -> SearchResult:

@@ -1,0 +1,172 @@
+"""Running search statements fast: Django builds the SQL, psycopg runs it the way a hand-written client would.
+
+A search through the ORM paid for more than PostgreSQL's work: the query vector went out as a
+384-number text literal (pgvector's ``to_text``, then the server's parser), Django compiled the
+query on every call, and BEGIN, the ``SET LOCAL``s, the SELECT and COMMIT were four round trips.
+Here the query vector is a parameter in pgvector's binary format, the SQL Django compiles for the
+unfiltered shapes is cached, and BEGIN, the settings, every SELECT of the search and COMMIT go to
+the server in one psycopg pipeline: one round trip. Rows come back as tuples; model instances are
+built only when a caller asks for one (``Hit.document``).
+
+Filters still become Django lookups with parameters, compiled by Django; nothing here writes SQL text
+from input. (No well-kept library runs Django-compiled SQL with binary parameters in a pipeline.)
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from threading import Lock
+from typing import Any
+
+import numpy as np
+import psycopg
+from django.core.exceptions import EmptyResultSet
+from django.db import connections, models
+from django.db.models import Expression
+from pgvector.django import VectorField
+
+from vectorstore import pgcopy
+
+
+class _QueryVectorMark:
+    """Stands for the query vector among a compiled statement's parameters."""
+
+    def __repr__(self) -> str:
+        return "<query vector>"
+
+
+QUERY_VECTOR = _QueryVectorMark()
+
+
+class QueryVector(Expression):
+    """The query vector in an ORM expression, bound when the statement runs (``Statement.run``)."""
+
+    output_field = VectorField()
+
+    def as_sql(self, compiler: Any, connection: Any) -> tuple[str, list]:
+        return "%s", [QUERY_VECTOR]
+
+
+@dataclass(frozen=True)
+class Statement:
+    """A SELECT compiled by Django, with the query vector left as a parameter, and how to read its rows."""
+
+    sql: str
+    params: tuple
+    converters: tuple[tuple[int, tuple[Callable, ...]], ...]  # (column, Django's from-db converters)
+
+    @classmethod
+    def compile(cls, queryset: models.QuerySet) -> Statement:
+        """Compile a ``values_list`` queryset once; its rows are converted as the ORM would."""
+        compiler = queryset.query.get_compiler(queryset.db)
+        try:
+            sql, params = compiler.as_sql()
+        except EmptyResultSet:  # a filter that can match nothing ($in: []): the ORM sends no query
+            return cls("", (), ())
+        connection = connections[queryset.db]
+        converters = []
+        for i, (expression, _, _) in enumerate(compiler.select):
+            found = tuple(
+                connection.ops.get_db_converters(expression) + expression.get_db_converters(connection)
+            )
+            if found:
+                converters.append((i, found))
+        return cls(sql, tuple(params), tuple(converters))
+
+    @property
+    def empty(self) -> bool:
+        """Known to match nothing, so never sent."""
+        return not self.sql
+
+    def bind(self, vector: bytes | None) -> list:
+        return [vector if p is QUERY_VECTOR else p for p in self.params]
+
+    def rows(self, raw: list[tuple], connection: Any) -> list[tuple]:
+        if not self.converters:
+            return raw
+        out = []
+        for row in raw:
+            values = list(row)
+            for i, functions in self.converters:
+                for convert in functions:
+                    values[i] = convert(values[i], None, connection)
+            out.append(tuple(values))
+        return out
+
+
+class StatementCache:
+    """Compiled statements by shape (model, database, metric, k, ...): Django compiles each shape once."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self.data: OrderedDict[tuple, Statement] = OrderedDict()
+        self.lock = Lock()
+
+    def get(self, key: tuple, build: Callable[[], models.QuerySet]) -> Statement:
+        with self.lock:
+            found = self.data.get(key)
+            if found is not None:
+                self.data.move_to_end(key)
+                return found
+        statement = Statement.compile(build())
+        if any(p is not QUERY_VECTOR for p in statement.params):
+            return statement  # parameters of its own (a custom manager's filter, say) may change: not kept
+        with self.lock:
+            self.data[key] = statement
+            while len(self.data) > self.size:
+                self.data.popitem(last=False)
+        return statement
+
+
+statement_cache = StatementCache()
+
+
+def run(
+    using: str, settings: dict[str, str], statements: Sequence[Statement], vector: np.ndarray | None
+) -> list[list[tuple]]:
+    """Run the statements after ``SET LOCAL`` of ``settings``, in one transaction and one round trip.
+
+    Inside a caller's transaction the statements join it (the settings end with it); otherwise this
+    opens and commits its own. Returns each statement's rows, converted as the ORM would.
+    """
+    wrapper = connections[using]
+    conn = pgcopy.django_connection(using)
+    bound = pgcopy.binary_vector(vector) if vector is not None else None
+    # Django's connections run in autocommit between atomic blocks: then this opens its own transaction.
+    own = (
+        conn.autocommit
+        and not wrapper.in_atomic_block
+        and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    )
+    names = ", ".join(["set_config(%s, %s, true)"] * len(settings))
+    setting_params = [part for item in settings.items() for part in item]
+    # Server-side binding (psycopg's own Cursor, not Django's client-side one): parameters travel
+    # apart from the SQL, so the vector goes as binary and the text of each statement stays the same.
+    control = psycopg.Cursor(conn)
+    cursors = [psycopg.Cursor(conn) for _ in statements]
+    try:
+        with wrapper.wrap_database_errors:
+            try:
+                with conn.pipeline():
+                    # Never prepared: a generic plan of ORDER BY distance may leave the index.
+                    if own:
+                        control.execute("BEGIN", prepare=False)
+                    control.execute(f"SELECT {names}", setting_params, prepare=False)
+                    for cursor, statement in zip(cursors, statements, strict=True):
+                        if not statement.empty:
+                            cursor.execute(statement.sql, statement.bind(bound), prepare=False)
+                    if own:
+                        control.execute("COMMIT", prepare=False)
+            except BaseException:
+                if own and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    control.execute("ROLLBACK")
+                raise
+            return [
+                [] if statement.empty else statement.rows(cursor.fetchall(), wrapper)
+                for cursor, statement in zip(cursors, statements, strict=True)
+            ]
+    finally:
+        for cursor in (control, *cursors):
+            cursor.close()
