@@ -2,6 +2,7 @@
 #   make run    install, start the embedded PostgreSQL, migrate, load fixtures/ (first time), create the
 #               admin login, serve on 127.0.0.1:8000
 #   make test   the same set-up, then the whole test suite
+#   make serve  the production server alone (HOST, PORT, WORKERS), against the current database
 # With DATABASE_URL set, everything uses that server instead of the embedded one.
 
 PYTHON ?= python3
@@ -13,7 +14,7 @@ PORT ?= 8000
 WORKERS ?= 2
 export HF_HUB_OFFLINE := 1
 
-.PHONY: run test setup db stop migrate lint format psql clean
+.PHONY: run serve test setup db stop migrate lint format psql clean
 
 $(INSTALLED): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +32,10 @@ migrate: db
 run: setup
 	$(PY) manage.py load_fixtures
 	$(PY) manage.py ensure_admin
+	@$(MAKE) --no-print-directory serve
+
+# The production server against the current database, installing and loading nothing.
+serve:
 	@echo "Serving http://$(HOST):$(PORT)/  (admin: /admin/, API docs: /api/docs, health: /api/health)"
 	$(VENV)/bin/gunicorn project.wsgi:application --config python:project.gunicorn --bind $(HOST):$(PORT) --workers $(WORKERS) \
 		--access-logfile - --graceful-timeout 10

@@ -118,8 +118,11 @@ def request(port: int, method: str, path: str, body=None, token: str | None = No
 
 
 @contextlib.contextmanager
-def serve(database_url: str, workers: int = 2, env: dict[str, str] | None = None) -> Iterator[int]:
-    """gunicorn with the site's production settings, as `make run` starts it; yields its port."""
+def serve(
+    database_url: str, workers: int = 2, env: dict[str, str] | None = None, extra: Sequence[str] = ()
+) -> Iterator[int]:
+    """gunicorn with the site's production settings, as `make run` starts it (``extra`` gunicorn arguments
+    after them, to compare server models); yields its port."""
     port = free_port()
     child_env = {**(os.environ if env is None else env), "DATABASE_URL": database_url, "DJANGO_DEBUG": "0"}
     child_env.pop("DJANGO_SETTINGS_MODULE", None)
@@ -137,6 +140,7 @@ def serve(database_url: str, workers: int = 2, env: dict[str, str] | None = None
             str(workers),
             "--log-level",
             "warning",
+            *extra,
         ],
         cwd=ROOT,
         env=child_env,

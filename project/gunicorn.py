@@ -8,14 +8,27 @@ from __future__ import annotations
 
 import os
 
+# Threaded workers: a request spends most of its time waiting on PostgreSQL (or torch, which releases
+# the GIL), so each worker serves several at once, each thread keeping its own database connection
+# (CONN_MAX_AGE) and HTTP keep-alive; sync workers answered one request at a time each and closed
+# every connection. benchmarks/README.md has the measured difference.
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+
+# gunicorn 25+ opens a control socket at one path per user ($XDG_RUNTIME_DIR or ~/.gunicorn), which
+# every instance on the machine would share: each server here stays independent of the others.
+# GUNICORN_CONTROL_SOCKET=PATH gives this instance one of its own, for gunicornc.
+control_socket = os.environ.get("GUNICORN_CONTROL_SOCKET", "")
+control_socket_disable = not control_socket
+
 # Each worker's torch would otherwise start one thread per core: two workers on two cores then run
 # four busy threads and embed queries slower than one thread each would.
-_threads = os.environ.get("VECTORSTORE_TORCH_THREADS")
+_torch_threads = os.environ.get("VECTORSTORE_TORCH_THREADS")
 
 
 def post_fork(server, worker) -> None:
-    threads = _threads or str(max(1, (os.cpu_count() or 1) // max(1, server.cfg.workers)))
-    os.environ["OMP_NUM_THREADS"] = threads  # read when the worker first imports torch
+    torch_threads = _torch_threads or str(max(1, (os.cpu_count() or 1) // max(1, server.cfg.workers)))
+    os.environ["OMP_NUM_THREADS"] = torch_threads  # read when the worker first imports torch
 
 
 def post_worker_init(worker) -> None:

@@ -166,3 +166,24 @@ def test_check_deploy_is_clean_for_production_settings(clean_env):
     result = run_python(code, env)
     assert result.returncode == 0, result.stderr
     assert "False ['vectors.example.org']" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_servers_share_no_control_socket(clean_env, tmp_path):
+    """gunicorn 25+ opens a control socket at one path per user; the site's servers open none, so instances
+    on one machine stay independent, unless GUNICORN_CONTROL_SOCKET gives one a path of its own."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**clean_env, "HOME": str(home), "VECTORSTORE_PRELOAD_MODEL": "0"}
+    env.pop("XDG_RUNTIME_DIR", None)
+    url = database_url(connection.settings_dict)
+    own = tmp_path / "own.ctl"
+    with (
+        serve(url, workers=1, env=env) as first,
+        serve(url, workers=1, env={**env, "GUNICORN_CONTROL_SOCKET": str(own)}) as second,
+    ):
+        assert _get(f"http://127.0.0.1:{first}/api/health")[0] == 200
+        assert _get(f"http://127.0.0.1:{second}/api/health")[0] == 200
+        assert list(home.rglob("*.ctl")) == []
+        assert own.is_socket()
