@@ -209,6 +209,24 @@ def test_id_already_stored_aborts(tmp_path):
     assert snapshot() == before
 
 
+def test_rejects_pair_each_reason_with_its_own_record(tmp_path):
+    """A duplicate id found in the database (row 3) before a bad text found while checking (row 8): the
+    rejects file still pairs each reason with the record of its own row."""
+    table = make_table(10)
+    texts = table.column("text").to_pylist()
+    texts[8] = "   "
+    ids = table.column("id").to_pylist()
+    ids[3] = ids[1]
+    table = table.set_column(1, "text", pa.array(texts)).set_column(0, "id", pa.array(ids))
+    summary = bulk_copy(write(tmp_path, table), "--on-error", "skip")
+    assert (summary["inserted"], summary["rejected"]) == (8, 2)
+    rejects = pq.read_table(tmp_path / "input.rejects.parquet").to_pylist()
+    assert [(r["row"], r["column"], r["id"], r["text"]) for r in rejects] == [
+        (3, "id", "doc-1", "passage number 3 about topic 3"),
+        (8, "text", "doc-8", "   "),
+    ]
+
+
 def test_on_error_skip_writes_rejects_and_counts_add_up(tmp_path):
     """Bad rows go to INPUT.rejects.parquet with a reason each; the rest load; rows = inserted + rejected."""
     vectors = unit_vectors(12, 384)
