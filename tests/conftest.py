@@ -7,6 +7,16 @@ import os
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def _fresh_tuned_settings():
+    """Each test reads the tuned search settings of its own database state, not a cached one."""
+    from vectorstore.search import forget_tuning
+
+    forget_tuning()
+    yield
+    forget_tuning()
+
+
 @pytest.fixture
 def clean_env() -> dict[str, str]:
     """The environment for a child process, without the test settings module."""

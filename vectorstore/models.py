@@ -152,3 +152,28 @@ class LoadDecision(models.Model):
 
     def __str__(self) -> str:
         return f"load {self.load_id} into {self.db_table} ({self.streams} streams)"
+
+
+class SearchTuning(models.Model):
+    """The index settings ``manage.py tune_search`` chose for a document table's vector index: the smallest
+    ``hnsw.ef_search`` (or ``ivfflat.probes``) whose measured recall@k reached the target. Every search of
+    that table that sets neither uses them."""
+
+    db_table = models.CharField(max_length=255)
+    index_name = models.CharField(max_length=255, unique=True)
+    method = models.CharField(max_length=16)  # hnsw | ivfflat
+    ef_search = models.PositiveIntegerField(null=True, blank=True)
+    probes = models.PositiveIntegerField(null=True, blank=True)
+    recall = models.FloatField(help_text="recall@k measured at these settings")
+    target_recall = models.FloatField()
+    k = models.PositiveSmallIntegerField()
+    queries = models.PositiveIntegerField()
+    rows = models.BigIntegerField(help_text="rows in the table when tuned")
+    tuned_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "search tuning"
+
+    def __str__(self) -> str:
+        setting = f"ef_search {self.ef_search}" if self.method == "hnsw" else f"probes {self.probes}"
+        return f"{self.index_name}: {setting} (recall@{self.k} {self.recall:.3f})"

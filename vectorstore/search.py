@@ -28,6 +28,7 @@ from threading import Lock
 from typing import Any
 
 import numpy as np
+from django.apps import apps
 from django.contrib.postgres.search import SearchQuery, SearchRank
 from django.db import models
 from django.db.models import F, Value
@@ -147,16 +148,52 @@ def check_vector(vector: Any, dimensions: int, name: str = "vector") -> np.ndarr
 # --------------------------------------------------------------------------- index settings
 
 
-def index_settings(ef_search: int | None, iterative_scan: str | None, probes: int | None) -> dict[str, str]:
-    """Every knob, every time: SET LOCAL must not leak one query's choice into the next."""
+def index_settings(
+    ef_search: int | None,
+    iterative_scan: str | None,
+    probes: int | None,
+    tuned: tuple[int | None, int | None] = (None, None),
+) -> dict[str, str]:
+    """Every knob, every time: SET LOCAL must not leak one query's choice into the next.
+
+    A value given for this query wins; then the table's tuned one (``manage.py tune_search``); then
+    the VECTORSTORE setting (``EF_SEARCH``) or pgvector's default.
+    """
     scan = iterative_scan or conf.iterative_scan()
     return {
-        "hnsw.ef_search": str(ef_search or conf.ef_search()),
+        "hnsw.ef_search": str(ef_search or tuned[0] or conf.ef_search()),
         "hnsw.iterative_scan": scan,
         # IVFFlat knows only off and relaxed_order.
         "ivfflat.iterative_scan": "off" if scan == "off" else "relaxed_order",
-        "ivfflat.probes": str(probes or 1),
+        "ivfflat.probes": str(probes or tuned[1] or 1),
     }
+
+
+TUNING_TTL = 30.0  # seconds a process keeps a table's tuned settings before reading them again
+_tuning: dict[tuple[str, str], tuple[float, tuple[int | None, int | None]]] = {}
+_tuning_lock = Lock()
+
+
+def tuned_settings(table: str, using: str) -> tuple[int | None, int | None]:
+    """(ef_search, probes) that tune_search stored for the table, read at most every TUNING_TTL s."""
+    now = time.monotonic()
+    with _tuning_lock:
+        cached = _tuning.get((table, using))
+    if cached is not None and now - cached[0] < TUNING_TTL:
+        return cached[1]
+    # Looked up in the app registry, not imported: the models import this module.
+    tuning = apps.get_model("vectorstore", "SearchTuning")
+    rows = list(tuning.objects.using(using).filter(db_table=table).values_list("ef_search", "probes"))
+    found = (max((r[0] for r in rows if r[0]), default=None), max((r[1] for r in rows if r[1]), default=None))
+    with _tuning_lock:
+        _tuning[(table, using)] = (now, found)
+    return found
+
+
+def forget_tuning() -> None:
+    """Read tuned settings afresh at the next search (tune() calls this after storing new ones)."""
+    with _tuning_lock:
+        _tuning.clear()
 
 
 # --------------------------------------------------------------------------- queries
@@ -237,7 +274,10 @@ def search(
     fields = [f.attname for f in model._meta.concrete_fields if f.name not in ("embedding", "search_vector")]
     # The SQL of a search on the model's own manager depends only on its shape: Django compiles it once.
     shape = (model._meta.label, using, tuple(fields), metric) if queryset is None and not filters else None
-    settings = index_settings(ef_search, iterative_scan, probes)
+    tuned = (None, None)
+    if ef_search is None or probes is None:
+        tuned = tuned_settings(model._meta.db_table, using)
+    settings = index_settings(ef_search, iterative_scan, probes, tuned)
 
     qvector = None
     if mode != "text":
