@@ -46,6 +46,17 @@ class ServiceCommand(BaseCommand):
 
         return CommandError(_PARAMETER.sub(flag, str(exc)))
 
+    def document_model(self, label: str | None) -> type:
+        """``--model app_label.Model``, else the configured document model; a CommandError naming the flag."""
+        from django.apps import apps
+
+        from vectorstore import conf
+
+        try:
+            return apps.get_model(label) if label else conf.document_model()
+        except (LookupError, ValueError) as exc:
+            raise CommandError(f"--model: {exc}") from exc
+
     def emit(self, summary: str, data: dict[str, Any], as_json: bool) -> None:
         self.stdout.write(summary)
         if as_json:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import time
 
 import psycopg
-from django.apps import apps
 from django.core.management.base import CommandError
 
-from vectorstore import conf, indexes
+from vectorstore import indexes
 from vectorstore.management.commands._base import ServiceCommand
 from vectorstore.progress import index_progress_bar
 
@@ -29,10 +28,7 @@ class Command(ServiceCommand):
         parser.add_argument("--timeout", help="give up after this long, e.g. '30min' (PostgreSQL interval)")
 
     def handle(self, *args, **o) -> None:
-        try:
-            model = apps.get_model(o["model"]) if o["model"] else conf.document_model()
-        except (LookupError, ValueError) as exc:
-            raise CommandError(f"--model: {exc}") from exc
+        model = self.document_model(o["model"])
         bar, progress = index_progress_bar("reindex")
 
         started = time.perf_counter()

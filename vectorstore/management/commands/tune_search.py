@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from django.apps import apps
-from django.core.management.base import CommandError
-
-from vectorstore import conf, tuning
+from vectorstore import tuning
 from vectorstore.management.commands._base import ServiceCommand
 from vectorstore.validation import InputError
 
@@ -26,10 +23,7 @@ class Command(ServiceCommand):
         parser.add_argument("--model", help="app_label.Model (default: VECTORSTORE DOCUMENT_MODEL)")
 
     def handle(self, *args, **o) -> None:
-        try:
-            model = apps.get_model(o["model"]) if o["model"] else conf.document_model()
-        except (LookupError, ValueError) as exc:
-            raise CommandError(f"--model: {exc}") from exc
+        model = self.document_model(o["model"])
         try:
             report = tuning.tune(
                 model, target_recall=o["target_recall"], k=o["k"], queries=o["queries"], margin=o["margin"]
