@@ -44,10 +44,6 @@ class FieldDefault:
 
     field: models.Field
 
-    @property
-    def name(self) -> str:
-        return self.field.name
-
     def value(self) -> Any:
         return db_value(self.field, self.field.get_default())
 
