@@ -26,7 +26,7 @@ import psycopg
 import pyarrow as pa
 from django.db import models, transaction
 
-from vectorstore import conf, indexes, pgcopy, twophase
+from vectorstore import conf, indexes, pgcopy, tuning, twophase
 from vectorstore.embedding import Embedder
 from vectorstore.parquet import Source
 from vectorstore.progress import index_progress_bar, make_bar
@@ -67,6 +67,7 @@ class LoadOptions:
     using: str = "default"
     progress: bool | None = None  # default: on a terminal
     name: str | None = None  # the input's name in messages
+    tune: bool = True  # measure recall and store ef_search/probes again when the load changed the table a lot
 
     def checked(self) -> LoadOptions:
         """These options with defaults filled in and the model resolved; InputError naming a bad one."""
@@ -125,6 +126,8 @@ class LoadReport:
     # Prepared transactions of earlier parallel loads that died, finished before this one began.
     recovered_committed: int = 0
     recovered_rolled_back: int = 0
+    # What tuning.retune() stored after the load (None: the change was too small to tune again).
+    tuned: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -151,6 +154,11 @@ class LoadReport:
         line += ")"
         if self.rejects_path:
             line += f"; rejects: {self.rejects_path}"
+        if self.tuned:
+            line += (
+                f"; search tuned: {self.tuned['setting']} {self.tuned['value']} for recall@{self.tuned['k']}"
+                f" {self.tuned['recall']:.3f} ({self.tuned['seconds']:.1f} s)"
+            )
         if self.recovered_committed or self.recovered_rolled_back:
             line += (
                 f"; first finished an interrupted parallel load: {self.recovered_committed} streams"
@@ -225,6 +233,10 @@ def load(
         rejects.write(path)
         report.rejects_path = str(path)
     pgcopy.analyze(pgcopy.django_connection(opts.using), report.table)
+    if opts.tune:
+        changed = None if plan.strategy == "rebuild" else report.inserted + report.updated
+        tuned = tuning.retune(cmap.model, changed=changed, using=opts.using)
+        report.tuned = tuned.as_dict() if tuned else None
     report.seconds = time.perf_counter() - started
     report.rows_per_s = report.rows / report.seconds if report.seconds else 0.0
     return report

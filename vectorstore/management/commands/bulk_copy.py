@@ -54,6 +54,12 @@ class Command(ServiceCommand):
         )
         parser.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (embedding only)")
         parser.add_argument("--maintenance-work-mem", default="1GB", help="for index builds")
+        parser.add_argument(
+            "--no-tune",
+            action="store_true",
+            help="do not measure recall and store ef_search/probes again after a load that changed the "
+            "table substantially (see tune_search)",
+        )
 
     def handle(self, *args, **o) -> None:
         embedder = None
@@ -80,6 +86,7 @@ class Command(ServiceCommand):
                 embedder=embedder,
                 rejects_path=o["rejects"],
                 maintenance_work_mem=o["maintenance_work_mem"],
+                tune=not o["no_tune"],
             )
         except (InputError, EmbeddingError) as exc:
             raise self.error(exc) from exc

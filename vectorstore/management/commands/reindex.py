@@ -7,7 +7,7 @@ import time
 import psycopg
 from django.core.management.base import CommandError
 
-from vectorstore import indexes
+from vectorstore import indexes, tuning
 from vectorstore.management.commands._base import ServiceCommand
 from vectorstore.progress import index_progress_bar
 
@@ -25,6 +25,9 @@ class Command(ServiceCommand):
             "--all", action="store_true", help="every secondary index, not only the vector ones"
         )
         parser.add_argument("--maintenance-work-mem", default="1GB")
+        parser.add_argument(
+            "--no-tune", action="store_true", help="do not measure recall and store ef_search/probes again"
+        )
         parser.add_argument("--timeout", help="give up after this long, e.g. '30min' (PostgreSQL interval)")
 
     def handle(self, *args, **o) -> None:
@@ -46,10 +49,20 @@ class Command(ServiceCommand):
                 f"reindex of {model._meta.db_table} failed: {exc.diag.message_primary or exc}; "
                 "the old indexes are intact and no INVALID index was left"
             ) from exc
+        # A rebuilt graph is a new graph: the ef_search that reached the target before may not now.
+        tuned = tuning.retune(model) if names and not o["no_tune"] else None
         seconds = time.perf_counter() - started
+        table = model._meta.db_table
+        line = f"rebuilt {', '.join(names) or 'no index'} on {table} concurrently in {seconds:.1f} s"
+        if tuned:
+            line += f"; search tuned: {tuned.setting} {tuned.value} for recall@{tuned.k} {tuned.recall:.3f}"
         self.emit(
-            f"rebuilt {', '.join(names) or 'no index'} on {model._meta.db_table} concurrently"
-            f" in {seconds:.1f} s",
-            {"table": model._meta.db_table, "indexes": names, "seconds": round(seconds, 3)},
+            line,
+            {
+                "table": model._meta.db_table,
+                "indexes": names,
+                "seconds": round(seconds, 3),
+                "tuned": tuned.as_dict() if tuned else None,
+            },
             o["json"],
         )
