@@ -5,6 +5,7 @@ Production-safe by default (DEBUG off); ``DJANGO_DEBUG=1`` for development.
 without a key, one is generated once per checkout into ``.secret_key``.
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -123,6 +124,10 @@ WHITENOISE_USE_FINDERS = True
 VECTORSTORE = {
     "DIMENSIONS": 384,
     "DEVICE": os.environ.get("VECTORSTORE_DEVICE", "auto"),
+    # Metadata keys with a type, whose range filters get a B-tree index: '{"year": "int"}'.
+    "METADATA_KEYS": json.loads(os.environ.get("VECTORSTORE_METADATA_KEYS") or "{}"),
+    # statement_timeout of every search (ms): past it a search is a 503 with Retry-After.
+    "SEARCH_TIMEOUT_MS": int(os.environ.get("VECTORSTORE_SEARCH_TIMEOUT_MS", "5000")),
     # What `manage.py stream_sim` replays when given no --source.
     "STREAM_SOURCE": BASE_DIR / "fixtures" / "sotu.parquet",
 }

@@ -334,7 +334,23 @@ def _has_string_range(spec) -> bool:
 
 
 @pytest.mark.slow
-def test_hostile_filters_are_refused_or_answered_exactly(rows):
+@pytest.mark.parametrize("declared", [False, True], ids=["undeclared", "year-declared"])
+def test_hostile_filters_are_refused_or_answered_exactly(rows, declared):
+    """Generated filters are a 4xx or exactly the model's answer; again with "year" (which holds
+    numbers, strings, null, lists and objects) declared as a number key, so its ranges go through the
+    declared key's typed expression and index."""
+    from django.test import override_settings
+
+    from vectorstore import metadata_keys
+
+    keys = {"year": "number"} if declared else {}
+    with override_settings(VECTORSTORE={"DIMENSIONS": 384, "METADATA_KEYS": keys}):
+        if declared:
+            assert metadata_keys.ensure_indexes()
+        _check_hostile_filters(rows)
+
+
+def _check_hostile_filters(rows) -> None:
     client = Client()
     vector = unit_vectors(1, 384, seed=99)[0].tolist()
     before = _fingerprint()

@@ -17,6 +17,10 @@ pytestmark = pytest.mark.django_db
 def make_corpus(n: int):
     """n documents with random unit vectors; 1% in category 'rare' and with metadata rare: true."""
     vectors = unit_vectors(n, 384, seed=7)
+    with connection.cursor() as cursor:  # built once after the rows, not row by row (seconds, not tens)
+        cursor.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'vectorstore_document_hnsw'")
+        (hnsw,) = cursor.fetchone()
+        cursor.execute("DROP INDEX vectorstore_document_hnsw")
     Document.objects.bulk_create(
         Document(
             external_id=f"d{i}",
@@ -33,6 +37,7 @@ def make_corpus(n: int):
         for i, v in enumerate(vectors)
     )
     with connection.cursor() as cursor:
+        cursor.execute(hnsw)
         cursor.execute("ANALYZE vectorstore_document")
     return vectors
 
@@ -60,14 +65,18 @@ def test_vector_search_uses_the_hnsw_index(corpus):
     assert distances == sorted(distances)
 
 
-def test_selective_filter_returns_k_rows_where_a_plain_hnsw_scan_does_not(corpus):
-    """1% filter: plain HNSW (ef_search 40) comes back short; iterative scans return k, nearly exact."""
+def test_selective_filter_returns_k_rows_where_a_plain_hnsw_scan_does_not(corpus, settings):
+    """1% filter on the vector index's path: plain HNSW (ef_search 40) comes back short; iterative scans
+    return k, nearly exact; with those off, the short answer is caught and answered exactly."""
+    settings.VECTORSTORE = {"EXACT_SEARCH_ROWS": 0}  # always the vector index's path
     query = unit_vectors(1, 384, seed=99)[0]
     rare = Document.objects.filter(build_filter({"rare": True}))
     exact = sorted(rare, key=lambda d: 1 - float(np.dot(np.asarray(d.embedding), query)))[:10]
     with connection.cursor() as cursor:
-        # Keep the planner on the vector index (3,000 rows are cheap to scan whole).
+        # Keep the planner on the vector index (3,000 rows are cheap to scan whole, and the GIN index
+        # on metadata would find the 30 rare rows).
         cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute("SET LOCAL enable_bitmapscan = off")
         cursor.execute("SET LOCAL hnsw.iterative_scan = off")
         cursor.execute("SET LOCAL hnsw.ef_search = 40")
     plain_query = vector_queryset(rare, query, "cosine", 10)
@@ -79,9 +88,67 @@ def test_selective_filter_returns_k_rows_where_a_plain_hnsw_scan_does_not(corpus
     overlap = {h.document.pk for h in iterative.hits} & {d.pk for d in exact}
     assert len(overlap) >= 9
 
-    # With iterative scans off, the short answer is caught and answered exactly.
     fallback = search(vector=query, k=10, filters={"rare": True}, iterative_scan="off")
     assert fallback.exact and [h.document.pk for h in fallback.hits] == [d.pk for d in exact]
+
+
+@pytest.mark.parametrize(
+    ("filters", "index"),
+    [
+        ({"rare": True}, "vectorstore_document_meta"),  # metadata equality: containment, the GIN index
+        ({"n": {"$in": [5, 7, 2900]}}, "vectorstore_document_meta"),
+        ({"category": "rare"}, "vectorstore_document_cat"),
+        ({"zzz": 1}, "vectorstore_document_meta"),  # a key no document has
+    ],
+)
+def test_a_selective_filter_is_searched_exactly_through_its_own_index(corpus, filters, index):
+    """A filter matching few rows is answered exactly over its matches, found by the filter's index (no
+    scan of the table, no walk of the graph): the exact answer, in order, and `exact` says so."""
+    import psycopg
+
+    from vectorstore import pgcopy
+    from vectorstore.search import _planned
+
+    query = unit_vectors(1, 384, seed=7)[0]
+    matching = Document.objects.filter(build_filter(filters))
+    truth = sorted(matching, key=lambda d: 1 - float(np.dot(np.asarray(d.embedding), query)))[:10]
+    result = search(vector=query, k=10, filters=filters)
+    assert result.exact and [h.values["id"] for h in result.hits] == [d.pk for d in truth]
+
+    _, few, broad = _planned(matching, ["id", "external_id"], "cosine", 10, 3000)
+
+    def explain(statement) -> str:
+        with psycopg.Cursor(pgcopy.django_connection()) as cursor:
+            cursor.execute("SET LOCAL enable_seqscan = off")  # 3,000 rows: keep the planner honest
+            cursor.execute("EXPLAIN " + statement.sql, statement.bind(pgcopy.binary_vector(query)))
+            return "\n".join(row[0] for row in cursor.fetchall())
+
+    plan = explain(few)
+    assert index in plan and "Seq Scan" not in plan and "hnsw" not in plan, plan
+    assert "One-Time Filter" in plan, plan  # gated by the count: when too many match, no row is read
+    assert "One-Time Filter" in explain(broad)  # the vector index's branch, gated the other way
+
+
+def test_a_broad_filter_takes_the_vector_index(corpus, settings, monkeypatch):
+    """A filter matching more rows than EXACT_SEARCH_ROWS goes through the HNSW index's iterative scan, in
+    the same round trip as the count; the exact branch, gated off, returned nothing."""
+    from vectorstore import statements
+
+    settings.VECTORSTORE = {"EXACT_SEARCH_ROWS": 1000}  # half the corpus matches: 1,500 rows
+    trips = []
+    real_run = statements.run
+
+    def run(using, knobs, sent, vector):
+        rows = real_run(using, knobs, sent, vector)
+        trips.append(rows)
+        return rows
+
+    monkeypatch.setattr(statements, "run", run)
+    result = search(vector=unit_vectors(1, 384, seed=8)[0], k=10, filters={"parity": "even"})
+    assert len(result.hits) == 10 and not result.exact
+    assert all(h.document.metadata["parity"] == "even" for h in result.hits)
+    ((probe, few, nearest),) = trips  # one round trip: the count, the exact branch, the index branch
+    assert probe == [("off",)] and few == [] and len(nearest) == 10
 
 
 @pytest.mark.parametrize(

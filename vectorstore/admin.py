@@ -11,7 +11,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
@@ -95,6 +95,20 @@ class DocumentAdmin(admin.ModelAdmin):
 
     def _semantic(self, request: HttpRequest, search_term: str) -> bool:
         return bool(search_term) and request.GET.get(SearchModeFilter.parameter_name, "semantic") != "text"
+
+    def changelist_view(self, request: HttpRequest, extra_context=None):
+        # The change list's queries (its count, its search, its page, run when the page renders) are
+        # bounded by the search timeout: a search that runs past it is a 503, not a worker held.
+        try:
+            with search.bounded(using=self.model._default_manager.db):
+                response = super().changelist_view(request, extra_context)
+                if hasattr(response, "render"):
+                    response.render()
+                return response
+        except search.SearchTimeout as exc:
+            response = HttpResponse(f"{exc}.", status=503, content_type="text/plain; charset=utf-8")
+            response["Retry-After"] = str(max(1, round(exc.timeout_ms / 1000)))
+            return response
 
     def get_search_results(self, request, queryset: QuerySet, search_term: str):
         if not self._semantic(request, search_term):

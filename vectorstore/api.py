@@ -62,6 +62,13 @@ def _field_error(exc: search.SearchError) -> HttpError:
     return HttpError(422, f"{exc.field}: {exc.message}")
 
 
+def _timed_out(exc: search.SearchTimeout) -> HttpResponse:
+    """503 with Retry-After: the database stopped a query at the search timeout; the worker is free."""
+    response = HttpResponse(json.dumps({"detail": str(exc)}), status=503, content_type="application/json")
+    response["Retry-After"] = str(max(1, round(exc.timeout_ms / 1000)))
+    return response
+
+
 def _no_model_stack(exc: ModelStackMissing) -> HttpError:
     # Installed without the [embed] extra: searching by vector works, embedding a text cannot.
     return HttpError(501, f"query: {exc}")
@@ -123,7 +130,9 @@ def _search_out(result: search.SearchResult) -> HttpResponse:
 
 
 @router.post(
-    "/search", response={200: SearchOut, 422: ErrorOut}, summary="Semantic, filtered or hybrid search"
+    "/search",
+    response={200: SearchOut, 422: ErrorOut, 503: ErrorOut},
+    summary="Semantic, filtered or hybrid search",
 )
 def search_documents(request, payload: SearchIn):
     """Nearest documents to a text (embedded server-side) or a vector; `mode` hybrid fuses full text."""
@@ -141,6 +150,8 @@ def search_documents(request, payload: SearchIn):
         )
     except search.SearchError as exc:
         raise _field_error(exc) from exc
+    except search.SearchTimeout as exc:
+        return _timed_out(exc)
     except ModelStackMissing as exc:
         raise _no_model_stack(exc) from exc
     return _search_out(result)
@@ -156,7 +167,9 @@ class ListParams(Schema):
 
 
 @router.get(
-    "/documents", response={200: PageOut, 422: ErrorOut}, summary="List documents, filtered and paged"
+    "/documents",
+    response={200: PageOut, 422: ErrorOut, 503: ErrorOut},
+    summary="List documents, filtered and paged",
 )
 def list_documents(request, params: Query[ListParams]):
     if not 1 <= params.limit <= MAX_PAGE:
@@ -180,11 +193,15 @@ def list_documents(request, params: Query[ListParams]):
     except search.SearchError as exc:
         raise _field_error(exc) from exc
     model = conf.document_model()
-    rows = list(
-        model._default_manager.filter(condition)
-        .order_by("pk")
-        .defer("embedding", "search_vector")[params.offset : params.offset + params.limit + 1]
-    )
+    try:
+        with search.bounded():
+            rows = list(
+                model._default_manager.filter(condition)
+                .order_by("pk")
+                .defer("embedding", "search_vector")[params.offset : params.offset + params.limit + 1]
+            )
+    except search.SearchTimeout as exc:
+        return _timed_out(exc)
     more = len(rows) > params.limit
     return {
         "items": rows[: params.limit],
@@ -202,7 +219,7 @@ def get_document(request, doc_id: int):
 
 @router.get(
     "/documents/{int:doc_id}/similar",
-    response={200: SearchOut, 404: ErrorOut, 422: ErrorOut},
+    response={200: SearchOut, 404: ErrorOut, 422: ErrorOut, 503: ErrorOut},
     summary="Documents nearest to a stored one",
 )
 def similar_documents(request, doc_id: int, k: int = 10):
@@ -212,6 +229,8 @@ def similar_documents(request, doc_id: int, k: int = 10):
         result = search.similar(document, k=k)
     except search.SearchError as exc:
         raise _field_error(exc) from exc
+    except search.SearchTimeout as exc:
+        return _timed_out(exc)
     return _search_out(result)
 
 

@@ -52,6 +52,28 @@ def check_settings(app_configs=None, **kwargs) -> list:
                 id="vectorstore.E002",
             )
         )
+    for name, low in (("SEARCH_TIMEOUT_MS", 1), ("EXACT_SEARCH_ROWS", 0), ("EF_SEARCH", 1)):
+        value = conf.get(name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            errors.append(
+                Error(
+                    f"VECTORSTORE['{name}'] must be an integer of at least {low}, not {value!r}.",
+                    id="vectorstore.E012",
+                )
+            )
+    keys = conf.get("METADATA_KEYS")
+    from vectorstore.metadata_keys import TYPES
+
+    if not isinstance(keys, dict) or any(
+        not isinstance(k, str) or not k or v not in TYPES for k, v in keys.items()
+    ):
+        errors.append(
+            Error(
+                f"VECTORSTORE['METADATA_KEYS'] is {keys!r}; expected a dict of metadata keys to one of "
+                f"{', '.join(TYPES)}.",
+                id="vectorstore.E013",
+            )
+        )
     for name, allowed in (
         ("DISTANCE", METRICS),
         ("DEVICE", DEVICES),

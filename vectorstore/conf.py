@@ -22,6 +22,14 @@ DEFAULTS: dict[str, Any] = {
     "EF_SEARCH": 40,  # hnsw.ef_search per query (pgvector's default)
     "ITERATIVE_SCAN": "relaxed_order",  # off | strict_order | relaxed_order (pgvector >= 0.8)
     "DOCUMENT_MODEL": "vectorstore.Document",
+    # Metadata keys with a type ("int", "float", "number" or "text"): each gets a B-tree expression index
+    # (created by migrate, or manage.py index_metadata on a live table) that its range filters use.
+    "METADATA_KEYS": {},
+    # statement_timeout (ms) of every search and listing statement: a runaway query becomes a 503.
+    "SEARCH_TIMEOUT_MS": 5000,
+    # A filter matching at most this many rows is searched exactly over its matches (through the
+    # filter's index); a broader one through the vector index's iterative scan.
+    "EXACT_SEARCH_ROWS": 1000,
     # A parquet file stream_sim replays when no --source is given (None: --source is required).
     "STREAM_SOURCE": None,
 }
@@ -62,6 +70,14 @@ def ef_search() -> int:
 
 def iterative_scan() -> str:
     return get("ITERATIVE_SCAN")
+
+
+def search_timeout_ms() -> int:
+    return get("SEARCH_TIMEOUT_MS")
+
+
+def exact_search_rows() -> int:
+    return get("EXACT_SEARCH_ROWS")
 
 
 def stream_source() -> str | None:

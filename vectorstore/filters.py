@@ -9,18 +9,19 @@ filters that key of ``metadata``. The README's Filters section states the semant
 
 from __future__ import annotations
 
-import json
 import math
+import operator
+from functools import reduce
 from typing import Any
 
 from django.db import models
 from django.db.models import Func, Q, Value
 from django.db.models.fields.json import KeyTransform
-from django.db.models.functions import Cast
-from django.db.models.lookups import Exact, Lookup
+from django.db.models.lookups import Exact, GreaterThan, GreaterThanOrEqual, LessThan, LessThanOrEqual
 from django.utils.dateparse import parse_datetime
 
-from vectorstore.limits import MAX_FILTER_DEPTH, MAX_FILTER_LIST
+from vectorstore import metadata_keys
+from vectorstore.limits import MAX_FILTER_DEPTH, MAX_FILTER_LIST, MAX_FILTER_TERMS
 from vectorstore.validation import storable_text
 
 COLUMN_FILTERS = {
@@ -142,19 +143,8 @@ def _column_condition(column: str, spec: Any, where: str) -> Q:
     )
 
 
+_RANGES = {"lt": LessThan, "lte": LessThanOrEqual, "gt": GreaterThan, "gte": GreaterThanOrEqual}
 _JSON_TYPES = {bool: "boolean", int: "number", float: "number", str: "string"}
-
-
-class _JsonIn(Lookup):
-    """``lhs = ANY(%s::jsonb[])`` over JSON values: what Django's IN cannot say, because it drops
-    None (JSON's null is a value here) and de-duplicates in Python, where False == 0 == -0.0."""
-
-    lookup_name = "json_in"
-    prepare_rhs = False
-
-    def as_sql(self, compiler, connection):
-        lhs, lhs_params = compiler.compile(self.lhs)
-        return f"{lhs} = ANY(%s::jsonb[])", (*lhs_params, [json.dumps(v) for v in self.rhs])
 
 
 class MetadataKey(KeyTransform):
@@ -175,21 +165,42 @@ def _metadata_condition(key: str, spec: Any, where: str) -> Q:
     transform = MetadataKey(key, "metadata")
 
     def make(lookup: str, value: Any) -> Q:
+        # Equality is containment, metadata @> '{"key": value}', which the GIN index on metadata serves
+        # (metadata -> 'key' = value it cannot). For the scalars a filter holds the two agree exactly:
+        # numbers compare as numbers (1 = 1.0), JSON null matches a stored null, and a scalar neither
+        # equals nor is contained in a stored list or object under the key.
         if lookup == "in":
-            # Django's IN drops None (SQL's NULL never equals); JSON's null is a value to match.
-            return Q(_JsonIn(transform, value))
-        if value is None:  # JSON's null: Value(None) would be SQL's NULL, which equals nothing
-            return Q(transform.get_lookup("exact")(transform, Cast(Value("null"), models.JSONField())))
-        # Values go in as JSON, as Django's own metadata__key=value would send them.
+            return reduce(operator.or_, (Q(metadata__contains={key: v}) for v in value))
+        if lookup == "exact":
+            return Q(metadata__contains={key: value})
+        declared_type = metadata_keys.declared().get(key)
+        if declared_type is not None:
+            typed = metadata_keys.comparable(declared_type, value)
+            if typed is not None:  # a declared key's B-tree index serves the range
+                return Q(_RANGES[lookup](metadata_keys.expression(key, declared_type), Value(typed)))
+        # Values go in as JSON, as Django's own metadata__key__lt=value would send them.
         cond = Q(transform.get_lookup(lookup)(transform, Value(value, output_field=models.JSONField())))
-        if lookup != "exact":
-            # jsonb orders every string below every number (and null below both): a range
-            # compares like with like, so {"$lt": 5} never matches "abc".
-            typeof = Func(transform, function="jsonb_typeof", output_field=models.TextField())
-            cond &= Q(Exact(typeof, _JSON_TYPES[type(value)]))
-        return cond
+        # jsonb orders every string below every number (and null below both): a range compares like
+        # with like, so {"$lt": 5} never matches "abc".
+        typeof = Func(transform, function="jsonb_typeof", output_field=models.TextField())
+        return cond & Q(Exact(typeof, _JSON_TYPES[type(value)]))
 
     return _conditions(spec, where, _scalar, make, lambda: Q(metadata__has_key=key))
+
+
+def filter_terms(spec: Any, limit: int = MAX_FILTER_TERMS) -> int:
+    """The filter's fields, operators and values across the whole tree; counting stops once past
+    ``limit`` (a huge filter is refused without walking all of it)."""
+    count, stack = 0, [spec]
+    while stack and count <= limit:
+        item = stack.pop()
+        if isinstance(item, dict):
+            count += len(item)
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            count += len(item)
+            stack.extend(item)
+    return count
 
 
 def build_filter(spec: Any, where: str = "filters", depth: int = 0) -> Q:
@@ -204,6 +215,11 @@ def build_filter(spec: Any, where: str = "filters", depth: int = 0) -> Q:
         raise SearchError(where, "expected an object")
     if depth > MAX_FILTER_DEPTH:
         raise SearchError(where, "nested too deeply")
+    if depth == 0 and filter_terms(spec) > MAX_FILTER_TERMS:
+        raise SearchError(
+            where,
+            f"too large: at most {MAX_FILTER_TERMS} fields, operators and values in all (MAX_FILTER_TERMS)",
+        )
     q = Q()
     for key, value in spec.items():
         at = f"{where}.{key}"

@@ -15,6 +15,9 @@ MAX_K = 1000  # results of one search
 MAX_QUERY_CHARS = 2000  # characters of a query text
 MAX_FILTER_LIST = 1000  # values of one $in / $nin list
 MAX_FILTER_DEPTH = 8  # nesting of $and / $or
+# Fields, operators and values in one filter, across the whole tree: planning a query costs time in
+# its number of conditions (10,000 metadata conditions took 46 s), so a filter's size is bounded.
+MAX_FILTER_TERMS = 2000
 EF_SEARCH_RANGE = (1, 1000)  # pgvector's bounds for hnsw.ef_search
 PROBES_RANGE = (1, 10_000)  # ivfflat.probes (pgvector's bound is the index's lists)
 MAX_TEXT = 100_000  # characters of one document's text written through the API

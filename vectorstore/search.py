@@ -21,17 +21,20 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from threading import Lock
 from typing import Any
 
 import numpy as np
+import psycopg
 from django.apps import apps
 from django.contrib.postgres.search import SearchQuery, SearchRank
-from django.db import models
-from django.db.models import F, Value
+from django.db import OperationalError, connections, models, transaction
+from django.db.models import F, Func, Value
+from django.db.models.lookups import Exact
 from pgvector.django import CosineDistance, L2Distance, MaxInnerProduct
 
 from vectorstore import conf, statements
@@ -48,7 +51,16 @@ from vectorstore.limits import (
 )
 from vectorstore.statements import QueryVector, Statement
 
-__all__ = ["Hit", "SearchError", "SearchResult", "build_filter", "embed_query", "search", "similar"]
+__all__ = [
+    "Hit",
+    "SearchError",
+    "SearchResult",
+    "SearchTimeout",
+    "build_filter",
+    "embed_query",
+    "search",
+    "similar",
+]
 
 # pgvector-python's distance functions, by the names of limits.METRICS.
 METRICS = {"cosine": CosineDistance, "l2": L2Distance, "inner_product": MaxInnerProduct}
@@ -74,6 +86,16 @@ class Hit:
         document.distance = self.distance
         document.score = self.score
         return document
+
+
+class SearchTimeout(RuntimeError):
+    """A search ran past VECTORSTORE SEARCH_TIMEOUT_MS (PostgreSQL's statement_timeout cancelled it)."""
+
+    def __init__(self, timeout_ms: int) -> None:
+        super().__init__(
+            f"the search took longer than {timeout_ms} ms and was stopped; try a narrower filter"
+        )
+        self.timeout_ms = timeout_ms
 
 
 @dataclass
@@ -278,6 +300,7 @@ def search(
     if ef_search is None or probes is None:
         tuned = tuned_settings(model._meta.db_table, using)
     settings = index_settings(ef_search, iterative_scan, probes, tuned)
+    settings["statement_timeout"] = str(conf.search_timeout_ms())
 
     qvector = None
     if mode != "text":
@@ -287,37 +310,41 @@ def search(
         return Hit(rank, score, distance, dict(zip(fields, row, strict=False)), model, using)
 
     exact = False
-    if mode == "vector":
-        (rows,) = statements.run(using, settings, [_nearest(filtered, fields, metric, k, shape)], qvector)
-        if len(rows) < k and filters:
-            exact_statement = Statement.compile(_nearest_query(filtered, fields, metric, k, exact=True))
-            (rows,) = statements.run(using, settings, [exact_statement], qvector)
-            exact = True
-        rows.sort(key=lambda r: r[-1])  # relaxed_order may hand rows back slightly out of order
-        hits = [hit(i + 1, r, score_of(metric, r[-1]), r[-1]) for i, r in enumerate(rows)]
-    else:
-        pool = max(k, 50) if mode == "hybrid" else k
-        text = Statement.compile(
-            _text_query_set(filtered, fields, query, metric if qvector is not None else None, pool)
-        )
-        if mode == "text":
-            (text_rows,) = statements.run(using, settings, [text], None)
-            hits = [hit(i + 1, r, float(r[len(fields)]), None) for i, r in enumerate(text_rows)]
+    try:
+        if mode == "vector":
+            rows, exact, _ = _vector_rows(
+                filtered, fields, metric, k, shape, settings, qvector, using, bool(filters)
+            )
+            rows.sort(key=lambda r: r[-1])  # relaxed_order may hand rows back slightly out of order
+            hits = [hit(i + 1, r, score_of(metric, r[-1]), r[-1]) for i, r in enumerate(rows)]
         else:
-            nearest = _nearest(filtered, fields, metric, pool, shape)
-            vector_rows, text_rows = statements.run(using, settings, [nearest, text], qvector)
-            vector_rows.sort(key=lambda r: r[-1])
-            pk = fields.index(model._meta.pk.attname)
-            fused: dict[Any, float] = {}
-            by_pk: dict[Any, tuple] = {}
-            for ranked in (vector_rows, text_rows):
-                for i, r in enumerate(ranked):
-                    fused[r[pk]] = fused.get(r[pk], 0.0) + 1.0 / (RRF_K + i + 1)
-                    by_pk.setdefault(r[pk], r)
-            # Ties (one document first in each list) go to the full-text match: it holds the words.
-            text_rank = {r[pk]: i for i, r in enumerate(text_rows)}
-            order = sorted(fused, key=lambda key: (-fused[key], text_rank.get(key, pool), key))[:k]
-            hits = [hit(i + 1, by_pk[key], fused[key], by_pk[key][-1]) for i, key in enumerate(order)]
+            pool = max(k, 50) if mode == "hybrid" else k
+            text = Statement.compile(
+                _text_query_set(filtered, fields, query, metric if qvector is not None else None, pool)
+            )
+            if mode == "text":
+                (text_rows,) = statements.run(using, settings, [text], None)
+                hits = [hit(i + 1, r, float(r[len(fields)]), None) for i, r in enumerate(text_rows)]
+            else:
+                vector_rows, exact, text_rows = _vector_rows(
+                    filtered, fields, metric, pool, shape, settings, qvector, using, bool(filters), text
+                )
+                vector_rows.sort(key=lambda r: r[-1])
+                pk = fields.index(model._meta.pk.attname)
+                fused: dict[Any, float] = {}
+                by_pk: dict[Any, tuple] = {}
+                for ranked in (vector_rows, text_rows):
+                    for i, r in enumerate(ranked):
+                        fused[r[pk]] = fused.get(r[pk], 0.0) + 1.0 / (RRF_K + i + 1)
+                        by_pk.setdefault(r[pk], r)
+                # Ties (one document first in each list) go to the full-text match: it holds the words.
+                text_rank = {r[pk]: i for i, r in enumerate(text_rows)}
+                order = sorted(fused, key=lambda key: (-fused[key], text_rank.get(key, pool), key))[:k]
+                hits = [hit(i + 1, by_pk[key], fused[key], by_pk[key][-1]) for i, key in enumerate(order)]
+    except OperationalError as exc:
+        if isinstance(exc.__cause__, psycopg.errors.QueryCanceled):
+            raise SearchTimeout(conf.search_timeout_ms()) from exc
+        raise
     return SearchResult(
         hits=hits,
         took_ms=(time.perf_counter() - started) * 1000,
@@ -325,6 +352,84 @@ def search(
         metric=metric,
         exact=exact,
     )
+
+
+def _vector_rows(
+    filtered: models.QuerySet,
+    fields: list[str],
+    metric: str,
+    k: int,
+    shape: tuple | None,
+    settings: dict[str, str],
+    qvector: np.ndarray,
+    using: str,
+    has_filter: bool,
+    also: Statement | None = None,
+) -> tuple[list[tuple], bool, list[tuple]]:
+    """The k nearest rows, whether an exact scan of the filter's matches found them, and the rows of
+    ``also`` (hybrid's full-text statement), sent in the first round trip.
+
+    A filter that matches few rows (at most EXACT_SEARCH_ROWS) is answered exactly over its matches,
+    which the filter's own index finds; a broad one through the vector index's iterative scan, which
+    finds k matches quickly when many rows match. Both the count (bounded: it stops at the limit) and
+    the exact search go in one round trip; the exact one is guarded by the same bound, so for a broad
+    filter it stops before computing a distance. Asking the vector index for a rare filter's rows would
+    walk the graph until max_scan_tuples and then scan the whole table anyway.
+    """
+    started = time.perf_counter()
+    extra = [also] if also is not None else []
+    limit = conf.exact_search_rows()
+    if not has_filter or limit <= 0:
+        rows, *rest = statements.run(
+            using, settings, [_nearest(filtered, fields, metric, k, shape), *extra], qvector
+        )
+        exact = False
+    else:
+        probe, few, broad, *rest = statements.run(
+            using, settings, [*_planned(filtered, fields, metric, k, limit), *extra], qvector
+        )
+        exact = not probe or probe[0][0] == "on"
+        rows = few if exact else broad
+    if has_filter and not exact and len(rows) < k:
+        # The iterative scan ran out (max_scan_tuples) before k matches: search them all exactly.
+        # The search as a whole stays within the timeout: this second round trip gets what is left.
+        timeout = conf.search_timeout_ms()
+        left = timeout - round((time.perf_counter() - started) * 1000)
+        if left <= 0:
+            raise SearchTimeout(timeout)
+        exact_statement = Statement.compile(_nearest_query(filtered, fields, metric, k, exact=True))
+        (rows,) = statements.run(
+            using, {**settings, "statement_timeout": str(left)}, [exact_statement], qvector
+        )
+        exact = True
+    return rows, exact, rest[0] if rest else []
+
+
+# Set by the first of _planned's statements, read by the second (within the search's transaction).
+_FEW_ROWS_SETTING = "vectorstore.few_rows"
+
+
+def _planned(
+    filtered: models.QuerySet, fields: list[str], metric: str, k: int, limit: int
+) -> list[Statement]:
+    """Three statements for one round trip. The first sets ``vectorstore.few_rows`` to 'on' when at most
+    ``limit`` rows match (it reads at most limit + 1 of them, through the filter's index) and returns it.
+    The second, run only when it is 'on', returns the k nearest matches by an exact scan; the third, run
+    only when it is 'off', the k nearest through the vector index's iterative scan. Each is gated by a
+    one-time filter on the setting, so the one not wanted stops before reading a row."""
+    beyond = Statement.compile(filtered.values_list("pk")[limit : limit + 1])
+    if beyond.empty:  # the filter matches nothing: there is nothing to send
+        return [beyond, beyond, beyond]
+    probe = Statement(
+        f"SELECT set_config('{_FEW_ROWS_SETTING}', CASE WHEN EXISTS ({beyond.sql}) THEN 'off' ELSE 'on' END,"
+        " true)",
+        beyond.params,
+        (),
+    )
+    setting = Func(Value(_FEW_ROWS_SETTING), function="current_setting", output_field=models.TextField())
+    few = _nearest_query(filtered.filter(Exact(setting, Value("on"))), fields, metric, k, exact=True)
+    broad = _nearest_query(filtered.filter(Exact(setting, Value("off"))), fields, metric, k)
+    return [probe, Statement.compile(few), Statement.compile(broad)]
 
 
 def _nearest_query(
@@ -360,6 +465,22 @@ def _text_query_set(
         ranked = ranked.annotate(distance=METRICS[metric]("embedding", QueryVector()))
         columns.append("distance")
     return ranked.order_by("-text_rank", "pk").values_list(*columns)[:k]
+
+
+@contextmanager
+def bounded(using: str = "default") -> Iterator[None]:
+    """Run the ORM queries inside under the search timeout (SEARCH_TIMEOUT_MS), in one transaction:
+    a query that runs past it raises SearchTimeout (the API answers 503), never holds a worker."""
+    with transaction.atomic(using=using):
+        with connections[using].cursor() as cursor:
+            timeout = str(conf.search_timeout_ms())
+            cursor.execute("SELECT set_config('statement_timeout', %s, true)", [timeout])
+        try:
+            yield
+        except OperationalError as exc:
+            if isinstance(exc.__cause__, psycopg.errors.QueryCanceled):
+                raise SearchTimeout(conf.search_timeout_ms()) from exc
+            raise
 
 
 def similar(document: models.Model, k: int = 10, **kwargs: Any) -> SearchResult:

@@ -1,0 +1,118 @@
+"""Where a vector query's time goes between raw psycopg and the HTTP API: the same queries, one at a time,
+through each layer in turn, in one process (ratios and differences, never absolute claims).
+
+    .venv/bin/python -m benchmarks.bench_overhead --corpus debian
+
+Layers: raw psycopg (the API's columns, settings and transaction, one pipelined round trip);
+``search()`` called directly; Django's WSGI application called directly with the request (URL
+resolution, middleware, ninja's body parsing and the response, no HTTP); the same request through
+gunicorn as ``make serve`` starts it. Loads the corpus as bench_search.py does (cached embeddings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from benchmarks.bench_search import CORPORA, api_settings, post, raw_search
+from benchmarks.harness import serve, setup_database
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--corpus", choices=sorted(CORPORA), default="debian")
+    parser.add_argument("--queries", type=int, default=200)
+    args = parser.parse_args()
+    corpus = CORPORA[args.corpus]
+    if not corpus.embedded.exists():
+        raise SystemExit(
+            f"run benchmarks.bench_search --corpus {corpus.name} once first (it embeds the corpus)"
+        )
+    os.environ["DJANGO_DEBUG"] = "0"
+    url = setup_database("overheadbench")
+    import psycopg
+    from pgvector.psycopg import register_vector
+
+    from project.wsgi import application
+    from vectorstore import ingest
+    from vectorstore.search import search
+
+    report = ingest.load(pq.read_table(corpus.embedded), progress=False, name=corpus.embedded.name)
+    conn = psycopg.connect(url, autocommit=True)
+    register_vector(conn)
+    stored = conn.execute(
+        "SELECT embedding FROM vectorstore_document ORDER BY random() LIMIT %s", [args.queries]
+    )
+    rng = np.random.default_rng(0)
+    vectors = [np.asarray(r[0].to_numpy()) + rng.normal(0, 0.02, 384).astype(np.float32) for r in stored]
+    requests = [{"vector": v.tolist(), "k": 10} for v in vectors]
+    bodies = [json.dumps(r).encode() for r in requests]
+
+    settings = api_settings(report.table)
+
+    def raw(v: np.ndarray) -> None:
+        raw_search(conn, v, settings)
+
+    def wsgi(body: bytes) -> None:
+        environ = {
+            "REQUEST_METHOD": "POST",
+            "PATH_INFO": "/api/search",
+            "SCRIPT_NAME": "",
+            "QUERY_STRING": "",
+            "CONTENT_TYPE": "application/json",
+            "CONTENT_LENGTH": str(len(body)),
+            "wsgi.input": io.BytesIO(body),
+            "wsgi.errors": io.StringIO(),
+            "wsgi.url_scheme": "http",
+            "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": "80",
+            "HTTP_HOST": "127.0.0.1",
+            "REMOTE_ADDR": "127.0.0.1",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+        }
+        status = []
+        b"".join(application(environ, lambda s, headers: status.append(s)))
+        if not status[0].startswith("200"):
+            raise SystemExit(f"WSGI answered {status[0]}")
+
+    def p50(fn, items) -> float:
+        for item in items[:20]:  # warm up
+            fn(item)
+        times = []
+        for item in items:
+            start = time.perf_counter()
+            fn(item)
+            times.append(time.perf_counter() - start)
+        return float(np.percentile(times, 50)) * 1000
+
+    with serve(url, workers=2) as port:
+        rounds = []
+        for _ in range(3):  # interleaved rounds: the machine's noise falls on every layer alike
+            rounds.append(
+                (
+                    p50(raw, vectors),
+                    p50(lambda v: search(vector=v, k=10), vectors),
+                    p50(wsgi, bodies),
+                    p50(lambda body: post(port, body), requests),
+                )
+            )
+    r, s, w, h = (float(np.median(column)) for column in zip(*rounds, strict=True))
+    print(
+        f"corpus {corpus.name}, {report.rows:,} rows, {len(vectors)} vector queries, k=10; p50 of 3 rounds:"
+    )
+    print(f"  raw psycopg                    {r:6.2f} ms")
+    print(f"  search() in process            {s:6.2f} ms  (+{s - r:.2f} over raw)")
+    print(f"  Django WSGI app, no HTTP       {w:6.2f} ms  (+{w - s:.2f}: Django, ninja, JSON in and out)")
+    print(f"  gunicorn over HTTP (keep-alive) {h:5.2f} ms  (+{h - w:.2f}: HTTP and the server)")
+
+
+if __name__ == "__main__":
+    main()
