@@ -129,6 +129,17 @@ def test_anonymous_writes_are_refused(api, docs):
     assert Document.objects.count() == 40
 
 
+def test_an_anonymous_write_through_django_is_a_401_saying_what_is_needed(docs):
+    """Through the full stack (sessions and CSRF middleware on): not a 403 'CSRF check failed' but a 401
+    that names both ways in."""
+    response = Client(enforce_csrf_checks=True).post(
+        "/api/documents", {"text": "hello"}, content_type="application/json"
+    )
+    assert response.status_code == 401
+    detail = response.json()["detail"]
+    assert "Bearer" in detail and "log in" in detail
+
+
 def test_token_writes_embed_and_copy(api, token):
     payload = [
         {"text": "The tariff on imported iron", "external_id": "t1", "metadata": {"src": "api"}},
@@ -145,6 +156,8 @@ def test_token_writes_embed_and_copy(api, token):
     assert single.status_code == 201 and len(single.json()["ids"]) == 1
     duplicate = api.post("/documents", json={"text": "again", "external_id": "t1"}, headers=bearer(token))
     assert duplicate.status_code == 409 and "external_id" in duplicate.json()["detail"]
+    assert "Key (external_id)=(t1) already exists" in duplicate.json()["detail"]
+    assert "CONTEXT" not in duplicate.json()["detail"] and "COPY" not in duplicate.json()["detail"]
     assert api.delete(f"/documents/{ids[1]}", headers=bearer(token)).status_code == 204
     assert api.delete(f"/documents/{ids[1]}", headers=bearer(token)).status_code == 404
     assert Document.objects.count() == 2

@@ -100,3 +100,48 @@ def test_host_model_has_its_own_dimension():
         assert cursor.fetchone()[0] == "vector(8)"
     with pytest.raises(DataError, match="expected 8 dimensions"), transaction.atomic():
         HostDocument.objects.create(text="x", embedding=unit_vectors(1, 384)[0])
+
+
+def test_saving_a_text_embeds_it_in_the_orm_not_only_in_the_admin():
+    """objects.create(text=...) embeds with the configured model; an edited text gets a new vector (also
+    when the vector was deferred); a vector given with the text, or with a new text, is kept as given;
+    other edits do not embed again."""
+    from vectorstore.embedding import Embedder
+
+    model = Embedder(dimensions=384)
+    doc = Document.objects.create(text="The tariff on imported iron")
+    assert np.allclose(doc.embedding, model.encode(["The tariff on imported iron"])[0], atol=1e-5)
+
+    doc = Document.objects.get(pk=doc.pk)
+    doc.text = "Railroads across the continent"
+    doc.save()
+    stored = Document.objects.get(pk=doc.pk)
+    assert np.allclose(stored.embedding, model.encode(["Railroads across the continent"])[0], atol=1e-5)
+
+    deferred = Document.objects.defer("embedding").get(pk=doc.pk)
+    deferred.text = "A canal between two oceans"
+    deferred.save()
+    canal = model.encode(["A canal between two oceans"])[0]
+    assert np.allclose(Document.objects.get(pk=doc.pk).embedding, canal, atol=1e-5)
+
+    given = unit_vectors(1, 384, seed=4)[0]
+    mine = Document.objects.create(text="anything", embedding=given)
+    mine.text, mine.embedding = "something else", given[::-1].copy()
+    mine.save()
+    assert np.allclose(Document.objects.get(pk=mine.pk).embedding, given[::-1], atol=1e-6)
+
+    untouched = Document.objects.get(pk=doc.pk)
+    untouched.category = "transport"
+    untouched.save()
+    assert np.allclose(Document.objects.get(pk=doc.pk).embedding, canal, atol=1e-5)
+
+
+def test_a_model_of_another_dimension_says_so_instead_of_embedding_wrongly():
+    """The 8-dimension host model with the 384-dimension default model: a clear EmbeddingError naming
+    both sizes, and nothing stored."""
+    from vectorstore.embedding import EmbeddingError
+
+    with pytest.raises(EmbeddingError, match="384") as raised:
+        HostDocument.objects.create(text="no vector for me")
+    assert "8" in str(raised.value)
+    assert not HostDocument.objects.exists()

@@ -45,8 +45,18 @@ def bulk_copy_process(path, *extra: str) -> subprocess.Popen:
         "DJANGO_SETTINGS_MODULE": "tests.settings",  # the test-only app's model
         "PATH": "/usr/bin:/bin",
     }
+    # --no-tune: these loads are about what survives a crash; tuning after a load has its own tests.
     return subprocess.Popen(
-        [sys.executable, "manage.py", "bulk_copy", str(path), "--model", "testapp.HostDocument", *extra],
+        [
+            sys.executable,
+            "manage.py",
+            "bulk_copy",
+            str(path),
+            "--model",
+            "testapp.HostDocument",
+            "--no-tune",
+            *extra,
+        ],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -258,7 +268,7 @@ def test_api_inserts_during_a_bulk_load(tmp_path, capsys):
         "PATH": "/usr/bin:/bin",
     }
     load = subprocess.Popen(
-        [sys.executable, "manage.py", "bulk_copy", str(tmp_path / "bulk.parquet")],
+        [sys.executable, "manage.py", "bulk_copy", str(tmp_path / "bulk.parquet"), "--no-tune"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

@@ -132,6 +132,9 @@ def test_production_server_serves_health_admin_and_static(clean_env):
         assert status == 200 and b"/static/ninja/swagger-ui-bundle.js" in body  # served here, not from a CDN
         status, body = _get(f"{base}/static/ninja/swagger-ui-bundle.js")
         assert status == 200 and len(body) > 100_000
+        # The root (the admin's "view site") leads to the API's documentation, not to a 404.
+        with urllib.request.urlopen(f"{base}/") as response:
+            assert response.status == 200 and response.url == f"{base}/api/docs"
 
 
 @pytest.mark.django_db(transaction=True)

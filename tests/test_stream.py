@@ -50,3 +50,34 @@ def test_bad_options_are_command_errors(tmp_path):
         call_command("stream_sim", "--count", "0")
     with pytest.raises(CommandError, match="no such file"):
         call_command("stream_sim", "--source", str(tmp_path / "missing.parquet"))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_plot_without_matplotlib_is_refused_before_any_record_is_written(clean_env):
+    """stream_sim --plot on an install without the [plot] extra: a CommandError naming the extra, and no
+    record stored (it used to write them all, then fail)."""
+    from django.db import connection
+
+    from tests.helpers import database_url, run_python
+
+    code = """
+import sys
+class _NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "matplotlib":
+            raise ModuleNotFoundError(f"No module named {name!r}")
+sys.meta_path.insert(0, _NotInstalled())
+import os, django
+os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"
+django.setup()
+from django.core.management import call_command
+from django.core.management.base import CommandError
+try:
+    call_command("stream_sim", "--count", "2", "--plot", "latency.png")
+except CommandError as exc:
+    print("refused:", exc)
+"""
+    result = run_python(code, {**clean_env, "DATABASE_URL": database_url(connection.settings_dict)})
+    assert result.returncode == 0, result.stderr
+    assert "vectorstore[plot]" in result.stdout
+    assert not Document.objects.exists()

@@ -47,7 +47,20 @@ class BearerToken(HttpBearer):
         return user
 
 
-WRITE_AUTH = [BearerToken(), SessionAuth(csrf=True)]
+class LoggedInSession(SessionAuth):
+    """Django's session, CSRF-checked; with neither a bearer token nor a logged-in session, a 401 that
+    says what is needed (ninja's own would be a 403 "CSRF check Failed" for an anonymous client)."""
+
+    def __call__(self, request: HttpRequest):
+        if not request.user.is_authenticated:
+            raise HttpError(
+                401,
+                "authentication: send 'Authorization: Bearer <token>' (manage.py create_api_token) or log in",
+            )
+        return super().__call__(request)
+
+
+WRITE_AUTH = [BearerToken(), LoggedInSession(csrf=True)]
 
 
 def _require(request: HttpRequest, action: str) -> None:
@@ -237,7 +250,7 @@ def similar_documents(request, doc_id: int, k: int = 10):
 @router.post(
     "/documents",
     auth=WRITE_AUTH,
-    response={201: CreatedOut, 403: ErrorOut, 409: ErrorOut, 422: ErrorOut, 501: ErrorOut},
+    response={201: CreatedOut, 401: ErrorOut, 403: ErrorOut, 409: ErrorOut, 422: ErrorOut, 501: ErrorOut},
     summary="Add documents (embedded server-side, written with COPY)",
 )
 def create_documents(request, payload: list[DocumentIn] | DocumentIn):
@@ -257,7 +270,10 @@ def create_documents(request, payload: list[DocumentIn] | DocumentIn):
     except ModelStackMissing as exc:
         raise HttpError(501, f"text: {exc}") from exc
     except (IntegrityError, psycopg.errors.UniqueViolation) as exc:
-        raise HttpError(409, f"external_id: already stored ({str(exc).splitlines()[-1].strip()})") from exc
+        # PostgreSQL's own detail ("Key (external_id)=(x) already exists."), without its CONTEXT lines.
+        cause = exc.__cause__ if isinstance(exc, IntegrityError) else exc
+        detail = getattr(getattr(cause, "diag", None), "message_detail", None) or "an id is stored already"
+        raise HttpError(409, f"external_id: already stored ({detail})") from exc
     return Status(201, {"ids": created, "took_ms": round((time.perf_counter() - started) * 1000, 3)})
 
 

@@ -21,6 +21,9 @@ HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 64
 
 
+_DEFERRED = object()  # a field not read from the database (deferred) when the instance was loaded
+
+
 class AbstractDocument(models.Model):
     """A text, its embedding and its metadata.
 
@@ -75,9 +78,50 @@ class AbstractDocument(models.Model):
             models.Index(name="%(app_label)s_%(class)s_created", fields=["created_at"]),
         ]
 
+    # The embedding model for this document class (a sentence-transformers name or local path); None: the
+    # VECTORSTORE MODEL setting. Its output size must be the ``embedding`` field's.
+    embedding_model: str | None = None
+
     def __str__(self) -> str:
         label = self.external_id or f"#{self.pk}"
         return f"{label}: {self.text[:60]}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        """Save, embedding the text first when ``needs_embedding()`` (so ``objects.create(text=...)`` and an
+        edited text keep their vector right). ``bulk_create`` and ``update()`` do not call this: give them
+        vectors (``vectorstore.embedding.Embedder``) or load with ``bulk_copy``, which embeds on the way."""
+        update_fields = kwargs.get("update_fields")
+        if self.needs_embedding() and (update_fields is None or "text" in update_fields):
+            from vectorstore.embedding import Embedder  # torch only when a text is embedded
+
+            dimensions = self._meta.get_field("embedding").dimensions
+            embedder = Embedder(model=self.embedding_model, dimensions=dimensions)
+            self.embedding = embedder.encode([self.text])[0]
+            if update_fields is not None:
+                kwargs["update_fields"] = {*update_fields, "embedding"}
+        super().save(*args, **kwargs)
+        self._loaded_text, self._loaded_embedding = self.__dict__.get("text"), self.__dict__.get("embedding")
+
+    @classmethod
+    def from_db(cls, db, field_names, values):
+        instance = super().from_db(db, field_names, values)
+        # What save() compares against: a text changed since it was read needs a new vector.
+        instance._loaded_text = instance.__dict__.get("text", _DEFERRED)
+        instance._loaded_embedding = instance.__dict__.get("embedding", _DEFERRED)
+        return instance
+
+    def needs_embedding(self) -> bool:
+        """No vector yet, or a text changed since it was read while the vector read with it is kept."""
+        loaded = getattr(self, "_loaded_text", None)
+        if loaded is None:  # never saved: only a missing vector needs one
+            return self.__dict__.get("embedding") is None
+        # A text read and changed, or deferred and then assigned, is a new text.
+        changed = "text" in self.__dict__ and (loaded is _DEFERRED or self.text != loaded)
+        if "embedding" not in self.__dict__:  # deferred: the stored vector is the old text's
+            return changed
+        if self.embedding is None:
+            return True
+        return changed and self.embedding is self._loaded_embedding
 
 
 class Document(AbstractDocument):

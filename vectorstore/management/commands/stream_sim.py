@@ -44,6 +44,11 @@ class Command(ServiceCommand):
             raise CommandError(f"--count must be at least 1, not {o['count']}")
         if o["batch_size"] < 1:
             raise CommandError(f"--batch-size must be at least 1, not {o['batch_size']}")
+        if o["plot"]:
+            try:  # said before any record is written, not after
+                import matplotlib  # noqa: F401
+            except ImportError as exc:
+                raise CommandError("--plot needs matplotlib: pip install 'vectorstore[plot]'") from exc
         modes = o["mode"] or ["insert"]
         prefix = o["id_prefix"] if o["id_prefix"] is not None else f"stream-{time.strftime('%Y%m%dT%H%M%S')}-"
         try:
