@@ -102,3 +102,46 @@ def test_reembed_action(admin_client, passages):
     for doc, vector in zip(chosen, expected, strict=True):
         doc.refresh_from_db()
         assert np.allclose(np.asarray(doc.embedding), vector, atol=1e-5)
+
+
+def test_api_tokens_are_listed_and_revoked_in_the_admin(admin_client, django_user_model):
+    """The admin lists tokens by their hint (never a key) and its revoke action ends them: the key no
+    longer authenticates."""
+    from vectorstore.models import ApiToken
+
+    user = django_user_model.objects.create_user("ingester")
+    token, key = ApiToken.issue(user, "nightly import")
+    page = admin_client.get("/admin/vectorstore/apitoken/")
+    assert page.status_code == 200
+    assert token.hint in page.content.decode() and key not in page.content.decode()
+    assert admin_client.get("/admin/vectorstore/apitoken/add/").status_code == 403
+    assert ApiToken.user_for(key) == user
+    response = admin_client.post(
+        "/admin/vectorstore/apitoken/",
+        {"action": "revoke", "_selected_action": [token.pk]},
+        follow=True,
+    )
+    assert response.status_code == 200 and "Revoked 1 token" in response.content.decode()
+    assert ApiToken.user_for(key) is None
+
+
+def test_a_model_that_cannot_embed_is_a_form_message_not_a_500(admin_client, settings):
+    """With an embedding model that cannot be loaded (as with one of another dimension, or none
+    installed), the Add page answers with the reason on the text field and stores nothing; the change
+    list's search falls back to plain text with a warning."""
+    settings.VECTORSTORE = {**settings.VECTORSTORE, "MODEL": "/nonexistent/embedding-model"}
+    response = admin_client.post(
+        f"{CHANGELIST}add/",
+        {
+            "text": "A new passage",
+            "category": "",
+            "metadata": "{}",
+            "created_at_0": "2020-01-01",
+            "created_at_1": "00:00:00",
+        },
+    )
+    assert response.status_code == 200
+    assert "could not be embedded" in response.content.decode()
+    assert not Document.objects.filter(text="A new passage").exists()
+    search = admin_client.get(CHANGELIST, {"q": "railroads"})
+    assert search.status_code == 200 and "plain text search instead" in search.content.decode()

@@ -90,3 +90,17 @@ def test_unknown_model_path_is_a_clear_error(tmp_path):
 def test_embed_parquet_command_refuses_bad_device(tmp_path):
     with pytest.raises(CommandError, match="no CUDA GPU"):
         embed(FIXTURE, tmp_path / "out.parquet", "--device", "cuda")
+
+
+def test_embed_parquet_names_the_embedding_model_as_the_other_commands_do(tmp_path):
+    """--embedding-model is the flag (as in bulk_copy and stream_sim, where --model is the Django model);
+    the old --model still works, with a deprecation notice on stderr."""
+    missing = str(tmp_path / "no-such-model")
+    with pytest.raises(CommandError, match="cannot load embedding model"):
+        embed(FIXTURE, tmp_path / "out.parquet", "--embedding-model", missing)
+    err = StringIO()
+    with pytest.raises(CommandError, match="cannot load embedding model"):
+        call_command(
+            "embed_parquet", str(FIXTURE), str(tmp_path / "out.parquet"), "--model", missing, stderr=err
+        )
+    assert "--model is deprecated: use --embedding-model" in err.getvalue()

@@ -17,6 +17,7 @@ from django.utils.html import format_html, format_html_join
 
 from vectorstore import conf, search
 from vectorstore.embedding import Embedder, EmbeddingError
+from vectorstore.models import ApiToken
 from vectorstore.validation import storable_json
 
 SEMANTIC_RESULTS = 200  # how many nearest documents a semantic search in the change list shows
@@ -70,6 +71,22 @@ class DocumentForm(forms.ModelForm):
             return storable_json(value)
         except ValueError as exc:
             raise forms.ValidationError(f"PostgreSQL cannot store this: {exc}") from exc
+
+    def clean(self):
+        # Embedded here, not in save_model: a model that cannot embed (not installed, not found, another
+        # dimension than the field's) is a message on the form, not a 500.
+        cleaned = super().clean()
+        text = cleaned.get("text")
+        instance = self.instance
+        stale = (
+            instance.pk is None or "text" in self.changed_data or instance.__dict__.get("embedding") is None
+        )
+        if text and stale and not self.errors:
+            try:
+                instance.embedding = _embed([text], self._meta.model)[0]
+            except EmbeddingError as exc:
+                self.add_error("text", f"This text could not be embedded: {exc}")
+        return cleaned
 
 
 class DocumentAdmin(admin.ModelAdmin):
@@ -160,12 +177,6 @@ class DocumentAdmin(admin.ModelAdmin):
             ),
         )
 
-    def save_model(self, request, obj, form, change) -> None:
-        # A changed text with its old vector would be found by the wrong queries: embed it again.
-        if not change or "text" in form.changed_data or obj.embedding is None:
-            obj.embedding = _embed([obj.text], self.model)[0]
-        super().save_model(request, obj, form, change)
-
     @admin.action(description="Re-embed the selected documents")
     def reembed(self, request, queryset) -> None:
         docs = list(queryset.only("pk", "text"))
@@ -175,6 +186,29 @@ class DocumentAdmin(admin.ModelAdmin):
                 doc.embedding = vector
             self.model._default_manager.bulk_update(chunk, ["embedding"])
         self.message_user(request, f"Re-embedded {len(docs)} documents.", messages.SUCCESS)
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """API tokens: listed (never their keys: only a hash is stored) and revoked by deleting them. New ones
+    come from ``manage.py create_api_token``, which shows the key once."""
+
+    list_display = ("hint", "user", "name", "created_at", "last_used_at")
+    list_filter = ("user",)
+    search_fields = ("name", "hint", "user__username")
+    readonly_fields = ("user", "hint", "created_at", "last_used_at")
+    fields = ("user", "name", "hint", "created_at", "last_used_at")
+    actions = ["revoke"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    @admin.action(description="Revoke the selected tokens", permissions=["delete"])
+    def revoke(self, request, queryset) -> None:
+        count, _ = queryset.delete()
+        self.message_user(
+            request, f"Revoked {count} token(s): they no longer authenticate.", messages.SUCCESS
+        )
 
 
 # The configured document model (VECTORSTORE["DOCUMENT_MODEL"]), whichever app defines it.

@@ -21,12 +21,18 @@ class Command(ServiceCommand):
         )
         parser.add_argument("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
         parser.add_argument(
-            "--model", help="a sentence-transformers path or name (default: bundled all-MiniLM-L6-v2)"
+            "--embedding-model",
+            help="a sentence-transformers path or name (default: bundled all-MiniLM-L6-v2)",
         )
+        # --model means the Django model in every other command; here it was the embedding model.
+        parser.add_argument("--model", dest="old_model", help="deprecated: use --embedding-model")
 
     def handle(self, *args, **o) -> None:
+        if o["old_model"]:
+            self.stderr.write("embed_parquet --model is deprecated: use --embedding-model (the same meaning)")
         try:
-            embedder = Embedder(model=o["model"], device=o["device"], batch_size=o["batch_size"])
+            model = o["embedding_model"] or o["old_model"]
+            embedder = Embedder(model=model, device=o["device"], batch_size=o["batch_size"])
             report = embed_parquet(o["input"], o["output"], text_column=o["text_column"], embedder=embedder)
         except (InputError, EmbeddingError) as exc:
             raise self.error(exc) from exc
