@@ -96,15 +96,12 @@ def raw_binary_copy(path: Path, table: str = TABLE, build: list | None = None) -
     vectors = np.asarray(data.column("embedding").combine_chunks().flatten(), dtype=np.float32).reshape(
         -1, 384
     )
+    # The same mapping as bulk_copy's: created_at to its column, the other extra columns to metadata.
     meta = [
-        Jsonb({"president": p, "year": y, "delivered_at": d.isoformat()})
-        for p, y, d in zip(
-            *(data.column(c).to_pylist() for c in ("president", "year", "delivered_at")), strict=True
-        )
+        Jsonb({"president": p, "year": y})
+        for p, y in zip(*(data.column(c).to_pylist() for c in ("president", "year")), strict=True)
     ]
-    from django.utils import timezone
-
-    now = timezone.now()
+    created = data.column("created_at").to_pylist()
     with psycopg.connect(**params) as conn:
         register_vector(conn)
         with (
@@ -118,7 +115,7 @@ def raw_binary_copy(path: Path, table: str = TABLE, build: list | None = None) -
                 vectors,
                 data.column("category").to_pylist(),
                 meta,
-                [now] * len(meta),
+                created,
                 strict=True,
             ):
                 copy.write_row(row)

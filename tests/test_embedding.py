@@ -40,9 +40,7 @@ def test_embed_parquet_round_trips_and_matches_the_model(tmp_path):
     assert result.column_names == [*table.column_names, "embedding"]
     kept = [i for i in range(40) if i not in (3, 7)]
     assert result.column("id").to_pylist() == [table.column("id")[i].as_py() for i in kept]
-    assert result.column("delivered_at").to_pylist() == [
-        table.column("delivered_at")[i].as_py() for i in kept
-    ]
+    assert result.column("created_at").to_pylist() == [table.column("created_at")[i].as_py() for i in kept]
     model = SentenceTransformer(bundled_model_path(), device="cpu")
     expected = model.encode([texts[i] for i in kept], batch_size=16, normalize_embeddings=True)
     got = np.asarray(result.column("embedding").to_pylist(), dtype=np.float32)

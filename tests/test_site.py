@@ -147,6 +147,8 @@ def test_load_fixtures_once(clean_env, tmp_path):
     out = site_command(clean_env, "load_fixtures", str(tmp_path))
     assert "12 documents stored; fixtures not loaded again" in out
     assert Document.objects.count() == 12
+    # The speeches' own dates, not the load's: the fixture's created_at column fills the field.
+    assert {d.year for d in Document.objects.values_list("created_at", flat=True)} == {1790}
 
 
 def test_check_deploy_is_clean_for_production_settings(clean_env):
