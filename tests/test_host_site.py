@@ -3,6 +3,7 @@ dependency on vectorstore's, migrated on a brand-new database."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -25,6 +26,7 @@ SECRET_KEY = "host-site-test"
 INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.auth",
+    "django.contrib.sessions",
     "django.contrib.postgres",
     "articles",  # sorts before vectorstore, as a host app named so would
     "vectorstore",
@@ -39,7 +41,20 @@ DATABASES = {"default": {
 }}
 USE_TZ = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-VECTORSTORE = {"DIMENSIONS": 8, "DOCUMENT_MODEL": "articles.Article"}
+VECTORSTORE = {"DOCUMENT_MODEL": "articles.Article"}
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+]
+ROOT_URLCONF = "hosturls"
+ALLOWED_HOSTS = ["testserver"]
+"""
+
+URLS = """
+from django.urls import include, path
+
+urlpatterns = [path("api/", include("vectorstore.urls"))]
 """
 
 MODELS = """
@@ -50,8 +65,9 @@ from vectorstore.models import AbstractDocument
 
 
 class Article(AbstractDocument):
-    embedding = VectorField(dimensions=8)
+    embedding = VectorField(dimensions=384)
     source_url = models.URLField(blank=True, default="")
+    lang = models.CharField(max_length=8)  # no default: a write must give it
 
     class Meta(AbstractDocument.Meta):
         pass
@@ -78,13 +94,16 @@ def test_a_host_app_migrates_on_a_fresh_database_without_a_hand_written_dependen
 ):
     """makemigrations writes the host's migration with no dependency on vectorstore (which creates the
     extension in its 0001); migrate still works on a fresh database, because vectorstore creates the
-    extension before any migration runs; then the host model stores and finds a vector."""
+    extension before any migration runs. Then, against the host's own model with fields of its own:
+    the API writes them (a plain default filled, a required one named in a 422), saving a text embeds
+    it, and text and vector searches find the host's documents."""
     app = tmp_path / "articles"
     (app / "migrations").mkdir(parents=True)
     (app / "__init__.py").write_text("")
     (app / "migrations" / "__init__.py").write_text("")
     (app / "models.py").write_text(MODELS)
     (tmp_path / "hostsettings.py").write_text(SETTINGS)
+    (tmp_path / "hosturls.py").write_text(URLS)
     env = {
         **clean_env,
         "DATABASE_URL": fresh_database,
@@ -110,18 +129,44 @@ def test_a_host_app_migrates_on_a_fresh_database_without_a_hand_written_dependen
     assert migrated.returncode == 0, migrated.stdout + migrated.stderr
     code = textwrap.dedent(
         """
+        import json
         import django
         django.setup()
+        from django.contrib.auth import get_user_model
+        from django.test import Client
         from articles.models import Article
-        from vectorstore.search import search
-        a = Article.objects.create(text="first", embedding=[1, 0, 0, 0, 0, 0, 0, 0])
-        Article.objects.create(text="second", embedding=[0, 1, 0, 0, 0, 0, 0, 0])
-        hits = search(vector=[0.9, 0.1, 0, 0, 0, 0, 0, 0], k=1).hits
-        print(hits[0].values["text"], a.source_url == "")
+        from vectorstore.models import ApiToken
+
+        _, key = ApiToken.issue(get_user_model().objects.create_superuser("owner"), "import")
+        client = Client(HTTP_AUTHORIZATION=f"Bearer {key}")
+        post = lambda body: client.post("/api/documents", json.dumps(body), content_type="application/json")
+        created = post([
+            {"text": "Railroads across the continent", "lang": "en", "source_url": "https://example.org/a"},
+            {"text": "The tariff on imported iron", "lang": "en"},
+        ])
+        missing = post({"text": "no language given"})
+        saved = Article.objects.create(text="A canal between two oceans", lang="en")
+        search = lambda body: client.post("/api/search", json.dumps(body), content_type="application/json")
+        query = search({"query": "trains crossing America", "k": 1})
+        by_vector = search({"vector": list(map(float, saved.embedding)), "k": 1})
+        print(json.dumps({
+            "created": created.status_code,
+            "urls": sorted(Article.objects.values_list("source_url", flat=True)),
+            "missing": [missing.status_code, missing.content.decode()],
+            "embedded": saved.embedding is not None and len(saved.embedding) == 384,
+            "query": query.json()["results"][0]["text"],
+            "vector": by_vector.json()["results"][0]["text"],
+        }))
         """
     )
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["first", "True"]
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen["created"] == 201
+    assert seen["urls"] == ["", "", "https://example.org/a"]  # the default, and the value given
+    assert seen["missing"][0] == 422 and "lang" in seen["missing"][1]
+    assert seen["embedded"]
+    assert seen["query"] == "Railroads across the continent"
+    assert seen["vector"] == "A canal between two oceans"

@@ -26,12 +26,12 @@ from vectorstore.limits import MAX_BATCH, MAX_PAGE
 from vectorstore.models import ApiToken
 from vectorstore.schemas import (
     CreatedOut,
-    DocumentIn,
     DocumentOut,
     ErrorOut,
     PageOut,
     SearchIn,
     SearchOut,
+    document_in_for,
 )
 from vectorstore.status import server_status
 from vectorstore.writes import insert_documents
@@ -247,13 +247,17 @@ def similar_documents(request, doc_id: int, k: int = 10):
     return _search_out(result)
 
 
+# The configured model's own fields can be set too: its schema is built once, when the API loads.
+DocumentInModel = document_in_for(conf.document_model())
+
+
 @router.post(
     "/documents",
     auth=WRITE_AUTH,
     response={201: CreatedOut, 401: ErrorOut, 403: ErrorOut, 409: ErrorOut, 422: ErrorOut, 501: ErrorOut},
     summary="Add documents (embedded server-side, written with COPY)",
 )
-def create_documents(request, payload: list[DocumentIn] | DocumentIn):
+def create_documents(request, payload: list[DocumentInModel] | DocumentInModel):  # type: ignore[valid-type]
     """One document or a list of up to 1,000: embedded in one batch, written in one COPY, all or none."""
     _require(request, "add")
     items = payload if isinstance(payload, list) else [payload]
@@ -280,7 +284,7 @@ def create_documents(request, payload: list[DocumentIn] | DocumentIn):
 @router.delete(
     "/documents/{int:doc_id}",
     auth=WRITE_AUTH,
-    response={204: None, 403: ErrorOut, 404: ErrorOut},
+    response={204: None, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut},
     summary="Delete",
 )
 def delete_document(request, doc_id: int):

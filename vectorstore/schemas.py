@@ -108,3 +108,16 @@ class PageOut(Schema):
 
 class ErrorOut(Schema):
     detail: str | list[dict[str, Any]]
+
+
+def document_in_for(model: type) -> type[DocumentIn]:
+    """DocumentIn plus the model's own fields (a host model's ``source_url``, say), typed, bounded and
+    required or optional as the model declares them (ninja's schema from the model's fields)."""
+    from ninja.orm import create_schema
+
+    from vectorstore.writes import extra_fields
+
+    extra = extra_fields(model)
+    if not extra:
+        return DocumentIn
+    return create_schema(model, name=f"{model.__name__}In", fields=extra, base_class=DocumentIn)

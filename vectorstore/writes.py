@@ -33,6 +33,11 @@ def writable_fields(model: type[models.Model]) -> dict[str, models.Field]:
     }
 
 
+def extra_fields(model: type[models.Model]) -> list[str]:
+    """A host model's own writable fields, beyond AbstractDocument's (``source_url``, say)."""
+    return [name for name in writable_fields(model) if name not in DOCUMENT_FIELDS]
+
+
 def db_value(field: models.Field, value: Any) -> Any:
     """A Python value as COPY and INSERT parameters take it (JSON fields as jsonb)."""
     return pgcopy.jsonb(value) if isinstance(field, models.JSONField) else value
@@ -73,14 +78,21 @@ def unfed_defaults(model: type[models.Model], fed: set[str], where: str) -> list
 class DocumentRows:
     """Rows for a document model's table, built from dicts of AbstractDocument's fields.
 
-    The columns are the model's fields among ``DOCUMENT_FIELDS`` (an ``id`` first when the caller
-    draws ids), then every other field with its default.
+    The columns are the model's fields among ``DOCUMENT_FIELDS`` and ``extra`` (an ``id`` first when
+    the caller draws ids), then every other field with its default.
     """
 
-    def __init__(self, conn: psycopg.Connection, model: type[models.Model], *, with_id: bool = False) -> None:
+    def __init__(
+        self,
+        conn: psycopg.Connection,
+        model: type[models.Model],
+        *,
+        with_id: bool = False,
+        extra: Sequence[str] = (),
+    ) -> None:
         concrete = writable_fields(model)
         self.model = model
-        self.fields = [concrete[name] for name in DOCUMENT_FIELDS if name in concrete]
+        self.fields = [concrete[name] for name in (*DOCUMENT_FIELDS, *extra) if name in concrete]
         self.defaults = unfed_defaults(model, {f.name for f in self.fields}, model._meta.label)
         columns = [f.column for f in (*self.fields, *(d.field for d in self.defaults))]
         self.with_id = with_id
@@ -113,7 +125,8 @@ def insert_documents(
 ) -> list[int]:
     """Embed the items' texts in one batch and write them with one binary COPY; return their ids in order.
 
-    The ids are drawn from the table's sequence first, so that COPY (which returns
+    Items carry AbstractDocument's fields and the model's own (``extra_fields``); a missing one gets
+    its default. The ids are drawn from the table's sequence first, so that COPY (which returns
     nothing) can write them and the caller still learns them. One transaction:
     an id already stored fails the whole call with IntegrityError.
     """
@@ -123,7 +136,7 @@ def insert_documents(
     now = timezone.now()
     with transaction.atomic(using=using):
         conn = pgcopy.django_connection(using)
-        rows = DocumentRows(conn, model, with_id=True)
+        rows = DocumentRows(conn, model, with_id=True, extra=extra_fields(model))
         ids = pgcopy.next_ids(conn, model._meta.db_table, len(items))
         pgcopy.copy_rows(
             conn,
