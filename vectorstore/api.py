@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+from django.core.exceptions import ValidationError
 from django.db import DatabaseError, IntegrityError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
@@ -34,7 +35,7 @@ from vectorstore.schemas import (
     document_in_for,
 )
 from vectorstore.status import server_status
-from vectorstore.writes import insert_documents
+from vectorstore.writes import extra_fields, insert_documents
 
 router = Router(tags=["vectorstore"])
 
@@ -251,6 +252,22 @@ def similar_documents(request, doc_id: int, k: int = 10):
 DocumentInModel = document_in_for(conf.document_model())
 
 
+def _check_extra_fields(items: list) -> None:
+    """The model's own fields checked by Django's field validation (max_length, URLs, choices...): a
+    422 naming the field, where the database would otherwise refuse the COPY with a 500."""
+    model = conf.document_model()
+    for i, item in enumerate(items):
+        for name in extra_fields(model):
+            value = getattr(item, name, None)
+            if value is None:
+                continue
+            try:
+                model._meta.get_field(name).clean(value, None)
+            except ValidationError as exc:
+                where = f"[{i}].{name}" if len(items) > 1 else name
+                raise HttpError(422, f"{where}: {'; '.join(exc.messages)}") from exc
+
+
 @router.post(
     "/documents",
     auth=WRITE_AUTH,
@@ -265,6 +282,7 @@ def create_documents(request, payload: list[DocumentInModel] | DocumentInModel):
         raise HttpError(422, "body: give at least one document")
     if len(items) > MAX_BATCH:
         raise HttpError(422, f"body: at most {MAX_BATCH} documents per request")
+    _check_extra_fields(items)
     ids = [i.external_id for i in items if i.external_id is not None]
     if len(ids) != len(set(ids)):
         raise HttpError(422, "external_id: the same id twice in one request")

@@ -38,6 +38,11 @@ def extra_fields(model: type[models.Model]) -> list[str]:
     return [name for name in writable_fields(model) if name not in DOCUMENT_FIELDS]
 
 
+def has_default(field: models.Field) -> bool:
+    """A Django default, or a blank=True text field (which Model() fills with "", as writes do here)."""
+    return field.has_default() or (field.blank and field.empty_strings_allowed and not field.null)
+
+
 def db_value(field: models.Field, value: Any) -> Any:
     """A Python value as COPY and INSERT parameters take it (JSON fields as jsonb)."""
     return pgcopy.jsonb(value) if isinstance(field, models.JSONField) else value
@@ -65,7 +70,7 @@ def unfed_defaults(model: type[models.Model], fed: set[str], where: str) -> list
     for name, f in writable_fields(model).items():
         if name in fed or f.db_default is not models.NOT_PROVIDED:
             continue
-        if f.has_default():
+        if has_default(f):
             defaults.append(FieldDefault(f))
         elif not f.null:
             raise InputError(
@@ -109,7 +114,7 @@ class DocumentRows:
                 out.append(vector)
                 continue
             value = values.get(f.name)
-            if value is None and f.has_default():
+            if value is None and has_default(f):
                 value = f.get_default()
             out.append(db_value(f, value))
         out += [d.value() for d in self.defaults]
