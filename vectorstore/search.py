@@ -65,6 +65,7 @@ __all__ = [
 # pgvector-python's distance functions, by the names of limits.METRICS.
 METRICS = {"cosine": CosineDistance, "l2": L2Distance, "inner_product": MaxInnerProduct}
 RRF_K = 60  # reciprocal rank fusion constant (Cormack et al.)
+FILTERED_EF_FACTOR = 2  # filtered searches through the graph use this many times the tuned ef_search
 
 
 @dataclass
@@ -300,6 +301,11 @@ def search(
     if ef_search is None or probes is None:
         tuned = tuned_settings(model._meta.db_table, using)
     settings = index_settings(ef_search, iterative_scan, probes, tuned)
+    if filters and ef_search is None:
+        # A filtered walk of the graph keeps fewer of each batch's candidates: a wider batch holds the
+        # recall that the tuned setting gives unfiltered (0.947-0.957 at x1 on a 10% filter, measured).
+        wider = min(EF_SEARCH_RANGE[1], FILTERED_EF_FACTOR * int(settings["hnsw.ef_search"]))
+        settings["hnsw.ef_search"] = str(wider)
     settings["statement_timeout"] = str(conf.search_timeout_ms())
 
     qvector = None
