@@ -124,7 +124,7 @@ class DocumentAdmin(admin.ModelAdmin):
                 return response
         except search.SearchTimeout as exc:
             response = HttpResponse(f"{exc}.", status=503, content_type="text/plain; charset=utf-8")
-            response["Retry-After"] = str(max(1, round(exc.timeout_ms / 1000)))
+            response["Retry-After"] = exc.retry_after
             return response
 
     def get_search_results(self, request, queryset: QuerySet, search_term: str):

@@ -79,7 +79,7 @@ def _field_error(exc: search.SearchError) -> HttpError:
 def _timed_out(exc: search.SearchTimeout) -> HttpResponse:
     """503 with Retry-After: the database stopped a query at the search timeout; the worker is free."""
     response = HttpResponse(json.dumps({"detail": str(exc)}), status=503, content_type="application/json")
-    response["Retry-After"] = str(max(1, round(exc.timeout_ms / 1000)))
+    response["Retry-After"] = exc.retry_after
     return response
 
 
@@ -256,13 +256,15 @@ def _check_extra_fields(items: list) -> None:
     """The model's own fields checked by Django's field validation (max_length, URLs, choices...): a
     422 naming the field, where the database would otherwise refuse the COPY with a 500."""
     model = conf.document_model()
+    fields = [model._meta.get_field(name) for name in extra_fields(model)]
     for i, item in enumerate(items):
-        for name in extra_fields(model):
+        for field in fields:
+            name = field.name
             value = getattr(item, name, None)
             if value is None:
                 continue
             try:
-                model._meta.get_field(name).clean(value, None)
+                field.clean(value, None)
             except ValidationError as exc:
                 where = f"[{i}].{name}" if len(items) > 1 else name
                 raise HttpError(422, f"{where}: {'; '.join(exc.messages)}") from exc

@@ -98,6 +98,22 @@ class SearchTimeout(RuntimeError):
         )
         self.timeout_ms = timeout_ms
 
+    @property
+    def retry_after(self) -> str:
+        """Seconds for a Retry-After header: the timeout, at least one."""
+        return str(max(1, round(self.timeout_ms / 1000)))
+
+
+@contextmanager
+def _timeouts() -> Iterator[None]:
+    """PostgreSQL's statement_timeout cancelling a query, as SearchTimeout."""
+    try:
+        yield
+    except OperationalError as exc:
+        if isinstance(exc.__cause__, psycopg.errors.QueryCanceled):
+            raise SearchTimeout(conf.search_timeout_ms()) from exc
+        raise
+
 
 @dataclass
 class SearchResult:
@@ -316,7 +332,7 @@ def search(
         return Hit(rank, score, distance, dict(zip(fields, row, strict=False)), model, using)
 
     exact = False
-    try:
+    with _timeouts():
         if mode == "vector":
             rows, exact, _ = _vector_rows(
                 filtered, fields, metric, k, shape, settings, qvector, using, bool(filters)
@@ -347,10 +363,6 @@ def search(
                 text_rank = {r[pk]: i for i, r in enumerate(text_rows)}
                 order = sorted(fused, key=lambda key: (-fused[key], text_rank.get(key, pool), key))[:k]
                 hits = [hit(i + 1, by_pk[key], fused[key], by_pk[key][-1]) for i, key in enumerate(order)]
-    except OperationalError as exc:
-        if isinstance(exc.__cause__, psycopg.errors.QueryCanceled):
-            raise SearchTimeout(conf.search_timeout_ms()) from exc
-        raise
     return SearchResult(
         hits=hits,
         took_ms=(time.perf_counter() - started) * 1000,
@@ -377,10 +389,9 @@ def _vector_rows(
 
     A filter that matches few rows (at most EXACT_SEARCH_ROWS) is answered exactly over its matches,
     which the filter's own index finds; a broad one through the vector index's iterative scan, which
-    finds k matches quickly when many rows match. Both the count (bounded: it stops at the limit) and
-    the exact search go in one round trip; the exact one is guarded by the same bound, so for a broad
-    filter it stops before computing a distance. Asking the vector index for a rare filter's rows would
-    walk the graph until max_scan_tuples and then scan the whole table anyway.
+    finds k matches quickly when many rows match. The bounded count and both branches go in one round
+    trip (``_planned``), only the chosen branch reading rows. Asking the vector index for a rare
+    filter's rows would walk the graph until max_scan_tuples and then scan the whole table anyway.
     """
     started = time.perf_counter()
     extra = [also] if also is not None else []
@@ -477,16 +488,11 @@ def _text_query_set(
 def bounded(using: str = "default") -> Iterator[None]:
     """Run the ORM queries inside under the search timeout (SEARCH_TIMEOUT_MS), in one transaction:
     a query that runs past it raises SearchTimeout (the API answers 503), never holds a worker."""
-    with transaction.atomic(using=using):
+    with transaction.atomic(using=using), _timeouts():
         with connections[using].cursor() as cursor:
             timeout = str(conf.search_timeout_ms())
             cursor.execute("SELECT set_config('statement_timeout', %s, true)", [timeout])
-        try:
-            yield
-        except OperationalError as exc:
-            if isinstance(exc.__cause__, psycopg.errors.QueryCanceled):
-                raise SearchTimeout(conf.search_timeout_ms()) from exc
-            raise
+        yield
 
 
 def similar(document: models.Model, k: int = 10, **kwargs: Any) -> SearchResult:
