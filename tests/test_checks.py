@@ -1,5 +1,7 @@
 """System checks name the misconfiguration."""
 
+import json
+
 import pytest
 from django.core.checks import run_checks
 from django.core.management import call_command
@@ -7,7 +9,13 @@ from django.core.management.base import SystemCheckError
 from django.db import connection
 from django.test import override_settings
 
-from vectorstore.checks import check_installed_apps, check_settings, check_vector_columns
+from tests.testapp.models import HostDocument
+from vectorstore.checks import (
+    check_embedding_models,
+    check_installed_apps,
+    check_settings,
+    check_vector_columns,
+)
 
 
 def _ids(messages) -> set[str]:
@@ -71,3 +79,50 @@ def test_unknown_key_warns_and_device_index_is_accepted():
     messages = check_settings()
     assert _ids(messages) == {"vectorstore.W001"}
     assert "DIMENSION" in messages[0].msg
+
+
+def _model_files(path, out_features: int):
+    """The files of a sentence-transformers model ending in a Dense layer: what the check reads."""
+    (path / "2_Dense").mkdir(parents=True)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"},
+        {"idx": 3, "name": "3", "path": "3_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]
+    (path / "modules.json").write_text(json.dumps(modules))
+    (path / "2_Dense" / "config.json").write_text(
+        json.dumps({"in_features": 384, "out_features": out_features})
+    )
+    return str(path)
+
+
+def test_the_models_size_is_read_from_its_files():
+    """The bundled model says 384 without torch being loaded; a Dense head says its out_features; a name
+    that is not on this disk cannot be told (checked when it loads)."""
+    from vectorstore.embedding import declared_dimension
+
+    assert declared_dimension(None) == 384
+    assert declared_dimension("sentence-transformers/all-mpnet-base-v2") is None
+
+
+def test_an_embedding_model_of_another_size_is_an_error(tmp_path, monkeypatch):
+    """The MODEL setting against the configured document model, and a class's own embedding_model against
+    its field: E014 naming both sizes; a model that names none and is not configured is not checked."""
+    from vectorstore.embedding import declared_dimension
+    from vectorstore.models import Document
+
+    wide = _model_files(tmp_path / "wide", 768)
+    assert declared_dimension(wide) == 768
+    with override_settings(VECTORSTORE={"MODEL": wide}):
+        errors = check_embedding_models()
+    assert _ids(errors) == {"vectorstore.E014"}
+    assert "768" in errors[0].msg and "vector(384)" in errors[0].msg and errors[0].obj is Document
+
+    assert check_embedding_models() == []  # HostDocument (vector(8)) names no model: not checked
+    monkeypatch.setattr(HostDocument, "embedding_model", wide, raising=False)
+    errors = check_embedding_models()
+    assert _ids(errors) == {"vectorstore.E014"} and errors[0].obj is HostDocument
+    assert "HostDocument.embedding_model" in errors[0].msg and "vector(8)" in errors[0].msg
+    monkeypatch.setattr(HostDocument, "embedding_model", _model_files(tmp_path / "small", 8))
+    assert check_embedding_models() == []

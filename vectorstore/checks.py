@@ -115,6 +115,55 @@ def check_settings(app_configs=None, **kwargs) -> list:
     return errors
 
 
+@register()
+def check_embedding_models(app_configs=None, **kwargs) -> list:
+    """Each document model's embedding model makes vectors of its field's size.
+
+    Checked for the configured document model (the API, the admin and the commands embed with it) and
+    for any model that names its own ``embedding_model``; the size is read from a local model's files,
+    so a hub name not on this disk is checked when it first loads instead.
+    """
+    from vectorstore.embedding import declared_dimension
+
+    errors: list = []
+    try:
+        configured = conf.document_model()
+    except (LookupError, ValueError):
+        configured = None  # E004 says so
+    for model in _document_models():
+        name = model.embedding_model
+        if name is not None and not isinstance(name, str):
+            errors.append(
+                Error(
+                    f"{model._meta.label}.embedding_model is {name!r}; expected a model name or path, "
+                    "or None for VECTORSTORE['MODEL'].",
+                    obj=model,
+                    id="vectorstore.E014",
+                )
+            )
+            continue
+        if name is None and model is not configured:
+            continue  # never embedded by the app unless saved without a vector: checked at that save
+        name = name if name is not None else conf.model_name()
+        size = declared_dimension(name)
+        field_dims = model._meta.get_field("embedding").dimensions
+        if size is not None and size != field_dims:
+            source = (
+                f"{model._meta.label}.embedding_model" if model.embedding_model else "VECTORSTORE['MODEL']"
+            )
+            errors.append(
+                Error(
+                    f"{source} ({name or 'the bundled all-MiniLM-L6-v2'}) makes {size}-dimensional vectors "
+                    f"but {model._meta.label}.embedding is vector({field_dims}).",
+                    hint="Give the field the model's dimension (then makemigrations and migrate), or name a "
+                    "model of the field's dimension in the class's embedding_model.",
+                    obj=model,
+                    id="vectorstore.E014",
+                )
+            )
+    return errors
+
+
 @register(Tags.database)
 def check_vector_columns(app_configs=None, databases=None, **kwargs) -> list:
     """Each document table's vector column in the database has its field's dimension.

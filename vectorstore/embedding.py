@@ -7,6 +7,7 @@ other local path or model name.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Sequence
@@ -108,6 +109,53 @@ def load_model(model: str | None, device: str) -> SentenceTransformer:
             except (OSError, ValueError) as exc:
                 raise EmbeddingError(f"cannot load embedding model {path!r}: {exc}") from exc
         return _models[key]
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _pooling_size(config: dict) -> int | None:
+    # sentence-transformers <= 5 wrote word_embedding_dimension and one flag per mode (the modes'
+    # outputs are concatenated); 6 writes embedding_dimension and pooling_mode (a name or a list).
+    if "word_embedding_dimension" in config:
+        modes = sum(1 for k, v in config.items() if k.startswith("pooling_mode_") and v is True)
+        return config["word_embedding_dimension"] * max(modes, 1)
+    if "embedding_dimension" in config:
+        modes = config.get("pooling_mode", "mean")
+        return config["embedding_dimension"] * (len(modes) if isinstance(modes, list) else 1)
+    return None
+
+
+def declared_dimension(model: str | None) -> int | None:
+    """The vector size a local sentence-transformers model declares in its files, read without torch
+    (the system checks run where the model stack may not be installed); None when the files cannot tell
+    (a hub name, not downloaded here, or a layout this does not know): loading the model then checks.
+
+    Written by hand: sentence-transformers offers the size only of a loaded model.
+    """
+    try:
+        path = Path(model or bundled_model_path())
+    except ModelStackMissing:
+        return None
+    modules = _read_json(path / "modules.json")
+    if not isinstance(modules, list):
+        config = _read_json(path / "config.json")  # a plain transformers model: mean pooling
+        return config.get("hidden_size") if isinstance(config, dict) else None
+    for module in reversed(modules):
+        kind = str(module.get("type", "")).rsplit(".", 1)[-1]
+        config = _read_json(path / module.get("path", "") / "config.json")
+        if kind == "Normalize":
+            continue
+        if kind == "Dense" and isinstance(config, dict) and "out_features" in config:
+            return config["out_features"]
+        if kind == "Pooling" and isinstance(config, dict):
+            return _pooling_size(config)
+        return None  # a module whose output size the files do not say
+    return None
 
 
 def embedding_dimension(model: SentenceTransformer) -> int:
