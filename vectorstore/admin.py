@@ -46,7 +46,7 @@ class SearchModeFilter(admin.SimpleListFilter):
 
 
 def _embed(texts: list[str], model) -> np.ndarray:
-    return Embedder(dimensions=model._meta.get_field("embedding").dimensions).encode(texts)
+    return Embedder.for_model(model).encode(texts)
 
 
 class _EscapingEncoder(DjangoJSONEncoder):
@@ -135,7 +135,7 @@ class DocumentAdmin(admin.ModelAdmin):
         except (search.SearchError, EmbeddingError) as exc:
             messages.warning(request, f"Semantic search: {exc}; showing a plain text search instead.")
             return super().get_search_results(request, queryset, search_term)
-        vector = search.embed_query(search_term, self.model._meta.get_field("embedding").dimensions)
+        vector = search.embed_query(search_term, self.model)
         ids = [hit.document.pk for hit in result.hits]
         ranked = queryset.filter(pk__in=ids).annotate(
             distance=search.distance_expression(result.metric, vector)

@@ -14,6 +14,7 @@ from typing import Any
 
 import psycopg
 from django.core.exceptions import ValidationError
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DatabaseError, IntegrityError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
@@ -27,12 +28,12 @@ from vectorstore.limits import MAX_BATCH, MAX_PAGE
 from vectorstore.models import ApiToken
 from vectorstore.schemas import (
     CreatedOut,
-    DocumentOut,
     ErrorOut,
-    PageOut,
     SearchIn,
-    SearchOut,
     document_in_for,
+    document_out_for,
+    page_out_for,
+    search_out_for,
 )
 from vectorstore.status import server_status
 from vectorstore.writes import extra_fields, insert_documents
@@ -105,6 +106,16 @@ def health(request):
         return Status(503, {"status": "unavailable", "error": str(exc).strip().splitlines()[0]})
 
 
+# The configured model's own fields are written and read too: its schemas are built once, when the API
+# loads (the model is named in settings, which cannot change under a running site).
+_MODEL = conf.document_model()
+DocumentInModel = document_in_for(_MODEL)
+DocumentOutModel = document_out_for(_MODEL)
+PageOutModel = page_out_for(_MODEL)
+SearchOutModel = search_out_for(_MODEL)
+_EXTRA = [(name, _MODEL._meta.get_field(name).attname) for name in extra_fields(_MODEL)]
+
+
 def _hit(hit: search.Hit) -> dict:
     v = hit.values  # straight from the row: no model instance per hit
     return {
@@ -117,7 +128,11 @@ def _hit(hit: search.Hit) -> dict:
         "rank": hit.rank,
         "score": hit.score,
         "distance": hit.distance,
+        **{name: v[attname] for name, attname in _EXTRA},
     }
+
+
+_django_json = DjangoJSONEncoder()
 
 
 def _json_default(value: Any) -> Any:
@@ -125,7 +140,7 @@ def _json_default(value: Any) -> Any:
         # As pydantic writes it (microseconds kept, UTC as Z), so the schema's examples still hold.
         text = value.isoformat()
         return text[:-6] + "Z" if text.endswith("+00:00") else text
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+    return _django_json.default(value)  # a host model's own fields: dates, decimals, UUIDs
 
 
 def _search_out(result: search.SearchResult) -> HttpResponse:
@@ -145,7 +160,7 @@ def _search_out(result: search.SearchResult) -> HttpResponse:
 
 @router.post(
     "/search",
-    response={200: SearchOut, 422: ErrorOut, 503: ErrorOut},
+    response={200: SearchOutModel, 422: ErrorOut, 503: ErrorOut},
     summary="Semantic, filtered or hybrid search",
 )
 def search_documents(request, payload: SearchIn):
@@ -182,7 +197,7 @@ class ListParams(Schema):
 
 @router.get(
     "/documents",
-    response={200: PageOut, 422: ErrorOut, 503: ErrorOut},
+    response={200: PageOutModel, 422: ErrorOut, 503: ErrorOut},
     summary="List documents, filtered and paged",
 )
 def list_documents(request, params: Query[ListParams]):
@@ -225,7 +240,9 @@ def list_documents(request, params: Query[ListParams]):
     }
 
 
-@router.get("/documents/{int:doc_id}", response={200: DocumentOut, 404: ErrorOut}, summary="One document")
+@router.get(
+    "/documents/{int:doc_id}", response={200: DocumentOutModel, 404: ErrorOut}, summary="One document"
+)
 def get_document(request, doc_id: int):
     model = conf.document_model()
     return get_object_or_404(model._default_manager.defer("embedding", "search_vector"), pk=doc_id)
@@ -233,7 +250,7 @@ def get_document(request, doc_id: int):
 
 @router.get(
     "/documents/{int:doc_id}/similar",
-    response={200: SearchOut, 404: ErrorOut, 422: ErrorOut, 503: ErrorOut},
+    response={200: SearchOutModel, 404: ErrorOut, 422: ErrorOut, 503: ErrorOut},
     summary="Documents nearest to a stored one",
 )
 def similar_documents(request, doc_id: int, k: int = 10):
@@ -248,15 +265,10 @@ def similar_documents(request, doc_id: int, k: int = 10):
     return _search_out(result)
 
 
-# The configured model's own fields can be set too: its schema is built once, when the API loads.
-DocumentInModel = document_in_for(conf.document_model())
-
-
 def _check_extra_fields(items: list) -> None:
     """The model's own fields checked by Django's field validation (max_length, URLs, choices...): a
     422 naming the field, where the database would otherwise refuse the COPY with a 500."""
-    model = conf.document_model()
-    fields = [model._meta.get_field(name) for name in extra_fields(model)]
+    fields = [_MODEL._meta.get_field(name) for name, _ in _EXTRA]
     for i, item in enumerate(items):
         for field in fields:
             name = field.name

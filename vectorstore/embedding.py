@@ -190,6 +190,21 @@ class Embedder:
         self.expected_dimensions = dimensions
         self._model: SentenceTransformer | None = None
 
+    @classmethod
+    def for_model(
+        cls,
+        document_model: type,
+        *,
+        model: str | None = None,
+        device: str | None = None,
+        batch_size: int | None = None,
+    ) -> Embedder:
+        """The embedder of a document model: its class's ``embedding_model`` (None: the MODEL setting),
+        held to its vector field's dimension. ``model`` names another embedding model instead."""
+        name = model if model is not None else getattr(document_model, "embedding_model", None)
+        dimensions = document_model._meta.get_field("embedding").dimensions
+        return cls(model=name, device=device, batch_size=batch_size, dimensions=dimensions)
+
     @property
     def label(self) -> str:
         return self.model_name or DEFAULT_MODEL_LABEL

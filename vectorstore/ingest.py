@@ -84,7 +84,7 @@ class LoadOptions:
         batch_size = self.batch_size or DEFAULT_BATCH_SIZE[self.method]
         if batch_size < 1:
             raise InputError(f"batch_size must be at least 1, not {batch_size}")
-        return replace(self, batch_size=batch_size, model=_resolve_model(self.model))
+        return replace(self, batch_size=batch_size, model=resolve_model(self.model))
 
     @property
     def staged(self) -> bool:
@@ -92,7 +92,9 @@ class LoadOptions:
         return self.on_conflict != "error" or self.on_error == "skip"
 
 
-def _resolve_model(model: type[models.Model] | str | None) -> type[models.Model]:
+def resolve_model(model: type[models.Model] | str | None) -> type[models.Model]:
+    """A document model from a class, an 'app_label.Model' label (InputError if none), or None (the
+    configured DOCUMENT_MODEL)."""
     if isinstance(model, str):
         from django.apps import apps
 
@@ -243,12 +245,12 @@ def load(
 
 
 def _embedder_for(cmap: ColumnMap, embedder: Embedder | None) -> Embedder | None:
-    """The embedder for a file without vectors (the configured one unless given), checked against the
-    vector field's dimension; None when the file brings its vectors."""
+    """The embedder for a file without vectors (the model's, ``Embedder.for_model``, unless given),
+    checked against the vector field's dimension; None when the file brings its vectors."""
     if cmap.embedding_column is not None:
         return None
     if embedder is None:
-        embedder = Embedder(dimensions=cmap.dimensions)
+        embedder = Embedder.for_model(cmap.model)
     if embedder.expected_dimensions is None:
         embedder.expected_dimensions = cmap.dimensions
     return embedder

@@ -94,9 +94,7 @@ class AbstractDocument(models.Model):
         if self.needs_embedding() and (update_fields is None or "text" in update_fields):
             from vectorstore.embedding import Embedder  # torch only when a text is embedded
 
-            dimensions = self._meta.get_field("embedding").dimensions
-            embedder = Embedder(model=self.embedding_model, dimensions=dimensions)
-            self.embedding = embedder.encode([self.text])[0]
+            self.embedding = Embedder.for_model(type(self)).encode([self.text])[0]
             if update_fields is not None:
                 kwargs["update_fields"] = {*update_fields, "embedding"}
         super().save(*args, **kwargs)

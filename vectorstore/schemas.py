@@ -110,8 +110,8 @@ class ErrorOut(Schema):
     detail: str | list[dict[str, Any]]
 
 
-def document_in_for(model: type) -> type[DocumentIn]:
-    """DocumentIn plus the model's own fields (a host model's ``source_url``, say), typed, bounded and
+def _with_fields(model: type, base: type[Schema], suffix: str) -> type[Schema]:
+    """``base`` plus the model's own fields (a host model's ``source_url``, say), typed, bounded and
     required or optional as the model declares them (ninja's schema from the model's fields)."""
     from ninja.orm import create_schema
 
@@ -119,5 +119,29 @@ def document_in_for(model: type) -> type[DocumentIn]:
 
     extra = extra_fields(model)
     if not extra:
-        return DocumentIn
-    return create_schema(model, name=f"{model.__name__}In", fields=extra, base_class=DocumentIn)
+        return base
+    return create_schema(model, name=f"{model.__name__}{suffix}", fields=extra, base_class=base)
+
+
+def document_in_for(model: type) -> type[DocumentIn]:
+    """What ``POST /api/documents`` takes for this model: DocumentIn and the model's own fields."""
+    return _with_fields(model, DocumentIn, "In")
+
+
+def document_out_for(model: type) -> type[DocumentOut]:
+    """What the API answers for one of this model's documents: DocumentOut and the model's own fields."""
+    return _with_fields(model, DocumentOut, "Out")
+
+
+def page_out_for(model: type) -> type[PageOut]:
+    item = document_out_for(model)
+    if item is DocumentOut:
+        return PageOut
+    return type(f"{model.__name__}PageOut", (PageOut,), {"__annotations__": {"items": list[item]}})
+
+
+def search_out_for(model: type) -> type[SearchOut]:
+    hit = _with_fields(model, HitOut, "HitOut")
+    if hit is HitOut:
+        return SearchOut
+    return type(f"{model.__name__}SearchOut", (SearchOut,), {"__annotations__": {"results": list[hit]}})

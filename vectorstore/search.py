@@ -158,12 +158,15 @@ class _LRU:
 query_cache = _LRU()
 
 
-def embed_query(text: str, dimensions: int | None = None) -> np.ndarray:
-    """The query's vector from the configured Embedder, cached by (model, text)."""
-    key = (conf.model_name(), text)
+def embed_query(text: str, model: type[models.Model] | None = None) -> np.ndarray:
+    """The query's vector from the document model's Embedder (``Embedder.for_model``), cached by
+    (embedding model, text)."""
+    model = model or conf.document_model()
+    name = getattr(model, "embedding_model", None) or conf.model_name()
+    key = (name, model._meta.get_field("embedding").dimensions, text)
     vector = query_cache.get(key)
     if vector is None:
-        vector = Embedder(dimensions=dimensions).encode([text])[0]
+        vector = Embedder.for_model(model).encode([text])[0]
         vector.setflags(write=False)
         query_cache.put(key, vector)
     return vector
@@ -326,7 +329,7 @@ def search(
 
     qvector = None
     if mode != "text":
-        qvector = check_vector(vector, dims) if vector is not None else embed_query(query, dims)
+        qvector = check_vector(vector, dims) if vector is not None else embed_query(query, model)
 
     def hit(rank: int, row: tuple, score: float, distance: float | None) -> Hit:
         return Hit(rank, score, distance, dict(zip(fields, row, strict=False)), model, using)

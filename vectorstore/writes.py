@@ -136,7 +136,7 @@ def insert_documents(
     an id already stored fails the whole call with IntegrityError.
     """
     model = model or conf.document_model()
-    embedder = embedder or Embedder(dimensions=model._meta.get_field("embedding").dimensions)
+    embedder = embedder or Embedder.for_model(model)
     vectors = embedder.encode([item["text"] for item in items])
     now = timezone.now()
     with transaction.atomic(using=using):

@@ -62,13 +62,11 @@ class Command(ServiceCommand):
         )
 
     def handle(self, *args, **o) -> None:
-        embedder = None
-        if o["embedding_model"] or o["device"]:
-            try:
-                embedder = Embedder(model=o["embedding_model"], device=o["device"])
-            except EmbeddingError as exc:
-                raise self.error(exc) from exc
         try:
+            embedder = None
+            if o["embedding_model"] or o["device"]:
+                target = ingest.resolve_model(o["model"])
+                embedder = Embedder.for_model(target, model=o["embedding_model"], device=o["device"])
             report = ingest.load(
                 o["input"],
                 model=o["model"],

@@ -52,7 +52,9 @@ class Command(ServiceCommand):
         modes = o["mode"] or ["insert"]
         prefix = o["id_prefix"] if o["id_prefix"] is not None else f"stream-{time.strftime('%Y%m%dT%H%M%S')}-"
         try:
-            embedder = Embedder(model=o["embedding_model"], device=o["device"])
+            embedder = Embedder.for_model(
+                conf.document_model(), model=o["embedding_model"], device=o["device"]
+            )
             reports = []
             for mode in modes:
                 records = stream.read_records(
