@@ -1,22 +1,27 @@
 """The README's "Adding the app to your own site" guide, run word for word in a new `django-admin
-startproject` site on a brand-new database: the code blocks are read from the README, so the two cannot
-drift apart."""
+startproject` site, in a fresh virtual environment where the app is pip-installed from the checkout, on a
+brand-new database: the code blocks are read from the README, so the two cannot drift apart."""
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
-import textwrap
+import time
+import urllib.request
 import uuid
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+import pyarrow.parquet as pq
 import pytest
 from django.db import connection
 
-from tests.helpers import ROOT, database_url
+from benchmarks.harness import free_port
+from tests.helpers import ROOT, database_url, small_model
 
 # What the test adds to the guide: its own database (from DATABASE_URL) and the host's own app.
 TEST_SETTINGS = """
@@ -64,72 +69,230 @@ def test_the_readme_has_the_guide():
     assert set(blocks) == {"settings.py", "urls.py", "models.py"}, blocks.keys()
 
 
+# A second host model, beyond the README's: its own dimension with its own embedding model, and an extra
+# field with a plain Django default (not db_default), filled by bulk_copy.
+NOTE_MODEL = """
+
+class Note(AbstractDocument):
+    embedding = VectorField(dimensions=8)
+    tags = models.CharField(max_length=40, default="untagged")
+    embedding_model = {path!r}
+
+    class Meta(AbstractDocument.Meta):
+        pass
+"""
+
+# What the package is built from: a copy, so that building leaves nothing in the checkout.
+PACKAGE_FILES = ("pyproject.toml", "README.md", "LICENSE", "vectorstore")
+CHROMIUM = "/usr/bin/chromium"
+
+
+def package_source(dest: Path) -> Path:
+    dest.mkdir()
+    for name in PACKAGE_FILES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, dest / name)
+    return dest
+
+
+SITE_SCRIPT = """
+import json, os, sys
+os.environ["DJANGO_SETTINGS_MODULE"] = "mysite.settings"
+import django
+django.setup()
+from django.test.utils import setup_test_environment
+setup_test_environment()  # what Django's test runner does: the test client's host is allowed
+from django.test import Client
+post = lambda c, path, body: c.post(path, json.dumps(body), content_type="application/json")
+"""
+
+# Without the [embed] extra: no torch; documents stored with their vectors; the API searches by vector,
+# and a text query is a 501 naming the extra.
+WITHOUT_EMBED = """
+import importlib.util
+from articles.models import Passage
+vector = [0.0] * 384
+vector[7] = 1.0
+Passage.objects.create(text="A lighthouse on the northern cape", embedding=vector)
+Passage.objects.create(text="Another passage", embedding=[1.0] + [0.0] * 383)
+client = Client()
+by_vector = post(client, "/api/search", {"vector": vector, "k": 1})
+by_text = post(client, "/api/search", {"query": "a lighthouse", "k": 1})
+print(json.dumps({
+    "torch": importlib.util.find_spec("torch") is not None,
+    "vector": [by_vector.status_code, by_vector.json()["results"][0]["text"]],
+    "text": [by_text.status_code, by_text.content.decode()],
+}))
+"""
+
+WITH_EMBED = """
+from django.contrib.auth import get_user_model
+from articles.models import Note, Passage
+from vectorstore.models import ApiToken
+
+owner = get_user_model().objects.create_superuser("owner", password="owner-password")
+_, key = ApiToken.issue(owner, "import")
+client = Client(HTTP_AUTHORIZATION=f"Bearer {key}")
+created = post(client, "/api/documents", [
+    {"text": "Railroads across the continent", "source_url": "https://example.org/a"},
+    {"text": "The tariff on imported iron"},
+])
+bad = post(client, "/api/documents", {"text": "x", "source_url": "u" * 300})
+saved = Passage.objects.create(text="A canal between two oceans")
+note = Note.objects.create(text="A canal between two oceans")
+query = post(client, "/api/search", {"query": "trains crossing America", "k": 1})
+text = post(client, "/api/search", {"query": "tariff iron", "mode": "text", "k": 1})
+by_vector = post(client, "/api/search", {"vector": list(map(float, saved.embedding)), "k": 1})
+listing = client.get("/api/documents", {"limit": 100}).json()["items"]
+print(json.dumps({
+    "created": [created.status_code, created.content.decode()],
+    "urls": sorted(Passage.objects.values_list("source_url", flat=True)),
+    "bad": [bad.status_code, bad.content.decode()],
+    "query": [query.json()["results"][0][k] for k in ("text", "source_url")],
+    "text": text.json()["results"][0]["text"],
+    "vector": by_vector.json()["results"][0]["text"],
+    "listed": sorted(item["source_url"] for item in listing),
+    "note": len(note.embedding),
+    "loaded_notes": sorted(set(Note.objects.exclude(pk=note.pk).values_list("tags", flat=True))),
+    "loaded_passages": Passage.objects.filter(external_id__startswith="sotu-").count(),
+}))
+"""
+
+
 @pytest.mark.slow
 @pytest.mark.django_db
 def test_the_readme_guide_works_in_a_new_site_on_a_fresh_database(tmp_path, fresh_database, clean_env):
-    """startproject + startapp, the README's blocks appended, then: makemigrations writes the host's
-    migration with no dependency on vectorstore's, and migrate still works on a fresh database (the
-    extension is created before any migration); the API writes the host model's own field (a value, and
-    the blank default); saving a text embeds it; text and vector searches find the host's documents."""
-    env = {**clean_env, "DATABASE_URL": fresh_database, "PYTHONPATH": str(ROOT)}
+    """A fresh venv with the checkout pip-installed (first without [embed], then with it), startproject +
+    startapp, the README's blocks appended, on a fresh database: makemigrations writes the host's migration
+    with no dependency on vectorstore's and migrate still works; without the model stack the API searches
+    by vector; with it, bulk_copy loads the host's models (a plain default filled, the 8-dimension model
+    embedding with its own model), the API writes and reads the host's own field, saving a text embeds it,
+    text and vector searches find the host's documents, and the admin lists and searches them in a
+    real browser."""
+    venv = tmp_path / "venv"
+    python = str(venv / "bin" / "python")
+    env = {**clean_env, "DATABASE_URL": fresh_database, "HF_HUB_OFFLINE": "1"}
+    env.pop("PYTHONPATH", None)
+    env.pop("VIRTUAL_ENV", None)
 
-    def run(*args: str, cwd=tmp_path) -> subprocess.CompletedProcess:
-        result = subprocess.run(
-            [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
-        )
+    def run(*args: str, cwd: Path = tmp_path, timeout: float = 600) -> subprocess.CompletedProcess:
+        result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
         assert result.returncode == 0, f"{args}: {result.stdout}{result.stderr}"
         return result
 
-    run("-m", "django", "startproject", "mysite")
+    def pip_install(*what: str) -> None:
+        # --no-compile: byte-compiling the model stack costs more than the rest of the install.
+        run(python, "-m", "pip", "install", "--quiet", "--no-compile", *what)
+
+    def site_json(script: str) -> dict:
+        out = run(python, "-c", SITE_SCRIPT + script, cwd=site).stdout
+        return json.loads(out.strip().splitlines()[-1])
+
+    source = package_source(tmp_path / "src")
+    run(sys.executable, "-m", "venv", str(venv))
+    pip_install(str(source))
+    run(str(venv / "bin" / "django-admin"), "startproject", "mysite")
     site = tmp_path / "mysite"
-    run("manage.py", "startapp", "articles", cwd=site)
+    run(python, "manage.py", "startapp", "articles", cwd=site)
     blocks = guide_blocks()
     settings = site / "mysite" / "settings.py"
     settings.write_text(settings.read_text() + TEST_SETTINGS + "\n".join(blocks["settings.py"]))
     urls = site / "mysite" / "urls.py"
     urls.write_text(urls.read_text() + "\n" + "\n".join(blocks["urls.py"]))
-    (site / "articles" / "models.py").write_text("\n".join(blocks["models.py"]))
+    eight = small_model(tmp_path / "eight-dimensions", 8)
+    models_py = "\n".join(blocks["models.py"]) + NOTE_MODEL.format(path=eight)
+    (site / "articles" / "models.py").write_text(models_py)
 
-    run("manage.py", "makemigrations", "articles", cwd=site)
+    run(python, "manage.py", "makemigrations", "articles", cwd=site)
     migration = (site / "articles" / "migrations" / "0001_initial.py").read_text()
     assert "vectorstore" not in migration  # the dependency a host would otherwise have to add by hand
-    run("manage.py", "migrate", "--noinput", cwd=site)
-    code = textwrap.dedent(
-        """
-        import json, os
-        os.environ["DJANGO_SETTINGS_MODULE"] = "mysite.settings"
-        import django
-        django.setup()
-        from django.test.utils import setup_test_environment
-        setup_test_environment()  # what Django's test runner does: the test client's host is allowed
-        from django.contrib.auth import get_user_model
-        from django.test import Client
-        from articles.models import Passage
-        from vectorstore.models import ApiToken
+    run(python, "manage.py", "migrate", "--noinput", cwd=site)
 
-        _, key = ApiToken.issue(get_user_model().objects.create_superuser("owner"), "import")
-        client = Client(HTTP_AUTHORIZATION=f"Bearer {key}")
-        post = lambda path, body: client.post(path, json.dumps(body), content_type="application/json")
-        created = post("/api/documents", [
-            {"text": "Railroads across the continent", "source_url": "https://example.org/a"},
-            {"text": "The tariff on imported iron"},
-        ])
-        bad = post("/api/documents", {"text": "x", "source_url": "u" * 300})
-        saved = Passage.objects.create(text="A canal between two oceans")
-        query = post("/api/search", {"query": "trains crossing America", "k": 1})
-        by_vector = post("/api/search", {"vector": list(map(float, saved.embedding)), "k": 1})
-        print(json.dumps({
-            "created": [created.status_code, created.content.decode()],
-            "urls": sorted(Passage.objects.values_list("source_url", flat=True)),
-            "bad": [bad.status_code, bad.content.decode()],
-            "query": query.json()["results"][0]["text"],
-            "vector": by_vector.json()["results"][0]["text"],
-        }))
-        """
-    )
-    seen = json.loads(run("-c", code, cwd=site).stdout.strip().splitlines()[-1])
+    bare = site_json(WITHOUT_EMBED)
+    assert bare["torch"] is False
+    assert bare["vector"] == [200, "A lighthouse on the northern cape"]
+    assert bare["text"][0] == 501 and "vectorstore[embed]" in bare["text"][1]
+
+    pip_install("torch==2.13.0")  # the CPU build on this disk; the README's CPU index gives the same
+    pip_install(f"{source}[embed]")
+    passages = tmp_path / "passages.parquet"
+    pq.write_table(pq.read_table(ROOT / "fixtures" / "sotu.parquet").slice(0, 20), passages)
+    for model in ("articles.Passage", "articles.Note"):
+        run(python, "manage.py", "bulk_copy", str(passages), "--model", model, "--no-tune", cwd=site)
+
+    seen = site_json(WITH_EMBED)
     assert seen["created"][0] == 201, seen["created"]
-    assert seen["urls"] == ["", "", "https://example.org/a"]  # the blank default, and the value given
+    assert seen["urls"].count("") == 2 + 2 + 20 and "https://example.org/a" in seen["urls"]
     assert seen["bad"][0] == 422 and "source_url" in seen["bad"][1]
-    assert seen["query"] == "Railroads across the continent"
+    assert seen["query"] == ["Railroads across the continent", "https://example.org/a"]
+    assert seen["text"] == "The tariff on imported iron"
     assert seen["vector"] == "A canal between two oceans"
+    assert seen["listed"].count("https://example.org/a") == 1 and len(seen["listed"]) == 25
+    assert seen["note"] == 8  # embedded on save with the class's own 8-dimension model
+    assert seen["loaded_notes"] == ["untagged"] and seen["loaded_passages"] == 20
+
+    if shutil.which(CHROMIUM):
+        admin_in_a_browser(python, site, env)
+
+
+def admin_in_a_browser(python: str, site: Path, env: dict[str, str]) -> None:
+    """The host's admin, served by runserver: its model's change list and a search by meaning; the app's
+    own Document is not registered (the host's model is the configured one), API tokens are."""
+    from playwright.sync_api import expect, sync_playwright
+
+    port = free_port()
+    server = subprocess.Popen(
+        [python, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"],
+        cwd=site,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # until the server answers (or has exited, or the deadline passes)
+            try:
+                urllib.request.urlopen(f"{base}/api/health", timeout=5)
+                break
+            except OSError:
+                assert server.poll() is None, server.stderr.read()
+                assert time.monotonic() < deadline, "runserver did not answer in 60 s"
+                time.sleep(0.2)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=CHROMIUM,
+                headless=True,
+                args=[
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--no-first-run",
+                    "--disable-sync",
+                ],
+            )
+            page = browser.new_page()
+            page.goto(f"{base}/admin/login/")
+            page.fill("#id_username", "owner")
+            page.fill("#id_password", "owner-password")
+            page.click("input[type=submit]")
+            expect(page.locator("#site-name")).to_be_visible()
+            expect(page.locator("a[href='/admin/articles/passage/']").first).to_be_visible()
+            expect(page.locator("a[href='/admin/vectorstore/apitoken/']").first).to_be_visible()
+            expect(page.locator("a[href='/admin/vectorstore/document/']")).to_have_count(0)
+
+            page.goto(f"{base}/admin/articles/passage/")
+            expect(page.locator("#result_list tbody tr")).to_have_count(25)
+            page.fill("#searchbar", "trains crossing America")
+            page.press("#searchbar", "Enter")
+            rows = page.locator("#result_list tbody tr")
+            expect(rows.first).to_contain_text("Railroads across the continent")
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
