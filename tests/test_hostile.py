@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 
 import pytest
 from django.db import connection
@@ -23,6 +24,7 @@ pytestmark = pytest.mark.django_db
 SQL = "x'); DROP TABLE vectorstore_document; --"
 KEYS = [
     "year",
+    "tags",
     "a.b",
     "a->b",
     "a->>'b'",
@@ -75,10 +77,15 @@ STORED_VALUES = [
     "🙂",
     "\u202e",
 ]
+# What the "tags" lists hold.
+LISTED = ["a", "b", 1, 1.0, None, True, "%", SQL, "🙂"]
 CATEGORIES = ["a", "b", SQL, "🙂", "e\u0301"]
 # Values only a filter can carry: PostgreSQL's JSON cannot store them, the API must refuse them.
 UNSTORABLE = ["nul\x00byte", "\ud800", "lone \udfff surrogate", math.inf, math.nan]
-OPERATORS = ["$eq", "$ne", "$lt", "$lte", "$gt", "$gte", "$in", "$nin", "$exists"]
+# The operators as the README states them (written out here, not imported: the model is the spec).
+OPERATORS = "$eq $ne $lt $lte $gt $gte $between $in $nin $exists $like $ilike $contains".split()
+# LIKE patterns: wildcards, escapes, and the characters they escape.
+PATTERNS = ["%", "_", "a%", "%b%", "A_C", "abc", "\\%", "\\_", "%\\\\%", "_%_", "", "%🙂", "e%"]
 
 
 class Invalid(Exception):
@@ -128,6 +135,25 @@ def _compare(op, a, b) -> bool:
     return {"$lt": a < b, "$lte": a <= b, "$gt": a > b, "$gte": a >= b}[op]
 
 
+def _like(value: str, pattern: str, fold: bool) -> bool:
+    """SQL LIKE (ILIKE with ``fold``: ASCII letters only, as lower() in the C collation folds)."""
+    if (len(pattern) - len(pattern.rstrip("\\"))) % 2:
+        raise Invalid
+    regex, chars = "", iter(pattern)
+    for c in chars:
+        if c == "\\":
+            regex += re.escape(next(chars))
+        else:
+            regex += {"%": ".*", "_": "."}.get(c) or re.escape(c)
+    if fold:
+        value, regex = _ascii_lower(value), _ascii_lower(regex)
+    return re.fullmatch(regex, value, flags=re.S) is not None
+
+
+def _ascii_lower(text: str) -> str:
+    return "".join(c.lower() if "A" <= c <= "Z" else c for c in text)
+
+
 def model(spec) -> callable:
     """The filter as a predicate over (category, metadata); raises Invalid where the API must refuse."""
     if spec is None:
@@ -139,7 +165,13 @@ def model(spec) -> callable:
         if not key or len(key) > 255 or "\x00" in key:
             raise Invalid
         _check_scalar(key)
-        if key in ("$and", "$or"):
+        if key == "$not":
+            parts = value if isinstance(value, list) else [value]
+            if not parts or any(p == {} for p in parts):
+                raise Invalid
+            subs = [model(p) for p in parts]
+            preds.append(lambda row, subs=subs: not any(s(row) for s in subs))
+        elif key in ("$and", "$or"):
             if not isinstance(value, list) or not value:
                 raise Invalid
             subs = [model(v) for v in value]
@@ -184,6 +216,31 @@ def _field(key, spec):
                 raise Invalid
             tests.append(lambda v, want=value: (v is not _MISSING) == want)
             continue
+        if op == "$between":
+            if not isinstance(value, list) or len(value) != 2:
+                raise Invalid
+            low, high = (check(x) for x in value)
+            if low is None or high is None or _jtype(low) != _jtype(high):
+                raise Invalid
+            tests.append(
+                lambda v, lo=low, hi=high: (
+                    v is not _MISSING and _compare("$gte", v, lo) and _compare("$lte", v, hi)
+                )
+            )
+            continue
+        if op in ("$like", "$ilike"):
+            if not isinstance(value, str):
+                raise Invalid
+            pattern = _check_scalar(value)
+            _like("", pattern, False)  # a lone trailing backslash is refused
+            tests.append(lambda v, p=pattern, f=op == "$ilike": isinstance(v, str) and _like(v, p, f))
+            continue
+        if op == "$contains":
+            if column:
+                raise Invalid
+            x = _check_scalar(value)
+            tests.append(lambda v, x=x: isinstance(v, list) and any(_same(e, x) for e in v))
+            continue
         if op in ("$in", "$nin"):
             if not isinstance(value, list) or len(value) > 1000:
                 raise Invalid
@@ -221,7 +278,7 @@ bad_values = st.one_of(
 
 @st.composite
 def operator_specs(draw):
-    choices = [*OPERATORS] * 4 + ["$regex", "$where", "$"]
+    choices = [*OPERATORS] * 4 + ["$regex", "$where", "$", "$not"]
     ops = draw(st.lists(st.sampled_from(choices), min_size=1, max_size=3, unique=True))
     spec = {}
     for op in ops:
@@ -229,6 +286,10 @@ def operator_specs(draw):
             spec[op] = draw(st.one_of(*[st.lists(scalars, max_size=4)] * 6, scalars))
         elif op == "$exists":
             spec[op] = draw(st.one_of(*[st.booleans()] * 6, scalars))
+        elif op in ("$like", "$ilike"):
+            spec[op] = draw(st.one_of(*[st.sampled_from(PATTERNS)] * 4, st.just("ab\\"), scalars))
+        elif op == "$between":
+            spec[op] = draw(st.one_of(*[st.lists(scalars, min_size=2, max_size=2)] * 4, bad_values))
         else:
             spec[op] = draw(st.one_of(*[scalars] * 8, bad_values))
     return spec
@@ -252,6 +313,13 @@ def valid_specs(draw):
     for op in draw(st.lists(st.sampled_from(OPERATORS), min_size=1, max_size=2, unique=True)):
         if op in ("$in", "$nin"):
             spec[op] = draw(st.lists(stored, max_size=4))
+        elif op == "$between":
+            low = draw(stored.filter(lambda v: v is not None))
+            spec[op] = [low, draw(stored.filter(lambda v, low=low: _jtype(v) == _jtype(low)))]
+        elif op in ("$like", "$ilike"):
+            spec[op] = draw(st.sampled_from(PATTERNS))
+        elif op == "$contains":
+            spec[op] = draw(st.one_of(stored, st.sampled_from(LISTED)))
         elif op == "$exists":
             spec[op] = draw(st.booleans())
         elif op in ("$eq", "$ne"):
@@ -263,8 +331,11 @@ def valid_specs(draw):
 
 valid_filters = st.recursive(
     st.dictionaries(st.sampled_from([*KEYS, "category"]), valid_specs(), min_size=1, max_size=2),
-    lambda children: st.dictionaries(
-        st.sampled_from(["$and", "$or"]), st.lists(children, min_size=1, max_size=3), min_size=1
+    lambda children: st.one_of(
+        st.dictionaries(
+            st.sampled_from(["$and", "$or"]), st.lists(children, min_size=1, max_size=3), min_size=1
+        ),
+        st.one_of(children, st.lists(children, min_size=1, max_size=2)).map(lambda c: {"$not": c}),
     ),
     max_leaves=5,
 )
@@ -272,8 +343,8 @@ filters = st.recursive(
     st.dictionaries(keys, specs, min_size=1, max_size=3),
     lambda children: st.one_of(
         st.dictionaries(
-            st.sampled_from(["$and", "$or"]),
-            st.one_of(*[st.lists(children, min_size=1, max_size=3)] * 6, st.just([]), children),
+            st.sampled_from(["$and", "$or", "$not"]),
+            st.one_of(*[st.lists(children, min_size=1, max_size=3)] * 6, st.just([]), st.just({}), children),
             min_size=1,
         ),
         st.dictionaries(keys, specs, min_size=1, max_size=2).flatmap(
@@ -296,6 +367,8 @@ def rows():
     docs = []
     for i, v in enumerate(vectors):
         metadata = {k: rng.choice(STORED_VALUES) for k in rng.sample(KEYS, rng.randint(0, 20))}
+        if i % 2 == 0:  # lists under "tags", which filters test with $contains
+            metadata["tags"] = rng.sample(LISTED, rng.randint(0, 3))
         if i % 7 == 0:
             metadata["year"] = [1, "a"] if i % 2 else {"nested": SQL}
         elif i % 5 < 3:
@@ -330,7 +403,7 @@ def _c_collation() -> bool:
 
 def _has_string_range(spec) -> bool:
     text = json.dumps(spec)
-    return any(op in text for op in ('"$lt"', '"$lte"', '"$gt"', '"$gte"'))
+    return any(op in text for op in ('"$lt"', '"$lte"', '"$gt"', '"$gte"', '"$between"', '"$ilike"'))
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
-"""The filter language: a JSON document of fields and operators (the langchain-postgres set), turned
-into a Django ``Q`` of lookups and parameters, never into SQL text.
+"""The filter language: a JSON document of fields and operators (langchain-postgres's set, and
+LlamaIndex's ``contains``), turned into a Django ``Q`` of lookups and parameters, never into SQL text.
 
-    build_filter({"category": "Whig", "year": {"$lt": 1850}, "$or": [{"a": 1}, {"b": {"$exists": true}}]})
+    build_filter({"category": "Whig", "year": {"$between": [1800, 1850]},
+                  "$not": {"tags": {"$contains": "war"}}})
 
 Keys ``category``, ``external_id``, ``created_at`` and ``id`` filter those columns; any other key
 filters that key of ``metadata``. The README's Filters section states the semantics exactly.
@@ -15,8 +16,8 @@ from functools import reduce
 from typing import Any
 
 from django.db import models
-from django.db.models import Func, Q, Value
-from django.db.models.fields.json import KeyTransform
+from django.db.models import F, Func, Lookup, Q, Value
+from django.db.models.fields.json import KeyTextTransform, KeyTransform
 from django.db.models.lookups import Exact, GreaterThan, GreaterThanOrEqual, LessThan, LessThanOrEqual
 from django.utils.dateparse import parse_datetime
 
@@ -30,7 +31,23 @@ COLUMN_FILTERS = {
     "created_at": "created_at",
     "id": "pk",
 }
-OPERATORS = ("$eq", "$ne", "$lt", "$lte", "$gt", "$gte", "$in", "$nin", "$exists")
+OPERATORS = (
+    "$eq",
+    "$ne",
+    "$lt",
+    "$lte",
+    "$gt",
+    "$gte",
+    "$between",
+    "$in",
+    "$nin",
+    "$exists",
+    "$like",
+    "$ilike",
+    "$contains",
+)
+LOGICAL = ("$and", "$or", "$not")
+TEXT_COLUMNS = ("category", "external_id")
 
 
 class SearchError(ValueError):
@@ -86,8 +103,52 @@ def _column_value(column: str, value: Any, where: str) -> Any:
     return value
 
 
-_LOOKUPS = {"$eq": "exact", "$ne": "exact", "$lt": "lt", "$lte": "lte", "$gt": "gt", "$gte": "gte"}
+_LOOKUPS = {
+    "$eq": "exact",
+    "$ne": "exact",
+    "$lt": "lt",
+    "$lte": "lte",
+    "$gt": "gt",
+    "$gte": "gte",
+    "$like": "like",
+    "$ilike": "ilike",
+    "$contains": "contains",
+}
 _NOTHING = Q(pk__in=[])
+
+
+class Like(Lookup):
+    """``lhs LIKE pattern``, the pattern a parameter: ``%`` and ``_`` are wildcards, ``\\`` escapes.
+
+    Written here because Django's own ``contains``/``startswith`` escape the wildcards (they take a
+    literal, not a pattern) and a lookup registered on CharField would change every host model's fields.
+    """
+
+    lookup_name = "vectorstore_like"
+    operator = "LIKE"
+    prepare_rhs = False
+
+    def as_sql(self, compiler, connection):
+        lhs, lhs_params = self.process_lhs(compiler, connection)
+        rhs, rhs_params = self.process_rhs(compiler, connection)
+        return f"{lhs} {self.operator} {rhs}", (*lhs_params, *rhs_params)
+
+
+class ILike(Like):
+    lookup_name = "vectorstore_ilike"
+    operator = "ILIKE"
+
+
+_PATTERNS = {"like": Like, "ilike": ILike}
+
+
+def _pattern(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise SearchError(where, "expected a string pattern (% any characters, _ one, \\ escapes)")
+    trailing = len(value) - len(value.rstrip("\\"))
+    if trailing % 2:  # PostgreSQL refuses a pattern that ends in a lone escape character
+        raise SearchError(where, "a pattern cannot end with a lone \\ (write \\\\ for a backslash)")
+    return storable(value, where)
 
 
 def _conditions(spec: Any, where: str, value_of, make, exists) -> Q:
@@ -111,6 +172,18 @@ def _conditions(spec: Any, where: str, value_of, make, exists) -> Q:
                 raise SearchError(at, "expected true or false")
             cond = exists()
             q &= cond if value else ~cond
+        elif op == "$between":
+            bounds = _list(value, at)
+            if len(bounds) != 2:
+                raise SearchError(at, "expected [low, high]")
+            low, high = (value_of(v, at) for v in bounds)
+            if low is None or high is None or (type(low) is not type(high) and not _both_numbers(low, high)):
+                raise SearchError(at, "expected two numbers, two strings or two booleans")
+            q &= make("gte", low) & make("lte", high)
+        elif op in ("$like", "$ilike"):
+            q &= make(_LOOKUPS[op], _pattern(value, at))
+        elif op == "$contains":
+            q &= make("contains", _scalar(value, at))
         elif op in ("$in", "$nin"):
             values = [value_of(v, at) for v in _list(value, at)]
             if not values:  # nothing to be in: $in matches nothing, $nin every document with the field
@@ -127,8 +200,19 @@ def _conditions(spec: Any, where: str, value_of, make, exists) -> Q:
     return q
 
 
+def _both_numbers(a: Any, b: Any) -> bool:
+    return all(isinstance(v, int | float) and not isinstance(v, bool) for v in (a, b))
+
+
 def _column_condition(column: str, spec: Any, where: str) -> Q:
     def make(lookup: str, value: Any) -> Q:
+        if lookup in _PATTERNS:
+            if column not in TEXT_COLUMNS:
+                raise SearchError(where, "patterns match text: category, external_id or a metadata key")
+            # IS NOT NULL first: the condition is true or false, never NULL, so $not is its complement.
+            return Q(**{f"{column}__isnull": False}) & Q(_PATTERNS[lookup](F(column), Value(value)))
+        if lookup == "contains":
+            raise SearchError(where, "$contains tests a list, which only a metadata key holds")
         if lookup == "in" and None in value:
             rest = [v for v in value if v is not None]
             return Q(**{f"{column}__isnull": True}) | (Q(**{f"{column}__in": rest}) if rest else _NOTHING)
@@ -173,19 +257,34 @@ def _metadata_condition(key: str, spec: Any, where: str) -> Q:
             return reduce(operator.or_, (Q(metadata__contains={key: v}) for v in value))
         if lookup == "exact":
             return Q(metadata__contains={key: value})
+        if lookup == "contains":  # a JSON array under the key holds the value: still containment
+            return Q(metadata__contains={key: [value]})
+        # Each condition below starts with `metadata ? key` (GIN-served) and the value's type, so it is
+        # true or false and never NULL: a missing key would otherwise make NOT (...) NULL as well, and
+        # $not would not be the complement it is documented to be.
+        present = Q(metadata__has_key=key)
+        if lookup in _PATTERNS:
+            text = KeyTextTransform(key, "metadata")
+            return present & Q(_is(transform, "string")) & Q(_PATTERNS[lookup](text, Value(value)))
         declared_type = metadata_keys.declared().get(key)
         if declared_type is not None:
             typed = metadata_keys.comparable(declared_type, value)
             if typed is not None:  # a declared key's B-tree index serves the range
-                return Q(_RANGES[lookup](metadata_keys.expression(key, declared_type), Value(typed)))
+                range_ = _RANGES[lookup](metadata_keys.expression(key, declared_type), Value(typed))
+                return present & Q(_is(transform, declared_type)) & Q(range_)
         # Values go in as JSON, as Django's own metadata__key__lt=value would send them.
         cond = Q(transform.get_lookup(lookup)(transform, Value(value, output_field=models.JSONField())))
         # jsonb orders every string below every number (and null below both): a range compares like
         # with like, so {"$lt": 5} never matches "abc".
-        typeof = Func(transform, function="jsonb_typeof", output_field=models.TextField())
-        return cond & Q(Exact(typeof, _JSON_TYPES[type(value)]))
+        return present & Q(_is(transform, _JSON_TYPES[type(value)])) & cond
 
     return _conditions(spec, where, _scalar, make, lambda: Q(metadata__has_key=key))
+
+
+def _is(transform: KeyTransform, json_type: str) -> Exact:
+    """``jsonb_typeof(metadata -> 'key') = json_type``."""
+    typeof = Func(transform, function="jsonb_typeof", output_field=models.TextField())
+    return Exact(typeof, json_type)
 
 
 def filter_terms(spec: Any, limit: int = MAX_FILTER_TERMS) -> int:
@@ -207,7 +306,8 @@ def build_filter(spec: Any, where: str = "filters", depth: int = 0) -> Q:
     """Translate a filter document (the langchain-postgres operator set) into a Q, never into SQL text.
 
     Keys ``category``, ``external_id``, ``created_at`` and ``id`` filter those columns;
-    any other key filters that key of ``metadata``. ``$and`` / ``$or`` take lists of filters.
+    any other key filters that key of ``metadata``. ``$and`` / ``$or`` take lists of filters, ``$not``
+    a filter (or a list of filters, none of which may match).
     """
     if spec is None:
         return Q()
@@ -226,7 +326,18 @@ def build_filter(spec: Any, where: str = "filters", depth: int = 0) -> Q:
         if not isinstance(key, str) or not key or len(key) > 255:
             raise SearchError(at, "keys are non-empty strings of at most 255 characters")
         storable(key, at)
-        if key in ("$and", "$or"):
+        if key == "$not":
+            # The complement: every document the filter does not match, those without its keys
+            # included. A list negates each: {"$not": [a, b]} is neither a nor b.
+            parts = value if isinstance(value, list) else [value]
+            if not parts:
+                raise SearchError(at, "expected a filter or a non-empty list of filters")
+            for i, part in enumerate(parts):
+                part_at = f"{at}[{i}]" if isinstance(value, list) else at
+                if part == {}:  # an empty filter matches every document: its complement is a mistake
+                    raise SearchError(part_at, "expected a non-empty filter")
+                q &= ~build_filter(part, part_at, depth + 1)
+        elif key in ("$and", "$or"):
             parts = value if isinstance(value, list) else None
             if not parts:
                 raise SearchError(at, "expected a non-empty list of filters")
@@ -236,7 +347,7 @@ def build_filter(spec: Any, where: str = "filters", depth: int = 0) -> Q:
                 combined = combined & sub if key == "$and" else combined | sub
             q &= combined
         elif key.startswith("$"):
-            raise SearchError(at, "unknown operator at this level; expected $and, $or or a field name")
+            raise SearchError(at, "unknown operator at this level; expected $and, $or, $not or a field name")
         elif key in COLUMN_FILTERS:
             q &= _column_condition(COLUMN_FILTERS[key], value, at)
         else:
