@@ -151,6 +151,16 @@ def post(port: int, body: dict) -> float:
     raise AssertionError("unreachable")
 
 
+def ensure_embedded(corpus: Corpus) -> None:
+    """Embed the corpus once with the bundled model into benchmarks/.cache/ (minutes; then reused)."""
+    if corpus.embedded.exists():
+        return
+    CACHE.mkdir(parents=True, exist_ok=True)
+    print(f"embedding {corpus.parquet.name} once into {corpus.embedded} ...", flush=True)
+    command = [sys.executable, str(ROOT / "manage.py"), "embed_parquet", str(corpus.parquet)]
+    subprocess.run([*command, str(corpus.embedded), "--batch-size", "128"], check=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -164,21 +174,7 @@ def main() -> None:
     args = parser.parse_args()
     corpora = [CORPORA[name] for name in args.corpus]
     for corpus in corpora:
-        if not corpus.embedded.exists():
-            CACHE.mkdir(parents=True, exist_ok=True)
-            print(f"embedding {corpus.parquet.name} once into {corpus.embedded} ...", flush=True)
-            subprocess.run(
-                [
-                    sys.executable,
-                    str(ROOT / "manage.py"),
-                    "embed_parquet",
-                    str(corpus.parquet),
-                    str(corpus.embedded),
-                    "--batch-size",
-                    "128",
-                ],
-                check=True,
-            )
+        ensure_embedded(corpus)
     # Declared before the database is migrated (which creates their indexes), for the server too.
     os.environ["VECTORSTORE_METADATA_KEYS"] = json.dumps(DECLARED)
     url = setup_database("searchbench")

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import numpy as np
@@ -76,3 +77,23 @@ def small_model(path: Path, dims: int, seed: int = 0) -> str:
     weight = np.random.default_rng(seed).standard_normal((dims, 384)).astype(np.float32)
     save_file({"linear.weight": weight}, str(path / "2_Dense" / "model.safetensors"))
     return str(path)
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def launch_chromium(playwright: Any) -> Any:
+    """Debian's Chromium, headless, with nothing that reaches for the network on its own (this machine's
+    network is closed: those connections fail, many at a time)."""
+    return playwright.chromium.launch(
+        executable_path=CHROMIUM,
+        headless=True,
+        args=[
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            "--disable-sync",
+        ],
+    )

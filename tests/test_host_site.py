@@ -21,7 +21,7 @@ import pytest
 from django.db import connection
 
 from benchmarks.harness import free_port
-from tests.helpers import ROOT, database_url, small_model
+from tests.helpers import CHROMIUM, ROOT, database_url, launch_chromium, small_model
 
 # What the test adds to the guide: its own database (from DATABASE_URL) and the host's own app.
 TEST_SETTINGS = """
@@ -84,7 +84,6 @@ class Note(AbstractDocument):
 
 # What the package is built from: a copy, so that building leaves nothing in the checkout.
 PACKAGE_FILES = ("pyproject.toml", "README.md", "LICENSE", "vectorstore")
-CHROMIUM = "/usr/bin/chromium"
 
 
 def package_source(dest: Path) -> Path:
@@ -264,18 +263,7 @@ def admin_in_a_browser(python: str, site: Path, env: dict[str, str]) -> None:
                 assert time.monotonic() < deadline, "runserver did not answer in 60 s"
                 time.sleep(0.2)
         with sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path=CHROMIUM,
-                headless=True,
-                args=[
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--no-first-run",
-                    "--disable-sync",
-                ],
-            )
+            browser = launch_chromium(p)
             page = browser.new_page()
             page.goto(f"{base}/admin/login/")
             page.fill("#id_username", "owner")

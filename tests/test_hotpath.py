@@ -1,6 +1,9 @@
 """The search hot path (Django-compiled SQL, the vector bound in binary, one pipelined round trip) gives
 exactly what the ORM gives, uses the index, and is never a prepared statement with a generic plan."""
 
+import operator
+from functools import reduce
+
 import numpy as np
 import psycopg
 import pyarrow.parquet as pq
@@ -52,8 +55,13 @@ def orm_nearest(vector, k, filters, metric="cosine", settings=None) -> list[tupl
     return [(d.pk, d.distance) for d in docs]
 
 
-def orm_text(text: str, k: int, filters) -> list[int]:
-    tsquery = SearchQuery(text, search_type="websearch", config=TEXT_SEARCH_CONFIG)
+def orm_text(text: str, k: int, filters, any_word: bool = False) -> list[int]:
+    """The ORM's full-text ranking: every word (websearch), or any of them (hybrid's text side)."""
+    if any_word:
+        words = [SearchQuery(w, search_type="plain", config=TEXT_SEARCH_CONFIG) for w in text.lower().split()]
+        tsquery = reduce(operator.or_, words)
+    else:
+        tsquery = SearchQuery(text, search_type="websearch", config=TEXT_SEARCH_CONFIG)
     ranked = (
         Document.objects.filter(build_filter(filters))
         .filter(search_vector=tsquery)
@@ -97,16 +105,18 @@ def test_text_and_hybrid_search_match_the_orm(passages):
             result = search.search(text, k=10, mode="text", filters=filters)
             assert [h.values["id"] for h in result.hits] == orm_text(text, 10, filters)
 
-            hybrid = search.search(text, k=10, mode="hybrid", filters=filters)
+            weight, rrf_k, n = 0.5, 30, 40
+            options = {"text_weight": weight, "rrf_k": rrf_k, "vector_k": n, "text_k": n}
+            hybrid = search.search(text, k=10, mode="hybrid", filters=filters, hybrid=options)
             vector = search.embed_query(text)
-            nearest = orm_nearest(vector, 50, filters)
-            texts = orm_text(text, 50, filters)
+            nearest = orm_nearest(vector, n, filters)
+            texts = orm_text(text, n, filters, any_word=True)
             fused: dict[int, float] = {}
-            for ranked in ([pk for pk, _ in nearest], texts):
+            for w, ranked in ((1.0, [pk for pk, _ in nearest]), (weight, texts)):
                 for i, pk in enumerate(ranked):
-                    fused[pk] = fused.get(pk, 0.0) + 1.0 / (search.RRF_K + i + 1)
+                    fused[pk] = fused.get(pk, 0.0) + w / (rrf_k + i + 1)
             text_rank = {pk: i for i, pk in enumerate(texts)}
-            order = sorted(fused, key=lambda pk: (-fused[pk], text_rank.get(pk, 50), pk))[:10]
+            order = sorted(fused, key=lambda pk: (-fused[pk], text_rank.get(pk, n), pk))[:10]
             assert [h.values["id"] for h in hybrid.hits] == order
             assert [h.score for h in hybrid.hits] == pytest.approx([fused[pk] for pk in order])
             distances = {

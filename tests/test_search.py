@@ -31,6 +31,8 @@ def make_corpus(n: int):
                 "n": i,
                 "parity": "even" if i % 2 == 0 else "odd",
                 "rare": i % 100 == 0,
+                "label": f"Doc_{i}",
+                "tags": ["even" if i % 2 == 0 else "odd", *(["ten"] if i % 10 == 0 else [])],
                 **({"flag": True} if i % 10 == 0 else {}),
             },
         )
@@ -173,6 +175,31 @@ def test_a_broad_filter_takes_the_vector_index(corpus, settings, monkeypatch):
         ),
         ({"external_id": {"$in": ["d5", "d6"]}}, lambda i: i in (5, 6)),
         ({"created_at": {"$gte": "2000-01-01T00:00:00Z"}}, lambda i: True),
+        ({"n": {"$between": [10, 20]}}, lambda i: 10 <= i <= 20),
+        ({"n": {"$between": [20, 10]}}, lambda i: False),
+        ({"category": {"$between": ["a", "d"]}}, lambda i: i % 100 != 0),
+        ({"label": {"$like": "Doc\\_1%"}}, lambda i: str(i).startswith("1")),
+        ({"label": {"$like": "doc%"}}, lambda i: False),
+        ({"label": {"$ilike": "doc\\_2_"}}, lambda i: 20 <= i <= 29),
+        ({"label": {"$like": "Doc__"}}, lambda i: i < 10),
+        ({"category": {"$like": "r%"}}, lambda i: i % 100 == 0),
+        ({"external_id": {"$ilike": "D1_"}}, lambda i: 10 <= i <= 19),
+        ({"tags": {"$contains": "ten"}}, lambda i: i % 10 == 0),
+        ({"tags": {"$contains": "odd"}, "n": {"$lt": 6}}, lambda i: i in (1, 3, 5)),
+        ({"parity": {"$contains": "even"}}, lambda i: False),  # a string is not a list
+        ({"$not": {"parity": "even"}}, lambda i: i % 2 == 1),
+        ({"$not": {"flag": True}}, lambda i: i % 10 != 0),  # documents without the key included
+        ({"$not": {"n": {"$lt": 5}}}, lambda i: i >= 5),
+        ({"$not": {"nothing": {"$like": "%"}}}, lambda i: True),
+        ({"$not": {"nothing": {"$gt": 1}}}, lambda i: True),
+        ({"$not": {"n": {"$between": [0, 100]}}}, lambda i: i > 100),
+        ({"$not": [{"parity": "even"}, {"n": {"$lt": 10}}]}, lambda i: i % 2 == 1 and i >= 10),
+        ({"$not": {"$or": [{"category": "rare"}, {"n": {"$gte": 5}}]}}, lambda i: i < 5 and i > 0),
+        (
+            {"$and": [{"tags": {"$contains": "even"}}, {"$not": {"label": {"$like": "Doc\\_1%"}}}]},
+            lambda i: i % 2 == 0 and not str(i).startswith("1"),
+        ),
+        ({"$not": {"$not": {"external_id": "d3"}}}, lambda i: i == 3),
     ],
 )
 def test_each_filter_operator(small_corpus, filters, expected):
@@ -191,6 +218,22 @@ def test_each_filter_operator(small_corpus, filters, expected):
         ({"query": "x" * 2001}, "query"),
         ({"filters": {"n": {"$regex": "x"}}}, "filters.n.$regex"),
         ({"filters": {"$not": {}}}, "filters.$not"),
+        ({"filters": {"$not": [{"n": 1}, {}]}}, "filters.$not[1]"),
+        ({"filters": {"$not": "n"}}, "filters.$not"),
+        ({"filters": {"n": {"$between": [1]}}}, "filters.n.$between"),
+        ({"filters": {"n": {"$between": [1, "z"]}}}, "filters.n.$between"),
+        ({"filters": {"n": {"$between": [None, 3]}}}, "filters.n.$between"),
+        ({"filters": {"n": {"$between": 3}}}, "filters.n.$between"),
+        ({"filters": {"label": {"$like": 5}}}, "filters.label.$like"),
+        ({"filters": {"label": {"$ilike": "ab\\"}}}, "filters.label.$ilike"),
+        ({"filters": {"id": {"$like": "1%"}}}, "filters.id"),
+        ({"filters": {"category": {"$contains": "x"}}}, "filters.category"),
+        ({"filters": {"tags": {"$contains": ["x"]}}}, "filters.tags.$contains"),
+        ({"mmr": {"lambda_mult": 1.5}}, "mmr.lambda_mult"),
+        ({"mmr": {"fetch_k": 5}}, "mmr.fetch_k"),  # fewer candidates than k (10)
+        ({"mmr": {"diversity": 1}}, "mmr.diversity"),
+        ({"mmr": 0.5}, "mmr"),
+        ({"mmr": {}, "query": "x", "mode": "text"}, "mmr"),
         ({"filters": {"n": {"$in": "abc"}}}, "filters.n.$in"),
         ({"filters": {"created_at": {"$gte": "yesterday"}}}, "filters.created_at.$gte"),
         ({"filters": ["category"]}, "filters"),
@@ -262,3 +305,67 @@ def test_orm_helpers_on_a_host_model():
     assert similar[0].pk == near[1].pk
     lazy = HostDocument.objects.order_by_distance(vectors[9])[:1]
     assert lazy[0].pk == docs[9].pk
+
+
+def _ids(result) -> list[int]:
+    return [h.values["id"] for h in result.hits]
+
+
+def _mean_pairwise_similarity(result) -> float:
+    vectors = np.stack([np.asarray(h.document.embedding) for h in result.hits])
+    similarity = vectors @ vectors.T
+    n = len(vectors)
+    return float((similarity.sum() - np.trace(similarity)) / (n * (n - 1)))
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2", "inner_product"])
+def test_mmr_with_lambda_one_keeps_the_plain_order(small_corpus, metric):
+    """lambda_mult 1 is plain relevance: the first k of the fetch_k candidates, in order, with filters too."""
+    for filters in (None, {"parity": "even"}):
+        plain = search(vector=small_corpus[3], k=40, metric=metric, filters=filters)
+        mmr = search(
+            vector=small_corpus[3],
+            k=10,
+            metric=metric,
+            filters=filters,
+            mmr={"lambda_mult": 1, "fetch_k": 40},
+        )
+        assert _ids(mmr) == _ids(plain)[:10]
+        assert [h.rank for h in mmr.hits] == list(range(1, 11))
+        assert [h.distance for h in mmr.hits] == [h.distance for h in plain.hits[:10]]
+        assert "embedding" not in mmr.hits[0].values  # the candidates' vectors are not handed back
+
+
+def test_mmr_diversifies_real_results(fixture_docs):
+    """On real passages, a smaller lambda_mult lowers the results' mean pairwise similarity step by step;
+    the most relevant result stays first; filters and hybrid mode work with it; ORM helpers take it."""
+    query = "war with foreign nations and the army"
+    plain = search(query, k=8)
+    last = _mean_pairwise_similarity(plain)
+    for lambda_mult in (0.7, 0.3):
+        mmr = search(query, k=8, mmr={"lambda_mult": lambda_mult, "fetch_k": 40})
+        assert mmr.hits[0].values["id"] == plain.hits[0].values["id"]
+        spread = _mean_pairwise_similarity(mmr)
+        assert spread < last, (lambda_mult, spread, last)
+        last = spread
+    hybrid = search(query, k=8, mode="hybrid", mmr={"lambda_mult": 0.3})
+    assert len(hybrid.hits) == 8 and len(set(_ids(hybrid))) == 8
+    president = fixture_docs.column("president")[0].as_py()
+    filtered = search(query, k=5, filters={"president": president}, mmr={"lambda_mult": 0.3})
+    assert {h.values["metadata"]["president"] for h in filtered.hits} == {president}
+    near = Document.objects.nearest(query, k=8, mmr={"lambda_mult": 0.3, "fetch_k": 40})
+    assert [d.pk for d in near] == _ids(search(query, k=8, mmr={"lambda_mult": 0.3, "fetch_k": 40}))
+
+
+def test_mmr_through_the_api(small_corpus, client):
+    """POST /api/search takes mmr; a bad option is a 422 naming it."""
+    body = {"vector": small_corpus[5].tolist(), "k": 5, "mmr": {"lambda_mult": 0.25, "fetch_k": 30}}
+    response = client.post("/api/search", body, content_type="application/json")
+    assert response.status_code == 200
+    assert len(response.json()["results"]) == 5
+    body["mmr"] = {"lambda_mult": -1}
+    bad = client.post("/api/search", body, content_type="application/json")
+    assert bad.status_code == 422 and "lambda_mult" in bad.content.decode()
+    body["mmr"] = {"fetch_k": 2}
+    bad = client.post("/api/search", body, content_type="application/json")
+    assert bad.status_code == 422 and "mmr.fetch_k" in bad.content.decode()

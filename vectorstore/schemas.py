@@ -31,6 +31,24 @@ Metric = Literal[METRICS]
 IterativeScan = Literal[ITERATIVE_SCANS]
 
 
+class MMRIn(Schema):
+    lambda_mult: float = Field(
+        0.5, ge=0, le=1, description="1: plain relevance order; towards 0: ever more diverse results"
+    )
+    fetch_k: int | None = Field(
+        None, ge=1, le=MAX_K, description="candidates to pick from (at least k; default max(20, k))"
+    )
+
+
+class HybridIn(Schema):
+    text_weight: float | None = Field(
+        None, ge=0, le=10, description="the text ranking's weight in the fusion; the vector ranking's is 1"
+    )
+    rrf_k: int | None = Field(None, ge=0, le=10_000, description="reciprocal rank fusion's rank constant")
+    vector_k: int | None = Field(None, ge=1, le=MAX_K, description="candidates of the vector side (>= k)")
+    text_k: int | None = Field(None, ge=1, le=MAX_K, description="candidates of the text side (>= k)")
+
+
 class SearchIn(Schema):
     query: str | None = Field(None, max_length=MAX_QUERY_CHARS, description="text to search for")
     # pgvector's limit: a longer vector is refused before it is even checked.
@@ -39,7 +57,7 @@ class SearchIn(Schema):
     filters: dict[str, Any] | None = Field(
         None,
         description="category, external_id, created_at, id, or any metadata key; operators "
-        "$eq $ne $in $nin $lt $lte $gt $gte $exists $and $or",
+        "$eq $ne $lt $lte $gt $gte $between $in $nin $exists $like $ilike $contains, and $and $or $not",
         examples=[{"category": "Whig", "year": {"$lt": 1850}}],
     )
     mode: Mode = "vector"
@@ -51,6 +69,12 @@ class SearchIn(Schema):
         None, ge=PROBES_RANGE[0], le=PROBES_RANGE[1], description="ivfflat.probes for this query"
     )
     iterative_scan: IterativeScan | None = None
+    hybrid: HybridIn | None = Field(
+        None, description="mode hybrid's fusion; each option has a measured default"
+    )
+    mmr: MMRIn | None = Field(
+        None, description="pick the k results by maximal marginal relevance among fetch_k candidates"
+    )
 
 
 class DocumentOut(Schema):

@@ -19,12 +19,14 @@ the vector bound in binary, the settings and the query in one round trip, and ha
 
 from __future__ import annotations
 
+import operator
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, reduce
 from threading import Lock
 from typing import Any
 
@@ -37,7 +39,7 @@ from django.db.models import F, Func, Value
 from django.db.models.lookups import Exact
 from pgvector.django import CosineDistance, L2Distance, MaxInnerProduct
 
-from vectorstore import conf, statements
+from vectorstore import bm25, conf, statements
 from vectorstore.embedding import Embedder
 from vectorstore.filters import SearchError, build_filter, storable
 from vectorstore.limits import (
@@ -64,7 +66,15 @@ __all__ = [
 
 # pgvector-python's distance functions, by the names of limits.METRICS.
 METRICS = {"cosine": CosineDistance, "l2": L2Distance, "inner_product": MaxInnerProduct}
-RRF_K = 60  # reciprocal rank fusion constant (Cormack et al.)
+# Hybrid search: reciprocal rank fusion (Cormack et al.) of the vector ranking (weight 1) and the text
+# ranking (weight HYBRID_TEXT_WEIGHT), each side ranking its own HYBRID_CANDIDATES (or k, if more).
+# Chosen by benchmarks/bench_hybrid.py on two corpora and two kinds of query (benchmarks/README.md).
+RRF_K = 60
+HYBRID_TEXT_WEIGHT = 1.0
+HYBRID_CANDIDATES = 50
+MAX_QUERY_WORDS = 32  # words of a hybrid query's text side (each one a term of an OR query)
+MMR_LAMBDA = 0.5  # maximal marginal relevance: langchain's defaults
+MMR_FETCH_K = 20
 FILTERED_EF_FACTOR = 2  # filtered searches through the graph use this many times the tuned ef_search
 
 
@@ -259,7 +269,22 @@ def score_of(metric: str, distance: float) -> float:
 
 
 def _text_query(text: str) -> SearchQuery:
+    """Mode text: web search syntax (every word, "quoted phrases", -excluded, or), as PostgreSQL's
+    websearch_to_tsquery reads it."""
     return SearchQuery(text, search_type="websearch", config=TEXT_SEARCH_CONFIG)
+
+
+def _any_words(text: str) -> SearchQuery | None:
+    """Hybrid's text side: documents holding any of the query's words, those with more (and closer) of
+    them ranked higher. Requiring every word (websearch_to_tsquery) left natural-language queries with
+    no text matches or a few poor ones; the vector side ranks meaning, this side ranks the words.
+    Each word is a parameter of its own plainto_tsquery; None when the text has no word."""
+    words = list(dict.fromkeys(w.lower() for w in re.findall(r"\w+", text)))[:MAX_QUERY_WORDS]
+    if not words:
+        return None
+    return reduce(
+        operator.or_, (SearchQuery(w, search_type="plain", config=TEXT_SEARCH_CONFIG) for w in words)
+    )
 
 
 def search(
@@ -275,8 +300,16 @@ def search(
     probes: int | None = None,
     queryset: models.QuerySet | None = None,
     using: str | None = None,
+    mmr: dict[str, Any] | None = None,
+    hybrid: dict[str, Any] | None = None,
 ) -> SearchResult:
-    """Search the document table; see the module docstring. Raises SearchError naming the bad input."""
+    """Search the document table; see the module docstring. Raises SearchError naming the bad input.
+
+    ``mmr={"lambda_mult": 0.5, "fetch_k": 20}`` (langchain's names; either may be left out) picks the k
+    results by maximal marginal relevance among the ``fetch_k`` best candidates (``mmr_select``).
+    ``hybrid={"text_weight": ..., "rrf_k": ..., "vector_k": ..., "text_k": ...}`` tunes mode hybrid's
+    fusion (``hybrid_options``).
+    """
     started = time.perf_counter()
     model = queryset.model if queryset is not None else conf.document_model()
     base = queryset if queryset is not None else model._default_manager.all()
@@ -309,11 +342,21 @@ def search(
         raise SearchError("query", "give a query text or a vector")
     if vector is not None and query is not None and mode == "vector":
         raise SearchError("vector", "give a query text or a vector, not both")
+    lambda_mult, wanted = None, k
+    if mmr is not None:
+        if mode == "text":
+            raise SearchError("mmr", "needs vectors to compare: use mode vector or hybrid")
+        lambda_mult, k = mmr_options(mmr, k)
+    if hybrid is not None and mode != "hybrid":
+        raise SearchError("hybrid", "applies to mode hybrid only")
+    fusion = hybrid_options(hybrid, k) if mode == "hybrid" else None
     condition = build_filter(filters)
     filtered = base.filter(condition)
     # The hits' vectors and tsvectors stay in the database: parsing 10 x 384 numbers back
-    # would cost more than the search itself (Hit.document.embedding loads on use).
+    # would cost more than the search itself (Hit.document.embedding loads on use). MMR needs them.
     fields = [f.attname for f in model._meta.concrete_fields if f.name not in ("embedding", "search_vector")]
+    if lambda_mult is not None:
+        fields.append(model._meta.get_field("embedding").attname)
     # The SQL of a search on the model's own manager depends only on its shape: Django compiles it once.
     shape = (model._meta.label, using, tuple(fields), metric) if queryset is None and not filters else None
     tuned = (None, None)
@@ -343,29 +386,42 @@ def search(
             rows.sort(key=lambda r: r[-1])  # relaxed_order may hand rows back slightly out of order
             hits = [hit(i + 1, r, score_of(metric, r[-1]), r[-1]) for i, r in enumerate(rows)]
         else:
-            pool = max(k, 50) if mode == "hybrid" else k
-            text = Statement.compile(
-                _text_query_set(filtered, fields, query, metric if qvector is not None else None, pool)
-            )
+            # BM25 where the table has a pg_textsearch index (vectorstore.bm25), else ts_rank_cd.
+            bm25_index = bm25.index_for(model, using)
+            ranking = (query, bm25_index) if bm25_index else None
             if mode == "text":
+                text = Statement.compile(
+                    _text_query_set(filtered, fields, _text_query(query), None, k, ranking)
+                )
                 (text_rows,) = statements.run(using, settings, [text], None)
-                hits = [hit(i + 1, r, float(r[len(fields)]), None) for i, r in enumerate(text_rows)]
+                hits = [
+                    hit(i + 1, r, _text_score(r[len(fields)], ranking), None) for i, r in enumerate(text_rows)
+                ]
             else:
+                text_weight, rrf_k, vector_k, text_k = fusion
+                words = _any_words(query)
+                text = Statement.compile(
+                    _text_query_set(filtered, fields, words, metric, text_k, ranking)
+                    if words
+                    else filtered.none()
+                )
                 vector_rows, exact, text_rows = _vector_rows(
-                    filtered, fields, metric, pool, shape, settings, qvector, using, bool(filters), text
+                    filtered, fields, metric, vector_k, shape, settings, qvector, using, bool(filters), text
                 )
                 vector_rows.sort(key=lambda r: r[-1])
                 pk = fields.index(model._meta.pk.attname)
                 fused: dict[Any, float] = {}
                 by_pk: dict[Any, tuple] = {}
-                for ranked in (vector_rows, text_rows):
+                for weight, ranked in ((1.0, vector_rows), (text_weight, text_rows)):
                     for i, r in enumerate(ranked):
-                        fused[r[pk]] = fused.get(r[pk], 0.0) + 1.0 / (RRF_K + i + 1)
+                        fused[r[pk]] = fused.get(r[pk], 0.0) + weight / (rrf_k + i + 1)
                         by_pk.setdefault(r[pk], r)
                 # Ties (one document first in each list) go to the full-text match: it holds the words.
                 text_rank = {r[pk]: i for i, r in enumerate(text_rows)}
-                order = sorted(fused, key=lambda key: (-fused[key], text_rank.get(key, pool), key))[:k]
+                order = sorted(fused, key=lambda key: (-fused[key], text_rank.get(key, text_k), key))[:k]
                 hits = [hit(i + 1, by_pk[key], fused[key], by_pk[key][-1]) for i, key in enumerate(order)]
+    if lambda_mult is not None:
+        hits = _mmr_hits(hits, fields[-1], lambda_mult, wanted)
     return SearchResult(
         hits=hits,
         took_ms=(time.perf_counter() - started) * 1000,
@@ -373,6 +429,100 @@ def search(
         metric=metric,
         exact=exact,
     )
+
+
+def hybrid_options(hybrid: Any, k: int) -> tuple[float, int, int, int]:
+    """Mode hybrid's fusion: ``text_weight`` (the text ranking's weight against the vector ranking's 1;
+    0 is vector search alone), ``rrf_k`` (the rank constant: smaller favours each list's first places),
+    ``vector_k`` and ``text_k`` (candidates each side ranks, k or more)."""
+    if hybrid is None:
+        hybrid = {}
+    if not isinstance(hybrid, dict):
+        raise SearchError("hybrid", "expected an object with text_weight, rrf_k, vector_k and text_k")
+    unknown = sorted(set(hybrid) - {"text_weight", "rrf_k", "vector_k", "text_k"})
+    if unknown:
+        raise SearchError(
+            f"hybrid.{unknown[0]}", "unknown option; expected text_weight, rrf_k, vector_k or text_k"
+        )
+    text_weight = hybrid.get("text_weight", HYBRID_TEXT_WEIGHT)
+    if (
+        isinstance(text_weight, bool)
+        or not isinstance(text_weight, int | float)
+        or not 0 <= text_weight <= 10
+    ):
+        raise SearchError("hybrid.text_weight", "must be a number from 0 to 10")
+    rrf_k = hybrid.get("rrf_k", RRF_K)
+    if isinstance(rrf_k, bool) or not isinstance(rrf_k, int) or not 0 <= rrf_k <= 10_000:
+        raise SearchError("hybrid.rrf_k", "must be an integer from 0 to 10000")
+    sides = []
+    for name in ("vector_k", "text_k"):
+        value = hybrid.get(name, max(k, HYBRID_CANDIDATES))
+        if isinstance(value, bool) or not isinstance(value, int) or not k <= value <= MAX_K:
+            raise SearchError(f"hybrid.{name}", f"must be an integer from k ({k}) to {MAX_K}")
+        sides.append(value)
+    return float(text_weight), rrf_k, sides[0], sides[1]
+
+
+def mmr_options(mmr: Any, k: int) -> tuple[float, int]:
+    """``lambda_mult`` (0: most diverse .. 1: plain relevance) and ``fetch_k`` (candidates, k or more)."""
+    if not isinstance(mmr, dict):
+        raise SearchError("mmr", "expected an object with lambda_mult and fetch_k")
+    unknown = sorted(set(mmr) - {"lambda_mult", "fetch_k"})
+    if unknown:
+        raise SearchError(f"mmr.{unknown[0]}", "unknown option; expected lambda_mult or fetch_k")
+    lambda_mult = mmr.get("lambda_mult", MMR_LAMBDA)
+    if isinstance(lambda_mult, bool) or not isinstance(lambda_mult, int | float) or not 0 <= lambda_mult <= 1:
+        raise SearchError("mmr.lambda_mult", "must be a number from 0 to 1")
+    fetch_k = mmr.get("fetch_k", max(MMR_FETCH_K, k))
+    if isinstance(fetch_k, bool) or not isinstance(fetch_k, int) or not k <= fetch_k <= MAX_K:
+        raise SearchError("mmr.fetch_k", f"must be an integer from k ({k}) to {MAX_K}")
+    return float(lambda_mult), fetch_k
+
+
+def mmr_select(relevance: np.ndarray, vectors: np.ndarray, k: int, lambda_mult: float) -> list[int]:
+    """Maximal marginal relevance (Carbonell and Goldstein, 1998): repeatedly take the candidate that
+    maximizes ``lambda_mult * relevance - (1 - lambda_mult) * (its greatest cosine similarity to those
+    taken)``. ``relevance`` is rescaled to [0, 1] over the candidates, so that it and the similarity
+    share a scale whatever the metric or mode (hybrid's fused scores are ~0.03); the first pick is the
+    most relevant, and lambda_mult 1 keeps the plain order.
+
+    Written here (some 15 lines of numpy) rather than taken from langchain, whose helper would bring its
+    whole package for one function and measures relevance by cosine only.
+    """
+    n = len(relevance)
+    if n == 0:
+        return []
+    spread = relevance.max() - relevance.min()
+    rel = (relevance - relevance.min()) / spread if spread > 0 else np.ones(n)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    unit = vectors / np.where(norms > 0, norms, 1.0)
+    similarity = unit @ unit.T
+    chosen = [int(np.argmax(rel))]
+    closest = similarity[chosen[0]].copy()  # each candidate's greatest similarity to those taken
+    taken = np.zeros(n, dtype=bool)
+    taken[chosen[0]] = True
+    while len(chosen) < min(k, n):
+        value = lambda_mult * rel - (1.0 - lambda_mult) * closest
+        value[taken] = -np.inf
+        pick = int(np.argmax(value))  # ties: the earlier (more relevant) candidate
+        chosen.append(pick)
+        taken[pick] = True
+        np.maximum(closest, similarity[pick], out=closest)
+    return chosen
+
+
+def _mmr_hits(hits: list[Hit], vector_field: str, lambda_mult: float, k: int) -> list[Hit]:
+    """The k of the candidate hits that MMR picks, ranked in picking order (their vectors dropped)."""
+    if not hits:
+        return hits
+    vectors = np.stack([np.asarray(h.values.pop(vector_field), dtype=np.float32) for h in hits])
+    relevance = np.array([h.score for h in hits], dtype=np.float64)
+    picked = mmr_select(relevance, vectors, k, lambda_mult)
+    out = []
+    for rank, i in enumerate(picked, start=1):
+        hits[i].rank = rank
+        out.append(hits[i])
+    return out
 
 
 def _vector_rows(
@@ -473,18 +623,35 @@ def _nearest(
 
 
 def _text_query_set(
-    queryset: models.QuerySet, fields: list[str], query: str, metric: str | None, k: int
+    queryset: models.QuerySet,
+    fields: list[str],
+    tsquery: SearchQuery,
+    metric: str | None,
+    k: int,
+    ranking: tuple[str, str] | None = None,
 ) -> models.QuerySet:
-    """Full-text matches, best first: the rows' fields, their rank, and (for hybrid) their distance."""
-    tsquery = _text_query(query)
-    ranked = queryset.filter(search_vector=tsquery).annotate(
-        text_rank=SearchRank(F("search_vector"), tsquery, cover_density=True)
-    )
+    """Full-text matches, best first: the rows' fields, their rank, and (for hybrid) their distance.
+
+    ``ranking`` (the query text and a bm25 index) ranks the matches by BM25, in the order the index
+    scans (``ORDER BY text <@> to_bm25query(...)``, negative scores); else by ``ts_rank_cd``.
+    """
+    matches = queryset.filter(search_vector=tsquery)
+    if ranking is not None:
+        ranked = matches.annotate(text_rank=bm25.BM25Score("text", *ranking))
+        order = ["text_rank"]  # no tie-break column: it would keep the index from giving the order
+    else:
+        ranked = matches.annotate(text_rank=SearchRank(F("search_vector"), tsquery, cover_density=True))
+        order = ["-text_rank", "pk"]
     columns = [*fields, "text_rank"]
     if metric is not None:
         ranked = ranked.annotate(distance=METRICS[metric]("embedding", QueryVector()))
         columns.append("distance")
-    return ranked.order_by("-text_rank", "pk").values_list(*columns)[:k]
+    return ranked.order_by(*order).values_list(*columns)[:k]
+
+
+def _text_score(value: float, ranking: tuple[str, str] | None) -> float:
+    """A text match's score, higher is better: BM25's (the index gives it negated) or ts_rank_cd's."""
+    return -float(value) if ranking is not None else float(value)
 
 
 @contextmanager
