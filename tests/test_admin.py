@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.helpers import ROOT
-from vectorstore import ingest
+from vectorstore import ingest, search
 from vectorstore.embedding import Embedder
 from vectorstore.models import Document
 
@@ -145,3 +145,21 @@ def test_a_model_that_cannot_embed_is_a_form_message_not_a_500(admin_client, set
     assert not Document.objects.filter(text="A new passage").exists()
     search = admin_client.get(CHANGELIST, {"q": "railroads"})
     assert search.status_code == 200 and "plain text search instead" in search.content.decode()
+
+
+def test_hybrid_and_diverse_search_modes(admin_client, passages):
+    """Hybrid puts a passage holding the query's rare word first though its vector is far; diverse (MMR)
+    keeps the nearest passage first and shows the search's own order, not the distance's."""
+    far = -search.embed_query("zyzzogeton lighthouse")
+    keyword = Document.objects.create(text="Zyzzogeton lighthouse appropriations", embedding=far)
+    query = {"q": "zyzzogeton lighthouse"}
+    hybrid = _row_ids(admin_client.get(CHANGELIST, {**query, "search_mode": "hybrid"}).content.decode())
+    assert hybrid[0] == keyword.pk
+    assert _row_ids(admin_client.get(CHANGELIST, query).content.decode())[0] != keyword.pk
+
+    target = passages[17]
+    html = admin_client.get(CHANGELIST, {"q": target.text[:150], "search_mode": "diverse"}).content.decode()
+    diverse = _row_ids(html)
+    assert diverse[0] == target.pk and len(diverse) == len(set(diverse)) > 10
+    distances = [float(d) for d in re.findall(r'<td class="field-distance_shown">([0-9.]+)</td>', html)]
+    assert distances != sorted(distances)  # MMR's order: a near duplicate waits behind a different passage

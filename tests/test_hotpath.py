@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from django.contrib.postgres.search import SearchQuery, SearchRank
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import BooleanField, ExpressionWrapper, F, Q
 
 from tests.helpers import ROOT, unit_vectors
 from vectorstore import ingest, pgcopy, search
@@ -56,17 +56,21 @@ def orm_nearest(vector, k, filters, metric="cosine", settings=None) -> list[tupl
 
 
 def orm_text(text: str, k: int, filters, any_word: bool = False) -> list[int]:
-    """The ORM's full-text ranking: every word (websearch), or any of them (hybrid's text side)."""
+    """The ORM's full-text ranking: every word (websearch), or any of them (hybrid's text side, the
+    documents holding every word first)."""
+    every = SearchQuery(text, search_type="websearch", config=TEXT_SEARCH_CONFIG)
+    tsquery = every
     if any_word:
         words = [SearchQuery(w, search_type="plain", config=TEXT_SEARCH_CONFIG) for w in text.lower().split()]
         tsquery = reduce(operator.or_, words)
-    else:
-        tsquery = SearchQuery(text, search_type="websearch", config=TEXT_SEARCH_CONFIG)
     ranked = (
         Document.objects.filter(build_filter(filters))
         .filter(search_vector=tsquery)
-        .annotate(text_rank=SearchRank(F("search_vector"), tsquery, cover_density=True))
-        .order_by("-text_rank", "pk")
+        .annotate(
+            text_rank=SearchRank(F("search_vector"), tsquery, cover_density=True),
+            every_word=ExpressionWrapper(Q(search_vector=every), output_field=BooleanField()),
+        )
+        .order_by(*(["-every_word"] if any_word else []), "-text_rank", "pk")
     )
     return list(ranked.values_list("pk", flat=True)[:k])
 
@@ -105,16 +109,18 @@ def test_text_and_hybrid_search_match_the_orm(passages):
             result = search.search(text, k=10, mode="text", filters=filters)
             assert [h.values["id"] for h in result.hits] == orm_text(text, 10, filters)
 
-            weight, rrf_k, n = 0.5, 30, 40
-            options = {"text_weight": weight, "rrf_k": rrf_k, "vector_k": n, "text_k": n}
+            weight, partial, rrf_k, n = 0.5, 0.2, 30, 40
+            options = {"text_weight": weight, "partial_weight": partial, "rrf_k": rrf_k}
+            options |= {"vector_k": n, "text_k": n}
             hybrid = search.search(text, k=10, mode="hybrid", filters=filters, hybrid=options)
             vector = search.embed_query(text)
             nearest = orm_nearest(vector, n, filters)
             texts = orm_text(text, n, filters, any_word=True)
-            fused: dict[int, float] = {}
-            for w, ranked in ((1.0, [pk for pk, _ in nearest]), (weight, texts)):
-                for i, pk in enumerate(ranked):
-                    fused[pk] = fused.get(pk, 0.0) + w / (rrf_k + i + 1)
+            every = set(orm_text(text, 100_000, filters))
+            fused: dict[int, float] = {pk: 1.0 / (rrf_k + i + 1) for i, (pk, _) in enumerate(nearest)}
+            for i, pk in enumerate(texts):
+                w = weight if pk in every else partial
+                fused[pk] = fused.get(pk, 0.0) + w / (rrf_k + i + 1)
             text_rank = {pk: i for i, pk in enumerate(texts)}
             order = sorted(fused, key=lambda pk: (-fused[pk], text_rank.get(pk, n), pk))[:10]
             assert [h.values["id"] for h in hybrid.hits] == order

@@ -9,7 +9,7 @@ from tests.helpers import ROOT, unit_vectors
 from tests.testapp.models import HostDocument
 from vectorstore import ingest
 from vectorstore.models import Document
-from vectorstore.search import SearchError, build_filter, search, vector_queryset
+from vectorstore.search import SearchError, build_filter, embed_query, search, vector_queryset
 
 pytestmark = pytest.mark.django_db
 
@@ -234,6 +234,12 @@ def test_each_filter_operator(small_corpus, filters, expected):
         ({"mmr": {"diversity": 1}}, "mmr.diversity"),
         ({"mmr": 0.5}, "mmr"),
         ({"mmr": {}, "query": "x", "mode": "text"}, "mmr"),
+        ({"hybrid": {"text_weight": -1}, "query": "x", "mode": "hybrid"}, "hybrid.text_weight"),
+        ({"hybrid": {"partial_weight": "a"}, "query": "x", "mode": "hybrid"}, "hybrid.partial_weight"),
+        ({"hybrid": {"rrf_k": 1.5}, "query": "x", "mode": "hybrid"}, "hybrid.rrf_k"),
+        ({"hybrid": {"text_k": 3}, "query": "x", "mode": "hybrid"}, "hybrid.text_k"),
+        ({"hybrid": {"alpha": 1}, "query": "x", "mode": "hybrid"}, "hybrid.alpha"),
+        ({"hybrid": {}, "query": "x"}, "hybrid"),  # mode vector
         ({"filters": {"n": {"$in": "abc"}}}, "filters.n.$in"),
         ({"filters": {"created_at": {"$gte": "yesterday"}}}, "filters.created_at.$gte"),
         ({"filters": ["category"]}, "filters"),
@@ -369,3 +375,21 @@ def test_mmr_through_the_api(small_corpus, client):
     body["mmr"] = {"fetch_k": 2}
     bad = client.post("/api/search", body, content_type="application/json")
     assert bad.status_code == 422 and "mmr.fetch_k" in bad.content.decode()
+
+
+def test_hybrid_weights(fixture_docs):
+    """Both text weights 0 is vector search's order; far from the query in vector space, a passage holding
+    every word is first and one holding some of them is left out under the default weights, in with
+    partial_weight 1; a query with no word (punctuation) is vector search."""
+    query = "tariff on imported goods"
+    plain = _ids(search(query, k=10))
+    silent = search(query, k=10, mode="hybrid", hybrid={"text_weight": 0, "partial_weight": 0})
+    assert _ids(silent) == plain
+    far = -embed_query("zyzzogeton qwertyuiop")  # the farthest a vector can be: last of the vector side
+    every = Document.objects.create(text="Zyzzogeton qwertyuiop", embedding=far)
+    some = Document.objects.create(text="Zyzzogeton alone", embedding=far)
+    ids = _ids(search("zyzzogeton qwertyuiop", k=10, mode="hybrid"))
+    assert ids[0] == every.pk and some.pk not in ids  # a partial match weighs a quarter by default
+    ids = _ids(search("zyzzogeton qwertyuiop", k=10, mode="hybrid", hybrid={"partial_weight": 1}))
+    assert ids[0] == every.pk and some.pk in ids
+    assert _ids(search("?!", k=10, mode="hybrid")) == _ids(search(vector=embed_query("?!"), k=10))

@@ -10,7 +10,7 @@ import numpy as np
 from django import forms
 from django.contrib import admin, messages
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db.models import QuerySet
+from django.db.models import Case, IntegerField, QuerySet, Value, When
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
@@ -24,13 +24,19 @@ SEMANTIC_RESULTS = 200  # how many nearest documents a semantic search in the ch
 
 
 class SearchModeFilter(admin.SimpleListFilter):
-    """Chooses what the search box does: semantic (by meaning, the default) or plain text."""
+    """Chooses what the search box does: by meaning (the default), by meaning and words (hybrid), by
+    meaning with diverse results (MMR), or Django's plain text search."""
 
     title = "search mode"
     parameter_name = "search_mode"
 
     def lookups(self, request, model_admin):
-        return [("semantic", "Semantic (by meaning)"), ("text", "Plain text")]
+        return [
+            ("semantic", "Semantic (by meaning)"),
+            ("hybrid", "Hybrid (meaning and words)"),
+            ("diverse", "Diverse (by meaning, MMR)"),
+            ("text", "Plain text"),
+        ]
 
     def choices(self, changelist):
         current = self.value() or "semantic"
@@ -110,8 +116,12 @@ class DocumentAdmin(admin.ModelAdmin):
         distance = getattr(obj, "distance", None)
         return "" if distance is None else f"{distance:.4f}"
 
-    def _semantic(self, request: HttpRequest, search_term: str) -> bool:
-        return bool(search_term) and request.GET.get(SearchModeFilter.parameter_name, "semantic") != "text"
+    def _search_mode(self, request: HttpRequest, search_term: str) -> str:
+        """semantic, hybrid, diverse or text (Django's own search); semantic when the value is unknown."""
+        if not search_term:
+            return "text"
+        mode = request.GET.get(SearchModeFilter.parameter_name, "semantic")
+        return mode if mode in ("hybrid", "diverse", "text") else "semantic"
 
     def changelist_view(self, request: HttpRequest, extra_context=None):
         # The change list's queries (its count, its search, its page, run when the page renders) are
@@ -128,20 +138,26 @@ class DocumentAdmin(admin.ModelAdmin):
             return response
 
     def get_search_results(self, request, queryset: QuerySet, search_term: str):
-        if not self._semantic(request, search_term):
+        mode = self._search_mode(request, search_term)
+        if mode == "text":
             return super().get_search_results(request, queryset, search_term)
+        options = {"mode": "hybrid"} if mode == "hybrid" else {}
+        if mode == "diverse":
+            options["mmr"] = {"fetch_k": SEMANTIC_RESULTS * 2}
         try:
-            result = search.search(search_term, k=SEMANTIC_RESULTS, queryset=queryset)
+            result = search.search(search_term, k=SEMANTIC_RESULTS, queryset=queryset, **options)
         except (search.SearchError, EmbeddingError) as exc:
             messages.warning(request, f"Semantic search: {exc}; showing a plain text search instead.")
             return super().get_search_results(request, queryset, search_term)
         vector = search.embed_query(search_term, self.model)
         ids = [hit.document.pk for hit in result.hits]
+        # The change list orders before it searches: put the search's own order here (nearest first,
+        # or fused, or MMR's picking order).
+        order = Case(*(When(pk=pk, then=Value(i)) for i, pk in enumerate(ids)), output_field=IntegerField())
         ranked = queryset.filter(pk__in=ids).annotate(
-            distance=search.distance_expression(result.metric, vector)
+            distance=search.distance_expression(result.metric, vector), search_rank=order
         )
-        # The change list orders before it searches: put the nearest first here.
-        return ranked.order_by("distance", "pk"), False
+        return ranked.order_by("search_rank"), False
 
     @admin.display(description="vector")
     def vector_summary(self, obj) -> str:

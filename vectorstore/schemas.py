@@ -42,7 +42,10 @@ class MMRIn(Schema):
 
 class HybridIn(Schema):
     text_weight: float | None = Field(
-        None, ge=0, le=10, description="the text ranking's weight in the fusion; the vector ranking's is 1"
+        None, ge=0, le=10, description="weight of a text match holding every word; the vector ranking's is 1"
+    )
+    partial_weight: float | None = Field(
+        None, ge=0, le=10, description="weight of a text match holding only some of the words"
     )
     rrf_k: int | None = Field(None, ge=0, le=10_000, description="reciprocal rank fusion's rank constant")
     vector_k: int | None = Field(None, ge=1, le=MAX_K, description="candidates of the vector side (>= k)")
