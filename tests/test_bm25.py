@@ -25,7 +25,10 @@ from vectorstore import bm25, search
 from vectorstore.models import Document
 
 call_command("migrate", verbosity=0)
-vectors = iter(unit_vectors(3005, 384, seed=1))
+vectors = unit_vectors(3005, 384, seed=1)
+# The passages holding the query's words lie opposite the query in vector space: in hybrid search only
+# the text side ranks them, so its ranking (ts_rank_cd, then BM25) decides their order.
+far = -search.embed_query("zyzzogeton lighthouse")
 # "lighthouse" in a tenth of the passages: a common word, "zyzzogeton" a rare one.
 texts = [
     f"filler passage {i} about the {'lighthouse' if i % 10 == 0 else 'treasury'} and the navy"
@@ -38,7 +41,8 @@ texts = [
     "a new lighthouse",
 ]
 Document.objects.bulk_create(
-    Document(external_id=f"t{i}", text=t, embedding=next(vectors)) for i, t in enumerate(texts)
+    Document(external_id=f"t{i}", text=t, embedding=far if "ighthouse" in t or i >= 3000 else vectors[i])
+    for i, t in enumerate(texts)
 )
 with connection.cursor() as cursor:
     cursor.execute("ANALYZE vectorstore_document")
@@ -51,7 +55,7 @@ few = ["t3000", "t3003", "t7", "t10"]
 seen = {"before": {
     "text": ids(query=query, mode="text"),
     "matches": ids(1000, query=query, mode="text"),
-    "hybrid": ids(query="zyzzogeton lighthouse", mode="hybrid"),
+    "hybrid": ids(query="zyzzogeton lighthouse", mode="hybrid", hybrid={"partial_weight": 1}),
     "index": bm25.index_for(Document),
 }}
 call_command("text_index", "create")
@@ -62,7 +66,7 @@ result = search.search(query, k=10, mode="text")
 seen["after"] = {
     "text": ids(query=query, mode="text"),
     "matches": ids(1000, query=query, mode="text"),
-    "hybrid": ids(query="zyzzogeton lighthouse", mode="hybrid"),
+    "hybrid": ids(query="zyzzogeton lighthouse", mode="hybrid", hybrid={"partial_weight": 1}),
     "filtered": ids(query=query, mode="text", filters={"external_id": {"$in": few}}),
     "scores": [h.score for h in result.hits],
     "index": bm25.index_for(Document),
@@ -105,5 +109,5 @@ def test_bm25_ranks_a_rare_term_first_and_is_used(extend_server, clean_env):
     assert all(s > 0 for s in after["scores"]) and after["scores"] == sorted(after["scores"], reverse=True)
     assert "vectorstore_document_bm25" in after["plan"], after["plan"]
     assert sorted(after["filtered"]) == ["t10", "t3000", "t3003"]
-    assert "t3001" in after["hybrid"][:2]
+    assert before["hybrid"][0] == "t3000" and after["hybrid"][0] == "t3001"  # hybrid's text side too
     assert seen["dropped"] == before["text"]

@@ -405,12 +405,15 @@ def search(
                 ]
             else:
                 text_weight, partial_weight, rrf_k, vector_k, text_k = fusion
-                every_word = _text_query(query)
                 # Partial matches weighed at 0 need not be ranked at all: the text side is then the
                 # documents holding every word (ranking every document holding any word costs more).
-                words = _any_words(query) if partial_weight > 0 else every_word
+                partial = partial_weight > 0
+                every_word = _text_query(query)
+                words = _any_words(query) if partial else every_word
                 text = Statement.compile(
-                    _text_query_set(filtered, fields, words, metric, text_k, ranking, every_word)
+                    _text_query_set(
+                        filtered, fields, words, metric, text_k, ranking, every_word if partial else None
+                    )
                     if words
                     else filtered.none()
                 )
@@ -427,7 +430,7 @@ def search(
                 # A text match holding every word counts with text_weight; one holding only some of them,
                 # a weaker signal on its own, with partial_weight (the row's every_word flag).
                 for i, r in enumerate(text_rows):
-                    weight = text_weight if r[len(fields) + 1] else partial_weight
+                    weight = text_weight if not partial or r[len(fields) + 1] else partial_weight
                     fused[r[pk]] = fused.get(r[pk], 0.0) + weight / (rrf_k + i + 1)
                     by_pk.setdefault(r[pk], r)
                 # Ties (one document first in each list) go to the full-text match: it holds the words.
