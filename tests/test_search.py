@@ -32,6 +32,7 @@ def make_corpus(n: int):
                 "parity": "even" if i % 2 == 0 else "odd",
                 "rare": i % 100 == 0,
                 "label": f"Doc_{i}",
+                "0": "zero" if i % 3 == 0 else 0,
                 "tags": ["even" if i % 2 == 0 else "odd", *(["ten"] if i % 10 == 0 else [])],
                 **({"flag": True} if i % 10 == 0 else {}),
             },
@@ -182,6 +183,7 @@ def test_a_broad_filter_takes_the_vector_index(corpus, settings, monkeypatch):
         ({"label": {"$like": "doc%"}}, lambda i: False),
         ({"label": {"$ilike": "doc\\_2_"}}, lambda i: 20 <= i <= 29),
         ({"label": {"$like": "Doc__"}}, lambda i: i < 10),
+        ({"0": {"$like": "z%"}}, lambda i: i % 3 == 0),  # a key int() accepts is still a key
         ({"category": {"$like": "r%"}}, lambda i: i % 100 == 0),
         ({"external_id": {"$ilike": "D1_"}}, lambda i: 10 <= i <= 19),
         ({"tags": {"$contains": "ten"}}, lambda i: i % 10 == 0),

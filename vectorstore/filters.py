@@ -17,7 +17,7 @@ from typing import Any
 
 from django.db import models
 from django.db.models import F, Func, Lookup, Q, Value
-from django.db.models.fields.json import KeyTextTransform, KeyTransform
+from django.db.models.fields.json import KeyTransform
 from django.db.models.lookups import Exact, GreaterThan, GreaterThanOrEqual, LessThan, LessThanOrEqual
 from django.utils.dateparse import parse_datetime
 
@@ -238,9 +238,18 @@ class MetadataKey(KeyTransform):
     integer, which PostgreSQL reads as an array index: {"0": 5} would not match key "0".
     """
 
+    operator = "->"
+
     def as_postgresql(self, compiler, connection):
         lhs, params = compiler.compile(self.lhs)
-        return f"({lhs} -> %s)", (*params, self.key_name)
+        return f"({lhs} {self.operator} %s)", (*params, self.key_name)
+
+
+class MetadataKeyText(MetadataKey):
+    """``metadata ->> 'key'``: the value as text, the key sent as text (see MetadataKey)."""
+
+    operator = "->>"
+    output_field = models.TextField()
 
 
 def _metadata_condition(key: str, spec: Any, where: str) -> Q:
@@ -264,7 +273,7 @@ def _metadata_condition(key: str, spec: Any, where: str) -> Q:
         # $not would not be the complement it is documented to be.
         present = Q(metadata__has_key=key)
         if lookup in _PATTERNS:
-            text = KeyTextTransform(key, "metadata")
+            text = MetadataKeyText(key, "metadata")
             return present & Q(_is(transform, "string")) & Q(_PATTERNS[lookup](text, Value(value)))
         declared_type = metadata_keys.declared().get(key)
         if declared_type is not None:

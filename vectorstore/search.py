@@ -281,10 +281,10 @@ def _text_query(text: str) -> SearchQuery:
 
 
 def _any_words(text: str) -> SearchQuery | None:
-    """Hybrid's text side: documents holding any of the query's words, those with more (and closer) of
-    them ranked higher. Requiring every word (websearch_to_tsquery) left natural-language queries with
-    no text matches or a few poor ones; the vector side ranks meaning, this side ranks the words.
-    Each word is a parameter of its own plainto_tsquery; None when the text has no word."""
+    """Hybrid's text side when partial matches count (``partial_weight`` > 0): documents holding any of
+    the query's words, those with more (and closer) of them ranked higher, so that a natural-language
+    query that no text matches word for word still has a text side. Each word is a parameter of its
+    own plainto_tsquery; None when the text has no word."""
     words = list(dict.fromkeys(w.lower() for w in re.findall(r"\w+", text)))[:MAX_QUERY_WORDS]
     if not words:
         return None
@@ -313,8 +313,8 @@ def search(
 
     ``mmr={"lambda_mult": 0.5, "fetch_k": 20}`` (langchain's names; either may be left out) picks the k
     results by maximal marginal relevance among the ``fetch_k`` best candidates (``mmr_select``).
-    ``hybrid={"text_weight": ..., "rrf_k": ..., "vector_k": ..., "text_k": ...}`` tunes mode hybrid's
-    fusion (``hybrid_options``).
+    ``hybrid={"text_weight", "partial_weight", "rrf_k", "vector_k", "text_k"}`` (any of them) tunes mode
+    hybrid's fusion (``hybrid_options``).
     """
     started = time.perf_counter()
     model = queryset.model if queryset is not None else conf.document_model()
