@@ -97,3 +97,17 @@ def launch_chromium(playwright: Any) -> Any:
             "--disable-sync",
         ],
     )
+
+
+def admin_login(playwright: Any, base_url: str, username: str, password: str) -> tuple[Any, Any]:
+    """Chromium logged in to the admin at ``base_url``: (browser, page), the admin index shown."""
+    from playwright.sync_api import expect
+
+    browser = launch_chromium(playwright)
+    page = browser.new_page()
+    page.goto(f"{base_url}/admin/login/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", password)
+    page.click("input[type=submit]")
+    expect(page.locator("#site-name")).to_be_visible()
+    return browser, page

@@ -6,7 +6,7 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers import CHROMIUM, ROOT, launch_chromium
+from tests.helpers import CHROMIUM, ROOT, admin_login
 from vectorstore import ingest
 from vectorstore.models import Document
 
@@ -31,13 +31,7 @@ def test_admin_semantic_search_and_similar_documents(live_server, admin_user, mo
 
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = launch_chromium(p)
-        page = browser.new_page()
-        page.goto(f"{live_server.url}/admin/login/")
-        page.fill("#id_username", "admin")
-        page.fill("#id_password", "password")
-        page.click("input[type=submit]")
-        expect(page.locator("#site-name")).to_be_visible()
+        browser, page = admin_login(p, live_server.url, "admin", "password")
 
         page.goto(f"{live_server.url}/admin/vectorstore/document/")
         page.fill("#searchbar", "soldiers guarding the northern frontier to enforce the embargo laws")

@@ -21,7 +21,7 @@ from django.db import connection
 
 from benchmarks.harness import free_port
 from tests import venvs
-from tests.helpers import CHROMIUM, ROOT, database_url, launch_chromium, small_model
+from tests.helpers import CHROMIUM, ROOT, admin_login, database_url, small_model
 
 # What the test adds to the guide: its own database (from DATABASE_URL) and the host's own app.
 TEST_SETTINGS = """
@@ -248,13 +248,7 @@ def admin_in_a_browser(python: str, site: Path, env: dict[str, str]) -> None:
         )
         assert urllib.request.urlopen(warm, timeout=300).status == 200
         with sync_playwright() as p:
-            browser = launch_chromium(p)
-            page = browser.new_page()
-            page.goto(f"{base}/admin/login/")
-            page.fill("#id_username", "owner")
-            page.fill("#id_password", "owner-password")
-            page.click("input[type=submit]")
-            expect(page.locator("#site-name")).to_be_visible()
+            browser, page = admin_login(p, base, "owner", "owner-password")
             expect(page.locator("a[href='/admin/articles/passage/']").first).to_be_visible()
             expect(page.locator("a[href='/admin/vectorstore/apitoken/']").first).to_be_visible()
             expect(page.locator("a[href='/admin/vectorstore/document/']")).to_have_count(0)
