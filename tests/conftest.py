@@ -25,12 +25,16 @@ def pytest_sessionfinish(session, exitstatus) -> None:
 
 @pytest.fixture(autouse=True)
 def _fresh_tuned_settings():
-    """Each test reads the tuned search settings of its own database state, not a cached one."""
+    """Each test reads the tuned search settings and vector indexes of its own database state, not a
+    cached one."""
+    from vectorstore import vector_indexes
     from vectorstore.search import forget_tuning
 
     forget_tuning()
+    vector_indexes.forget()
     yield
     forget_tuning()
+    vector_indexes.forget()
 
 
 @pytest.fixture

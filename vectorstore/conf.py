@@ -30,6 +30,11 @@ DEFAULTS: dict[str, Any] = {
     # A filter matching at most this many rows is searched exactly over its matches (through the
     # filter's index); a broader one through the vector index's iterative scan.
     "EXACT_SEARCH_ROWS": 1000,
+    # Seconds a process trusts its list of a table's vector indexes (search follows the index there is).
+    "INDEX_LOOKUP_SECONDS": 30,
+    # A search through a binary-quantized index re-ranks k x RERANK candidates by the full vectors
+    # (unless tune_search stored a factor for the index). Measured with benchmarks/bench_scale.py.
+    "RERANK": 10,
     # A parquet file stream_sim replays when no --source is given (None: --source is required).
     "STREAM_SOURCE": None,
 }
@@ -78,6 +83,14 @@ def search_timeout_ms() -> int:
 
 def exact_search_rows() -> int:
     return get("EXACT_SEARCH_ROWS")
+
+
+def index_lookup_seconds() -> float:
+    return get("INDEX_LOOKUP_SECONDS")
+
+
+def rerank() -> int:
+    return get("RERANK")
 
 
 def stream_source() -> str | None:

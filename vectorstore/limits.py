@@ -19,6 +19,7 @@ MAX_FILTER_DEPTH = 8  # nesting of $and / $or
 # its number of conditions (10,000 metadata conditions took 46 s), so a filter's size is bounded.
 MAX_FILTER_TERMS = 2000
 EF_SEARCH_RANGE = (1, 1000)  # pgvector's bounds for hnsw.ef_search
+RERANK_RANGE = (1, 100)  # a quantized index's candidates, as a multiple of k
 PROBES_RANGE = (1, 10_000)  # ivfflat.probes (pgvector's bound is the index's lists)
 MAX_TEXT = 100_000  # characters of one document's text written through the API
 MAX_BATCH = 1000  # documents in one POST /api/documents

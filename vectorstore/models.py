@@ -206,6 +206,9 @@ class SearchTuning(models.Model):
     method = models.CharField(max_length=16)  # hnsw | ivfflat
     ef_search = models.PositiveIntegerField(null=True, blank=True)
     probes = models.PositiveIntegerField(null=True, blank=True)
+    rerank = models.PositiveIntegerField(
+        null=True, blank=True, help_text="binary-quantized index: candidates re-ranked, as a multiple of k"
+    )
     recall = models.FloatField(help_text="recall@k measured at these settings")
     target_recall = models.FloatField()
     k = models.PositiveSmallIntegerField()
@@ -218,4 +221,6 @@ class SearchTuning(models.Model):
 
     def __str__(self) -> str:
         setting = f"ef_search {self.ef_search}" if self.method == "hnsw" else f"probes {self.probes}"
+        if self.rerank:
+            setting = f"rerank {self.rerank}"
         return f"{self.index_name}: {setting} (recall@{self.k} {self.recall:.3f})"

@@ -8,7 +8,10 @@
 Every vector query is ``ORDER BY distance LIMIT k`` through pgvector-python's
 distance functions, so the index serves it; ``hnsw.ef_search``,
 ``hnsw.iterative_scan`` and ``ivfflat.probes`` are set with ``SET LOCAL`` in the
-query's own transaction. A filtered query that still comes back with fewer than
+query's own transaction. Search follows the vector index the table has (``vector_indexes.serving``): a
+half-precision index is ordered by its ``halfvec`` cast, a binary one by Hamming distance between sign
+bits, and the candidates of either (k x ``rerank``) are re-ranked by the full-precision distance, which
+is the distance every hit reports. A filtered query that still comes back with fewer than
 k rows (more were filtered out than the index scan could make up for) is
 answered again exactly, so it returns k rows whenever k rows match.
 
@@ -28,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property, reduce
 from threading import Lock
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import psycopg
@@ -39,7 +42,7 @@ from django.db.models import ExpressionWrapper, F, Func, Q, Value
 from django.db.models.lookups import Exact
 from pgvector.django import CosineDistance, L2Distance, MaxInnerProduct
 
-from vectorstore import bm25, conf, statements
+from vectorstore import bm25, conf, statements, vector_indexes
 from vectorstore.embedding import Embedder
 from vectorstore.filters import SearchError, build_filter, storable
 from vectorstore.limits import (
@@ -48,6 +51,7 @@ from vectorstore.limits import (
     MAX_K,
     MAX_QUERY_CHARS,
     PROBES_RANGE,
+    RERANK_RANGE,
     SEARCH_MODES,
     TEXT_SEARCH_CONFIG,
 )
@@ -206,11 +210,28 @@ def check_vector(vector: Any, dimensions: int, name: str = "vector") -> np.ndarr
 # --------------------------------------------------------------------------- index settings
 
 
+class Tuned(NamedTuple):
+    """What tune_search stored for a table: ef_search, probes, and a binary index's re-rank factor."""
+
+    ef_search: int | None = None
+    probes: int | None = None
+    rerank: int | None = None
+
+
+class Rerank(NamedTuple):
+    """A search through a quantized index: order by the index's expression, re-rank k x factor
+    candidates by the full-precision distance."""
+
+    quantization: str
+    dimensions: int
+    factor: int
+
+
 def index_settings(
     ef_search: int | None,
     iterative_scan: str | None,
     probes: int | None,
-    tuned: tuple[int | None, int | None] = (None, None),
+    tuned: tuple[int | None, ...] = Tuned(),
 ) -> dict[str, str]:
     """Every knob, every time: SET LOCAL must not leak one query's choice into the next.
 
@@ -228,12 +249,12 @@ def index_settings(
 
 
 TUNING_TTL = 30.0  # seconds a process keeps a table's tuned settings before reading them again
-_tuning: dict[tuple[str, str], tuple[float, tuple[int | None, int | None]]] = {}
+_tuning: dict[tuple[str, str], tuple[float, Tuned]] = {}
 _tuning_lock = Lock()
 
 
-def tuned_settings(table: str, using: str) -> tuple[int | None, int | None]:
-    """(ef_search, probes) that tune_search stored for the table, read at most every TUNING_TTL s."""
+def tuned_settings(table: str, using: str) -> Tuned:
+    """(ef_search, probes, rerank) that tune_search stored for the table, read at most every TUNING_TTL s."""
     now = time.monotonic()
     with _tuning_lock:
         cached = _tuning.get((table, using))
@@ -241,8 +262,10 @@ def tuned_settings(table: str, using: str) -> tuple[int | None, int | None]:
         return cached[1]
     # Looked up in the app registry, not imported: the models import this module.
     tuning = apps.get_model("vectorstore", "SearchTuning")
-    rows = list(tuning.objects.using(using).filter(db_table=table).values_list("ef_search", "probes"))
-    found = (max((r[0] for r in rows if r[0]), default=None), max((r[1] for r in rows if r[1]), default=None))
+    rows = list(
+        tuning.objects.using(using).filter(db_table=table).values_list("ef_search", "probes", "rerank")
+    )
+    found = Tuned(*(max((r[i] for r in rows if r[i]), default=None) for i in range(3)))
     with _tuning_lock:
         _tuning[(table, using)] = (now, found)
     return found
@@ -308,13 +331,16 @@ def search(
     using: str | None = None,
     mmr: dict[str, Any] | None = None,
     hybrid: dict[str, Any] | None = None,
+    rerank: int | None = None,
 ) -> SearchResult:
     """Search the document table; see the module docstring. Raises SearchError naming the bad input.
 
     ``mmr={"lambda_mult": 0.5, "fetch_k": 20}`` (langchain's names; either may be left out) picks the k
     results by maximal marginal relevance among the ``fetch_k`` best candidates (``mmr_select``).
     ``hybrid={"text_weight", "partial_weight", "rrf_k", "vector_k", "text_k"}`` (any of them) tunes mode
-    hybrid's fusion (``hybrid_options``).
+    hybrid's fusion (``hybrid_options``). ``rerank``: through a quantized index, re-rank k x rerank
+    candidates by the full vectors (default: the factor tune_search stored, else VECTORSTORE RERANK for a
+    binary index and 1 for a half-precision one).
     """
     started = time.perf_counter()
     model = queryset.model if queryset is not None else conf.document_model()
@@ -331,8 +357,11 @@ def search(
     for name, value, (low, high) in (
         ("ef_search", ef_search, EF_SEARCH_RANGE),
         ("probes", probes, PROBES_RANGE),
+        ("rerank", rerank, RERANK_RANGE),
     ):
-        if value is not None and not low <= value <= high:
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high
+        ):
             raise SearchError(name, f"must be from {low} to {high}")
     if iterative_scan is not None and iterative_scan not in ITERATIVE_SCANS:
         raise SearchError("iterative_scan", f"expected one of {', '.join(ITERATIVE_SCANS)}")
@@ -363,12 +392,21 @@ def search(
     fields = [f.attname for f in model._meta.concrete_fields if f.name not in ("embedding", "search_vector")]
     if lambda_mult is not None:
         fields.append(model._meta.get_field("embedding").attname)
-    # The SQL of a search on the model's own manager depends only on its shape: Django compiles it once.
-    shape = (model._meta.label, using, tuple(fields), metric) if queryset is None and not filters else None
-    tuned = (None, None)
-    if ef_search is None or probes is None:
+    tuned = Tuned()
+    if ef_search is None or probes is None or rerank is None:
         tuned = tuned_settings(model._meta.db_table, using)
     settings = index_settings(ef_search, iterative_scan, probes, tuned)
+    plan = None
+    if mode != "text":
+        index = vector_indexes.serving(model, metric, using)
+        if index is not None and index.quantization is not None:
+            binary = index.quantization == "binary"
+            factor = rerank or (tuned.rerank if binary else None) or (conf.rerank() if binary else 1)
+            plan = Rerank(index.quantization, dims, factor)
+    # The SQL of a search on the model's own manager depends only on its shape: Django compiles it once.
+    shape = (
+        (model._meta.label, using, tuple(fields), metric, plan) if queryset is None and not filters else None
+    )
     if filters and ef_search is None:
         # A filtered walk of the graph keeps fewer of each batch's candidates: a wider batch holds the
         # recall that the tuned setting gives unfiltered (0.947-0.957 at x1 on a 10% filter, measured).
@@ -387,7 +425,7 @@ def search(
     with _timeouts():
         if mode == "vector":
             rows, exact, _ = _vector_rows(
-                filtered, fields, metric, k, shape, settings, qvector, using, bool(filters)
+                filtered, fields, metric, k, shape, settings, qvector, using, bool(filters), plan=plan
             )
             rows.sort(key=lambda r: r[-1])  # relaxed_order may hand rows back slightly out of order
             hits = [hit(i + 1, r, score_of(metric, r[-1]), r[-1]) for i, r in enumerate(rows)]
@@ -418,7 +456,17 @@ def search(
                     else filtered.none()
                 )
                 vector_rows, exact, text_rows = _vector_rows(
-                    filtered, fields, metric, vector_k, shape, settings, qvector, using, bool(filters), text
+                    filtered,
+                    fields,
+                    metric,
+                    vector_k,
+                    shape,
+                    settings,
+                    qvector,
+                    using,
+                    bool(filters),
+                    text,
+                    plan,
                 )
                 vector_rows.sort(key=lambda r: r[-1])
                 pk = fields.index(model._meta.pk.attname)
@@ -445,6 +493,7 @@ def search(
         mode=mode,
         metric=metric,
         exact=exact,
+        details={"rerank": plan.factor, "quantization": plan.quantization} if plan else {},
     )
 
 
@@ -551,6 +600,7 @@ def _vector_rows(
     using: str,
     has_filter: bool,
     also: Statement | None = None,
+    plan: Rerank | None = None,
 ) -> tuple[list[tuple], bool, list[tuple]]:
     """The k nearest rows, whether an exact scan of the filter's matches found them, and the rows of
     ``also`` (hybrid's full-text statement), sent in the first round trip.
@@ -560,18 +610,24 @@ def _vector_rows(
     finds k matches quickly when many rows match. The bounded count and both branches go in one round
     trip (``_planned``), only the chosen branch reading rows. Asking the vector index for a rare
     filter's rows would walk the graph until max_scan_tuples and then scan the whole table anyway.
+
+    Through a quantized index (``plan``) the index's order picks k x factor candidates, re-ranked by the
+    full distance; the graph search keeps at least that many (``hnsw.ef_search``).
     """
     started = time.perf_counter()
     extra = [also] if also is not None else []
     limit = conf.exact_search_rows()
+    if plan is not None:
+        wider = max(int(settings["hnsw.ef_search"]), min(EF_SEARCH_RANGE[1], k * plan.factor))
+        settings = {**settings, "hnsw.ef_search": str(wider)}
     if not has_filter or limit <= 0:
         rows, *rest = statements.run(
-            using, settings, [_nearest(filtered, fields, metric, k, shape), *extra], qvector
+            using, settings, [_nearest(filtered, fields, metric, k, shape, plan), *extra], qvector
         )
         exact = False
     else:
         probe, few, broad, *rest = statements.run(
-            using, settings, [*_planned(filtered, fields, metric, k, limit), *extra], qvector
+            using, settings, [*_planned(filtered, fields, metric, k, limit, plan), *extra], qvector
         )
         exact = not probe or probe[0][0] == "on"
         rows = few if exact else broad
@@ -595,7 +651,7 @@ _FEW_ROWS_SETTING = "vectorstore.few_rows"
 
 
 def _planned(
-    filtered: models.QuerySet, fields: list[str], metric: str, k: int, limit: int
+    filtered: models.QuerySet, fields: list[str], metric: str, k: int, limit: int, plan: Rerank | None = None
 ) -> list[Statement]:
     """Three statements for one round trip. The first sets ``vectorstore.few_rows`` to 'on' when at most
     ``limit`` rows match (it reads at most limit + 1 of them, through the filter's index) and returns it.
@@ -613,28 +669,52 @@ def _planned(
     )
     setting = Func(Value(_FEW_ROWS_SETTING), function="current_setting", output_field=models.TextField())
     few = _nearest_query(filtered.filter(Exact(setting, Value("on"))), fields, metric, k, exact=True)
-    broad = _nearest_query(filtered.filter(Exact(setting, Value("off"))), fields, metric, k)
-    return [probe, Statement.compile(few), Statement.compile(broad)]
+    broad = filtered.filter(Exact(setting, Value("off")))
+    return [probe, Statement.compile(few), _nearest(broad, fields, metric, k, None, plan)]
 
 
 def _nearest_query(
-    queryset: models.QuerySet, fields: list[str], metric: str, k: int, exact: bool = False
+    queryset: models.QuerySet,
+    fields: list[str],
+    metric: str,
+    k: int,
+    exact: bool = False,
+    plan: Rerank | None = None,
 ) -> models.QuerySet:
-    """The rows' fields and distance, nearest first: ``ORDER BY distance LIMIT k`` (the index's shape), or
-    ordered by distance + 0, which keeps the planner off the index (an exact scan of the matches)."""
+    """The rows' fields and full-precision distance, nearest first: ``ORDER BY distance LIMIT k`` (the
+    index's shape); ordered by distance + 0, which keeps the planner off the index (an exact scan of the
+    matches); or, through a quantized index, the k x factor rows first by the index's own expression."""
     annotated = queryset.annotate(distance=METRICS[metric]("embedding", QueryVector()))
-    order = (F("distance") + Value(0.0)).asc() if exact else "distance"
+    if exact:
+        order = (F("distance") + Value(0.0)).asc()
+    elif plan is not None:
+        annotated = annotated.alias(
+            index_distance=vector_indexes.order_expression(
+                "embedding", plan.quantization, plan.dimensions, metric, QueryVector()
+            )
+        )
+        order, k = "index_distance", k * plan.factor
+    else:
+        order = "distance"
     return annotated.order_by(order).values_list(*fields, "distance")[:k]
 
 
 def _nearest(
-    queryset: models.QuerySet, fields: list[str], metric: str, k: int, shape: tuple | None
+    queryset: models.QuerySet,
+    fields: list[str],
+    metric: str,
+    k: int,
+    shape: tuple | None,
+    plan: Rerank | None = None,
 ) -> Statement:
+    """The k nearest: through the index's order, and for a quantized index re-ranked by full distance."""
     if shape is None:
-        return Statement.compile(_nearest_query(queryset, fields, metric, k))
-    return statements.statement_cache.get(
-        ("nearest", *shape, k), lambda: _nearest_query(queryset, fields, metric, k)
-    )
+        statement = Statement.compile(_nearest_query(queryset, fields, metric, k, plan=plan))
+    else:
+        statement = statements.statement_cache.get(
+            ("nearest", *shape, k), lambda: _nearest_query(queryset, fields, metric, k, plan=plan)
+        )
+    return statement.reranked(k) if plan is not None else statement
 
 
 def _text_query_set(

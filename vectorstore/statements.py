@@ -80,6 +80,15 @@ class Statement:
         """Known to match nothing, so never sent."""
         return not self.sql
 
+    def reranked(self, k: int, column: str = "distance") -> Statement:
+        """This statement's rows ordered by its ``column``, the first k: the outer query of pgvector's
+        re-rank (``SELECT * FROM (candidates by the index's order) ORDER BY full distance LIMIT k``).
+        Django has no subquery in FROM, so the compiled SQL is wrapped as text (no input in it)."""
+        if self.empty:
+            return self
+        sql = f'SELECT * FROM ({self.sql}) AS candidates ORDER BY "{column}" LIMIT {int(k)}'
+        return Statement(sql, self.params, self.converters)
+
     def bind(self, vector: bytes | None) -> list:
         return [vector if p is QUERY_VECTOR else p for p in self.params]
 

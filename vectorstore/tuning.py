@@ -12,7 +12,6 @@ answers ``search()`` itself.
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -22,14 +21,14 @@ from django.db import connections, models, transaction
 from psycopg import sql
 from psycopg.types.string import ByteaBinaryLoader
 
-from vectorstore import conf, indexes, pgcopy, search
+from vectorstore import conf, pgcopy, search, vector_indexes
 from vectorstore.models import SearchTuning
 from vectorstore.validation import InputError
 
 EF_SEARCH_STEPS = (10, 16, 24, 32, 40, 48, 64, 80, 100, 128, 160, 200, 256, 320, 400, 500, 640, 800, 1000)
+RERANK_STEPS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 25, 32, 40, 50, 64, 80, 100)
 PROBES_STEPS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 OPERATORS = {"cosine": "<=>", "l2": "<->", "inner_product": "<#>"}
-_OPCLASS = re.compile(r"(?:vector|halfvec)_(cosine|l2|ip)_ops")
 # Noise as long as the vector: a query about as far from its source (cosine ~0.7) as real queries are
 # from their nearest stored texts. With 0.3 (cosine ~0.96) the queries were too easy: ef_search 10
 # measured 0.97 on a corpus where real queries need about 40 for 0.98.
@@ -75,17 +74,18 @@ class TuneReport:
         )
 
 
-def _vector_index(conn: Any, table: str, metric: str) -> tuple[indexes.IndexDef, str]:
-    """The table's vector index for ``metric`` (else its first), and that index's metric."""
-    found = []
-    for index in indexes.rebuildable_indexes(conn, table):
-        if index.method in indexes.VECTOR_METHODS:
-            match = _OPCLASS.search(index.definition)
-            if match:
-                found.append((index, {"ip": "inner_product"}.get(match[1], match[1])))
+def _vector_index(
+    model: type[models.Model], using: str, metric: str
+) -> tuple[vector_indexes.FoundIndex, str]:
+    """The vector index searches by ``metric`` use (else the table's newest), and the metric to tune for."""
+    field = model._meta.get_field("embedding")
+    table = model._meta.db_table
+    found = [i for i in vector_indexes.table_indexes(table, field.column, using) if i.valid]
     if not found:
         raise InputError(f"{table} has no HNSW or IVFFlat index on a vector: searches are exact already")
-    return next(((i, m) for i, m in found if m == metric), found[0])
+    serving = [i for i in found if i.serves(metric, field.dimensions)]
+    index = serving[-1] if serving else found[-1]
+    return index, index.metric or metric
 
 
 def tune(
@@ -110,7 +110,7 @@ def tune(
     table = model._meta.db_table
     column = model._meta.get_field("embedding").column
     conn = pgcopy.django_connection(using)
-    index, metric = _vector_index(conn, table, conf.distance())
+    index, metric = _vector_index(model, using, conf.distance())
     rows = pgcopy.count_rows(conn, table)
     if rows < k:
         raise InputError(f"{table} holds {rows} rows: too few to measure recall@{k}")
@@ -123,9 +123,13 @@ def tune(
     pk = model._meta.pk.column
     truth = _exact(using, table, pk, column, metric, np.stack(vectors), k)
 
-    setting, steps = (
-        ("hnsw.ef_search", EF_SEARCH_STEPS) if index.method == "hnsw" else ("ivfflat.probes", PROBES_STEPS)
-    )
+    # A binary index's recall is the re-rank's: its candidates' count is what to tune (ef_search follows).
+    if index.quantization == "binary":
+        setting, steps, knob_name = "rerank", RERANK_STEPS, "rerank"
+    elif index.method == "hnsw":
+        setting, steps, knob_name = "hnsw.ef_search", EF_SEARCH_STEPS, "ef_search"
+    else:
+        setting, steps, knob_name = "ivfflat.probes", PROBES_STEPS, "probes"
     report = TuneReport(
         table, index.name, index.method, metric, setting, 0, 0.0, target_recall, False, k, len(vectors), rows
     )
@@ -134,7 +138,7 @@ def tune(
     goal = min(1.0, target_recall + margin)
 
     def measure(value: int) -> float:
-        knob = {"ef_search": value} if index.method == "hnsw" else {"probes": value}
+        knob = {knob_name: value}
         found = 0
         # The index's own recall: on a small table the planner may scan it whole (recall 1 at any
         # setting), but the setting is for the table it grows into.
@@ -150,7 +154,7 @@ def tune(
 
     # Walk from the default setting (where most corpora land) down while the goal still holds, or up until
     # it does: two or three measurements for a typical corpus, where a walk up from the smallest took five.
-    default = conf.ef_search() if index.method == "hnsw" else 1
+    default = {"rerank": conf.rerank(), "ef_search": conf.ef_search()}.get(knob_name, 1)
     i = next((n for n, value in enumerate(candidates) if value >= default), len(candidates) - 1)
     recall = measure(candidates[i])
     if recall >= goal:
@@ -170,8 +174,9 @@ def tune(
         defaults={
             "db_table": table,
             "method": index.method,
-            "ef_search": report.value if index.method == "hnsw" else None,
-            "probes": report.value if index.method == "ivfflat" else None,
+            "ef_search": report.value if knob_name == "ef_search" else None,
+            "probes": report.value if knob_name == "probes" else None,
+            "rerank": report.value if knob_name == "rerank" else None,
             "recall": report.recall,
             "target_recall": target_recall,
             "k": k,
@@ -197,7 +202,7 @@ def retune(
     table = model._meta.db_table
     conn = pgcopy.django_connection(using)
     try:
-        index, _ = _vector_index(conn, table, conf.distance())
+        index, _ = _vector_index(model, using, conf.distance())
     except InputError:
         return None
     rows = pgcopy.count_rows(conn, table)

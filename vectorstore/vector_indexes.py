@@ -13,16 +13,34 @@ gives for each kind (the cast to ``halfvec(n)``, or ``binary_quantize(...)::bit(
 ``halfvec_*_ops`` or ``bit_hamming_ops``), written once here because those casts, dimensions and
 operator classes are what users of pgvector-python get wrong; ``makemigrations`` writes it with the
 same arguments (``deconstruct``).
+
+Searches follow whichever vector index the table has (``serving``): the index's own expression in
+``ORDER BY``, candidates re-ranked by the full-precision distance for a quantized one
+(``vectorstore.search``). ``manage.py vector_index`` lists the indexes and switches kinds on a live table.
 """
 
 from __future__ import annotations
 
+import re
+import time
+from dataclasses import dataclass
+from threading import Lock
 from typing import Any
 
 from django.contrib.postgres.indexes import OpClass, PostgresIndex
+from django.db import connections, models
 from django.db.models import F, Func
 from django.db.models.functions import Cast
-from pgvector.django import BitField, HalfVectorField
+from pgvector.django import (
+    BitField,
+    CosineDistance,
+    HalfVectorField,
+    HammingDistance,
+    L2Distance,
+    MaxInnerProduct,
+)
+
+from vectorstore import conf
 
 METHODS = ("hnsw", "ivfflat")
 QUANTIZATIONS = (None, "half", "binary")
@@ -45,6 +63,24 @@ def index_expression(field: str, quantization: str | None, dimensions: int | Non
     if quantization == "half":
         return Cast(F(field), HalfVectorField(dimensions=dimensions))
     return Cast(BinaryQuantize(F(field)), BitField(length=dimensions))
+
+
+def order_expression(
+    field: str, quantization: str | None, dimensions: int | None, metric: str, query: Any
+) -> Any:
+    """The distance an index of this kind orders by, between the column and ``query`` (an expression):
+    the same cast on both sides for half precision, Hamming distance between sign bits for binary."""
+    if quantization == "binary":
+        return HammingDistance(
+            index_expression(field, "binary", dimensions),
+            Cast(BinaryQuantize(query), BitField(length=dimensions)),
+        )
+    distance = {"cosine": CosineDistance, "l2": L2Distance, "inner_product": MaxInnerProduct}[metric]
+    if quantization == "half":
+        return distance(
+            index_expression(field, "half", dimensions), Cast(query, HalfVectorField(dimensions=dimensions))
+        )
+    return distance(F(field), query)
 
 
 def opclass(quantization: str | None, metric: str) -> str:
@@ -112,3 +148,104 @@ class VectorIndex(PostgresIndex):
     def get_with_params(self) -> list[str]:
         params = {"m": self.m, "ef_construction": self.ef_construction, "lists": self.lists}
         return [f"{key} = {int(value)}" for key, value in params.items() if value is not None]
+
+
+# --------------------------------------------------------------------------- the indexes a table has
+
+_METRIC_OF = {"cosine_ops": "cosine", "l2_ops": "l2", "ip_ops": "inner_product"}
+
+
+@dataclass(frozen=True)
+class FoundIndex:
+    """A vector index on a table, read from the catalog: its kind, what it serves, its size."""
+
+    name: str
+    method: str  # hnsw | ivfflat
+    quantization: str | None  # None | half | binary
+    metric: str | None  # the metric its operator class orders by; None for bit_hamming_ops
+    dimensions: int | None
+    valid: bool
+    size_bytes: int
+    definition: str
+    oid: int
+
+    @property
+    def kind(self) -> str:
+        return self.quantization or "full"
+
+    def serves(self, metric: str, dimensions: int) -> bool:
+        """Whether a search by ``metric`` can order by this index: a full or half index of that metric, or
+        a binary one (its Hamming order only picks candidates; the re-rank uses the metric)."""
+        if not self.valid or (self.dimensions is not None and self.dimensions != dimensions):
+            return False
+        return self.quantization == "binary" or self.metric == metric
+
+
+def _kind_of(key: str, opclass_name: str, column: str) -> tuple[str | None, str | None, int | None] | None:
+    """(quantization, metric, dimensions) from an index's key expression and operator class, as
+    pg_get_indexdef prints them; None for a shape the searches do not send (a subvector, say)."""
+    col = rf'"?{re.escape(column)}"?'
+    if opclass_name == "bit_hamming_ops":
+        found = re.fullmatch(rf"\(binary_quantize\({col}\)::bit\((\d+)\)\)", key)
+        return ("binary", None, int(found[1])) if found else None
+    suffix = re.fullmatch(r"(vector|halfvec)_(cosine_ops|l2_ops|ip_ops)", opclass_name)
+    if suffix is None:
+        return None
+    metric = _METRIC_OF[suffix[2]]
+    if suffix[1] == "vector":
+        return (None, metric, None) if re.fullmatch(col, key) else None
+    found = re.fullmatch(rf"\({col}::halfvec\((\d+)\)\)", key)
+    return ("half", metric, int(found[1])) if found else None
+
+
+def table_indexes(table: str, column: str = "embedding", using: str = "default") -> list[FoundIndex]:
+    """The HNSW and IVFFlat indexes on ``column`` of ``table`` that searches can use, oldest first
+    (valid or not: a concurrent build in progress, or one that failed, is listed as not valid)."""
+    connection = connections[using]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT c.relname, am.amname, opc.opcname, pg_get_indexdef(c.oid, 1, true), i.indisvalid,"
+            " pg_relation_size(c.oid), pg_get_indexdef(c.oid), c.oid"
+            " FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am am ON am.oid = c.relam"
+            " JOIN pg_opclass opc ON opc.oid = i.indclass[0]"
+            " WHERE i.indrelid = to_regclass(%s) AND am.amname IN ('hnsw', 'ivfflat') AND i.indnatts = 1"
+            " ORDER BY c.oid",
+            [connection.ops.quote_name(table)],
+        )
+        rows = cursor.fetchall()
+    found = []
+    for name, method, opc, key, valid, size, definition, oid in rows:
+        kind = _kind_of(key, opc, column)
+        if kind is not None:
+            found.append(FoundIndex(name, method, *kind, valid, size, definition, oid))
+    return found
+
+
+_found: dict[tuple[str, str], tuple[float, list[FoundIndex]]] = {}
+_lock = Lock()
+
+
+def serving(model: type[models.Model], metric: str, using: str = "default") -> FoundIndex | None:
+    """The vector index a search of ``model`` by ``metric`` orders by: the newest valid one that serves
+    it (so that, while ``vector_index create --replace`` builds a new index beside the old, searches move
+    to the new one before the old is dropped). The table's indexes are read at most every
+    ``INDEX_LOOKUP_SECONDS`` (VECTORSTORE setting) per process; None when none serves the metric
+    (the search is then an exact scan)."""
+    table = model._meta.db_table
+    now = time.monotonic()
+    with _lock:
+        cached = _found.get((using, table))
+    if cached is None or now - cached[0] >= conf.index_lookup_seconds():
+        field = model._meta.get_field("embedding")
+        cached = (now, table_indexes(table, field.column, using))
+        with _lock:
+            _found[(using, table)] = cached
+    dimensions = model._meta.get_field("embedding").dimensions
+    usable = [i for i in cached[1] if i.serves(metric, dimensions)]
+    return usable[-1] if usable else None
+
+
+def forget() -> None:
+    """Read the tables' indexes afresh at the next search (after this process changed them)."""
+    with _lock:
+        _found.clear()
