@@ -73,13 +73,19 @@ def test_the_readme_has_the_guide():
 # field with a plain Django default (not db_default), filled by bulk_copy.
 NOTE_MODEL = """
 
+from vectorstore.vector_indexes import VectorIndex
+
+
 class Note(AbstractDocument):
     embedding = VectorField(dimensions=8)
     tags = models.CharField(max_length=40, default="untagged")
     embedding_model = {path!r}
 
     class Meta(AbstractDocument.Meta):
-        pass
+        indexes = [
+            *AbstractDocument.Meta.indexes,
+            VectorIndex(name="articles_note_half", dimensions=8, quantization="half"),
+        ]
 """
 
 SITE_SCRIPT = """
@@ -127,6 +133,8 @@ created = post(client, "/api/documents", [
 bad = post(client, "/api/documents", {"text": "x", "source_url": "u" * 300})
 saved = Passage.objects.create(text="A canal between two oceans")
 note = Note.objects.create(text="A canal between two oceans")
+from vectorstore.search import search
+note_search = search("A canal between two oceans", k=1, queryset=Note.objects.all())
 query = post(client, "/api/search", {"query": "trains crossing America", "k": 1})
 text = post(client, "/api/search", {"query": "tariff iron", "mode": "text", "k": 1})
 by_vector = post(client, "/api/search", {"vector": list(map(float, saved.embedding)), "k": 1})
@@ -140,6 +148,7 @@ print(json.dumps({
     "vector": by_vector.json()["results"][0]["text"],
     "listed": sorted(item["source_url"] for item in listing),
     "note": len(note.embedding),
+    "note_search": [note_search.hits[0].document.pk == note.pk, note_search.details],
     "loaded_notes": sorted(set(Note.objects.exclude(pk=note.pk).values_list("tags", flat=True))),
     "loaded_sizes": [len(v) for v in Note.objects.exclude(pk=note.pk).values_list("embedding", flat=True)],
 }))
@@ -185,7 +194,9 @@ def test_the_readme_guide_works_in_a_new_site_on_a_fresh_database(tmp_path, fres
 
     run(python, "manage.py", "makemigrations", "articles", cwd=site)
     migration = (site / "articles" / "migrations" / "0001_initial.py").read_text()
-    assert "vectorstore" not in migration  # the dependency a host would otherwise have to add by hand
+    # No dependency on the app's migrations, which a host would otherwise have to add by hand.
+    assert re.search(r"\(['\"]vectorstore['\"],", migration) is None
+    assert "vectorstore.vector_indexes.VectorIndex(" in migration  # Note's half-precision index
     run(python, "manage.py", "migrate", "--noinput", cwd=site)
 
     bare = site_json(WITHOUT_EMBED)
@@ -207,6 +218,8 @@ def test_the_readme_guide_works_in_a_new_site_on_a_fresh_database(tmp_path, fres
     assert seen["vector"] == "A canal between two oceans"
     assert seen["listed"].count("https://example.org/a") == 1 and len(seen["listed"]) == 5
     assert seen["note"] == 8  # embedded on save with the class's own 8-dimension model
+    # Search follows the half-precision index Note declares in Meta.indexes (its newest vector index).
+    assert seen["note_search"] == [True, {"rerank": 1, "quantization": "half"}]
     assert seen["loaded_notes"] == ["untagged"]  # bulk_copy filled the plain default
     assert seen["loaded_sizes"] == [8] * 20  # and embedded with the class's own 8-dimension model
 

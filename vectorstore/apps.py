@@ -30,6 +30,40 @@ def _declared_key_indexes(sender, using: str = "default", **kwargs) -> None:
     metadata_keys.ensure_indexes(using=using)
 
 
+def _vector_storage(sender, using: str = "default", **kwargs) -> None:
+    """After migrate: every document table keeps its vectors in the row (STORAGE MAIN), not in TOAST.
+
+    pgvector's types default to EXTERNAL storage, so a row of text, tsvector and a 384-dimension vector
+    (over PostgreSQL's 2 kB toast threshold) has its vector moved out of line, and every distance the
+    executor computes from the heap (a quantized index's re-rank, an exact filtered search, the hits'
+    distances) first fetches it from the TOAST table. MAIN keeps it inline, moving the texts out first,
+    and still moves it out as a last resort. A column set to anything else by hand is left as it is;
+    rows already stored keep their layout until rewritten."""
+    from django.apps import apps
+    from django.db import connections
+
+    from vectorstore.models import AbstractDocument
+
+    connection = connections[using]
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        for model in apps.get_models():
+            if not issubclass(model, AbstractDocument) or model._meta.proxy or not model._meta.managed:
+                continue
+            column = model._meta.get_field("embedding").column
+            cursor.execute(
+                "SELECT attstorage FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = %s",
+                [connection.ops.quote_name(model._meta.db_table), column],
+            )
+            row = cursor.fetchone()
+            if row and row[0] == "e":  # pgvector's default, EXTERNAL
+                cursor.execute(
+                    f"ALTER TABLE {connection.ops.quote_name(model._meta.db_table)}"
+                    f" ALTER COLUMN {connection.ops.quote_name(column)} SET STORAGE MAIN"
+                )
+
+
 class VectorstoreConfig(AppConfig):
     name = "vectorstore"
     verbose_name = "Vector store"
@@ -40,3 +74,4 @@ class VectorstoreConfig(AppConfig):
 
         pre_migrate.connect(_vector_extension, sender=self, dispatch_uid="vectorstore.vector_extension")
         post_migrate.connect(_declared_key_indexes, sender=self, dispatch_uid="vectorstore.metadata_keys")
+        post_migrate.connect(_vector_storage, sender=self, dispatch_uid="vectorstore.vector_storage")

@@ -35,6 +35,9 @@ DEFAULTS: dict[str, Any] = {
     # A search through a binary-quantized index re-ranks k x RERANK candidates by the full vectors
     # (unless tune_search stored a factor for the index). Measured with benchmarks/bench_scale.py.
     "RERANK": 10,
+    # The most maintenance_work_mem an index build may take ("4GB"); None: half this machine's memory
+    # for a server on it, 1GB for one elsewhere (vectorstore.build_memory).
+    "BUILD_MEMORY_LIMIT": None,
     # A parquet file stream_sim replays when no --source is given (None: --source is required).
     "STREAM_SOURCE": None,
 }
@@ -91,6 +94,10 @@ def index_lookup_seconds() -> float:
 
 def rerank() -> int:
     return get("RERANK")
+
+
+def build_memory_limit() -> str | int | None:
+    return get("BUILD_MEMORY_LIMIT")
 
 
 def stream_source() -> str | None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,7 @@ import psycopg
 from django.db import connections
 from psycopg import sql
 
+from vectorstore import build_memory
 from vectorstore.pgcopy import new_connection
 from vectorstore.progress import IndexProgressCallback
 
@@ -28,13 +30,16 @@ class IndexDef:
 
 
 def rebuildable_indexes(conn: psycopg.Connection, table: str) -> list[IndexDef]:
-    """The table's indexes that back no constraint: safe to drop before a bulk load and build after."""
+    """The table's indexes that back no constraint: safe to drop before a bulk load and build after.
+
+    Oldest first, so that a rebuild in this order keeps which index was added last (searches use the
+    vector index added last, ``vector_indexes.serving``)."""
     rows = conn.execute(
         "SELECT c.relname, pg_get_indexdef(i.indexrelid), am.amname"
         " FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am am ON am.oid = c.relam"
         " WHERE i.indrelid = to_regclass(%s)"
         " AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)"
-        " ORDER BY c.relname",
+        " ORDER BY c.oid",
         [sql.Identifier(table).as_string(conn)],
     ).fetchall()
     return [IndexDef(*row) for row in rows]
@@ -92,10 +97,13 @@ def build_indexes(
     parallel_workers: int | None = None,
     progress: IndexProgressCallback | None = None,
     progress_interval: float = 0.5,
+    notices: list[str] | None = None,
 ) -> float:
     """Create the indexes (inside the caller's transaction) with the given memory and workers.
 
-    ``progress(index_name, phase, done, total)`` is called while each builds. Returns the seconds spent.
+    ``progress(index_name, phase, done, total)`` is called while each builds; the server's notices
+    (pgvector's "graph no longer fits into maintenance_work_mem") are appended to ``notices``. Returns
+    the seconds spent.
     """
     started = time.perf_counter()
     if maintenance_work_mem:
@@ -116,11 +124,38 @@ def build_indexes(
             progress(building[0], phase, blocks_done or 0, blocks_total or 0)
 
     # One poller for all the builds: a connection per index would cost more than small builds take.
-    with IndexProgress(using, pid, report, interval=progress_interval):
+    with IndexProgress(using, pid, report, interval=progress_interval), server_notices(conn, notices):
         for index in indexes:
             building[0] = index.name
             conn.execute(index.definition)
     return time.perf_counter() - started
+
+
+@contextmanager
+def server_notices(conn: psycopg.Connection, into: list[str] | None) -> Iterator[None]:
+    """Collect the NOTICEs the server sends on ``conn`` meanwhile (nothing when ``into`` is None)."""
+    if into is None:
+        yield
+        return
+
+    def handler(diagnostic: psycopg.errors.Diagnostic) -> None:
+        if diagnostic.message_primary:
+            into.append(diagnostic.message_primary)
+
+    conn.add_notice_handler(handler)
+    try:
+        yield
+    finally:
+        conn.remove_notice_handler(handler)
+
+
+def spill_warnings(notices: Sequence[str]) -> list[str]:
+    """pgvector's notices that a build outgrew maintenance_work_mem and went on on disk."""
+    return [
+        f"pgvector: {n} (the rest of the build went on on disk, slower)"
+        for n in notices
+        if "no longer fits into maintenance_work_mem" in n
+    ]
 
 
 def invalid_indexes(conn: psycopg.Connection, table: str) -> list[str]:
@@ -153,23 +188,31 @@ def reindex_concurrently(
     *,
     using: str = "default",
     vector_only: bool = True,
-    maintenance_work_mem: str = "1GB",
+    maintenance_work_mem: str | None = None,
     timeout: str | None = None,
     progress: IndexProgressCallback | None = None,
+    model: type | None = None,
+    warnings: list[str] | None = None,
 ) -> list[str]:
     """Rebuild the table's (vector) indexes with REINDEX CONCURRENTLY: searches and writes go on meanwhile.
 
     A failed rebuild leaves an INVALID ``<name>_ccnew`` index behind, which would
     slow every write for nothing: it is dropped before the error is raised, and
     any such leftover from an earlier run is dropped first. Returns the indexes rebuilt.
+    ``maintenance_work_mem`` None: sized for the largest graph (``build_memory``, needs ``model``);
+    a build that cannot fit, and pgvector's notice if one spilled to disk, go to ``warnings``.
     """
     conn = new_connection(using, autocommit=True)
+    notices: list[str] = []
     try:
         drop_invalid_indexes(conn, table)
-        conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", [maintenance_work_mem])
-        names = [
-            i.name for i in rebuildable_indexes(conn, table) if not vector_only or i.method in VECTOR_METHODS
-        ]
+        chosen = rebuildable_indexes(conn, table)
+        chosen = [i for i in chosen if not vector_only or i.method in VECTOR_METHODS]
+        names = [i.name for i in chosen]
+        memory = size_build(conn, table, chosen, model, using, maintenance_work_mem)
+        if warnings is not None and memory.warning():
+            warnings.append(memory.warning())
+        conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", [memory.setting])
         building = [""]
 
         def report(_relname, phase, blocks_done, blocks_total, tuples_done, tuples_total):
@@ -179,7 +222,7 @@ def reindex_concurrently(
                 )
                 progress(building[0], phase, done, total)
 
-        with IndexProgress(using, conn.info.backend_pid, report):
+        with IndexProgress(using, conn.info.backend_pid, report), server_notices(conn, notices):
             if timeout:
                 conn.execute("SELECT set_config('statement_timeout', %s, false)", [timeout])
             for name in names:
@@ -190,9 +233,38 @@ def reindex_concurrently(
                     conn.execute("SELECT set_config('statement_timeout', '0', false)")
                     drop_invalid_indexes(conn, table)
                     raise
+        if warnings is not None:
+            warnings += spill_warnings(notices)
         return names
     finally:
         conn.close()
+
+
+def size_build(
+    conn: psycopg.Connection,
+    table: str,
+    building: Sequence[IndexDef],
+    model: type | None,
+    using: str,
+    requested: str | None,
+) -> build_memory.MemoryPlan:
+    """maintenance_work_mem for building ``building`` on ``table`` now (``build_memory.plan``)."""
+    builds = []
+    if model is not None:
+        field = model._meta.get_field("embedding")
+        for index in building:
+            found = build_memory.BuildIndex.from_definition(
+                index.name, index.definition, field.column, field.dimensions
+            )
+            if found is not None:
+                builds.append(found)
+    rows = (
+        conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()[0]
+        if builds
+        else 0
+    )
+    workers = parallel_workers(using)
+    return build_memory.plan(builds, rows, using=using, requested=requested, parallel=bool(workers))
 
 
 def parallel_workers(using: str) -> int | None:

@@ -15,6 +15,7 @@ times slower; benchmarks/README.md has the figures).
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -38,6 +39,8 @@ from vectorstore.rejects import (
 )
 from vectorstore.rows import Checker, ColumnMap, prefetch, prepared_batches, resolve_columns
 from vectorstore.validation import InputError
+
+logger = logging.getLogger("vectorstore")
 
 METHODS = ("copy", "insert")
 ON_CONFLICT = ("error", "skip", "update")
@@ -63,7 +66,7 @@ class LoadOptions:
     index_strategy: str = "auto"  # auto | rebuild (drop, load, build) | keep
     workers: int = 1  # parallel COPY streams into a populated table
     rejects_path: str | os.PathLike | None = None  # default: INPUT.rejects.parquet
-    maintenance_work_mem: str = "1GB"  # for index builds
+    maintenance_work_mem: str | None = None  # for index builds; None: sized for the graph (build_memory)
     using: str = "default"
     progress: bool | None = None  # default: on a terminal
     name: str | None = None  # the input's name in messages
@@ -130,6 +133,8 @@ class LoadReport:
     recovered_rolled_back: int = 0
     # What tuning.retune() stored after the load (None: the change was too small to tune again).
     tuned: dict[str, Any] | None = None
+    index_memory: str | None = None  # maintenance_work_mem of the index builds
+    warnings: list[str] = field(default_factory=list)  # a graph that would not fit in memory, say
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -153,6 +158,8 @@ class LoadReport:
                 line += f", {self.truncated} truncated at the model's limit"
         if self.index_strategy == "rebuild":
             line += f", indexes rebuilt in {self.index_seconds:.1f} s"
+            if self.index_memory:
+                line += f" with maintenance_work_mem {self.index_memory}"
         line += ")"
         if self.rejects_path:
             line += f"; rejects: {self.rejects_path}"
@@ -221,7 +228,7 @@ def load(
             else:
                 report.inserted = written
             if plan.dropped:
-                report.index_seconds = _build_indexes(conn, plan, opts)
+                report.index_seconds = _build_indexes(conn, plan, opts, report)
     except twophase.ParallelCopyUnavailable as exc:
         raise InputError(str(exc)) from exc
     except psycopg.errors.UniqueViolation as exc:
@@ -386,14 +393,29 @@ def _merge(
     rejects.add_rows(found)
 
 
-def _build_indexes(conn: psycopg.Connection, plan: _Plan, opts: LoadOptions) -> float:
+def _build_indexes(conn: psycopg.Connection, plan: _Plan, opts: LoadOptions, report: LoadReport) -> float:
+    """Build the dropped indexes with maintenance_work_mem sized for the largest graph; a graph that will
+    not fit, and pgvector's notice if a build spilled to disk, become the report's warnings."""
+    memory = indexes.size_build(
+        conn, plan.target.table, plan.dropped, opts.model, opts.using, opts.maintenance_work_mem
+    )
+    report.index_memory = memory.setting
+    if memory.warning():
+        report.warnings.append(memory.warning())
+        logger.warning(memory.warning())
+    notices: list[str] = []
     index_bar, on_progress = index_progress_bar("build indexes", enabled=opts.progress)
     with index_bar:
-        return indexes.build_indexes(
+        seconds = indexes.build_indexes(
             conn,
             plan.dropped,
             using=opts.using,
-            maintenance_work_mem=opts.maintenance_work_mem,
+            maintenance_work_mem=memory.setting,
             parallel_workers=indexes.parallel_workers(opts.using),
             progress=on_progress,
+            notices=notices,
         )
+    for warning in indexes.spill_warnings(notices):
+        report.warnings.append(warning)
+        logger.warning(warning)
+    return seconds

@@ -21,9 +21,10 @@ Searches follow whichever vector index the table has (``serving``): the index's 
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from threading import Lock
 from typing import Any
 
@@ -40,7 +41,7 @@ from pgvector.django import (
     MaxInnerProduct,
 )
 
-from vectorstore import conf
+from vectorstore import build_memory, conf
 
 METHODS = ("hnsw", "ivfflat")
 QUANTIZATIONS = (None, "half", "binary")
@@ -183,10 +184,11 @@ class FoundIndex:
 
 def _kind_of(key: str, opclass_name: str, column: str) -> tuple[str | None, str | None, int | None] | None:
     """(quantization, metric, dimensions) from an index's key expression and operator class, as
-    pg_get_indexdef prints them; None for a shape the searches do not send (a subvector, say)."""
-    col = rf'"?{re.escape(column)}"?'
+    pg_get_indexdef prints them (with or without its extra parentheses); None for a shape the searches
+    do not send (a subvector, say)."""
+    col = rf'\(?"?{re.escape(column)}"?\)?'
     if opclass_name == "bit_hamming_ops":
-        found = re.fullmatch(rf"\(binary_quantize\({col}\)::bit\((\d+)\)\)", key)
+        found = re.fullmatch(rf"\(\(?binary_quantize\({col}\)\)?::bit\((\d+)\)\)", key)
         return ("binary", None, int(found[1])) if found else None
     suffix = re.fullmatch(r"(vector|halfvec)_(cosine_ops|l2_ops|ip_ops)", opclass_name)
     if suffix is None:
@@ -196,6 +198,24 @@ def _kind_of(key: str, opclass_name: str, column: str) -> tuple[str | None, str 
         return (None, metric, None) if re.fullmatch(col, key) else None
     found = re.fullmatch(rf"\({col}::halfvec\((\d+)\)\)", key)
     return ("half", metric, int(found[1])) if found else None
+
+
+_DEFINITION = re.compile(r"USING (hnsw|ivfflat) \((.*) (\w+)\)(?: WITH \((.*)\))?(?: WHERE .*)?$")
+
+
+def kind_from_definition(
+    definition: str, column: str
+) -> tuple[str, str | None, int | None, int | None] | None:
+    """(method, quantization, dimensions, m) of a ``CREATE INDEX`` statement as pg_get_indexdef writes
+    it, None when it is not an HNSW or IVFFlat index of a kind searches use on ``column``."""
+    found = _DEFINITION.search(definition)
+    if found is None:
+        return None
+    kind = _kind_of(found[2], found[3], column)
+    if kind is None:
+        return None
+    m = re.search(r"\bm='?(\d+)", found[4] or "")
+    return found[1], kind[0], kind[2], int(m[1]) if m else None
 
 
 def table_indexes(table: str, column: str = "embedding", using: str = "default") -> list[FoundIndex]:
@@ -226,9 +246,10 @@ _lock = Lock()
 
 
 def serving(model: type[models.Model], metric: str, using: str = "default") -> FoundIndex | None:
-    """The vector index a search of ``model`` by ``metric`` orders by: the newest valid one that serves
-    it (so that, while ``vector_index create --replace`` builds a new index beside the old, searches move
-    to the new one before the old is dropped). The table's indexes are read at most every
+    """The vector index a search of ``model`` by ``metric`` orders by: the valid one added last that
+    serves it (so that, while ``vector_index create --replace`` builds a new index beside the old,
+    searches move to the new one before the old is dropped; bulk loads and ``reindex`` rebuild indexes
+    oldest first, which keeps that order). The table's indexes are read at most every
     ``INDEX_LOOKUP_SECONDS`` (VECTORSTORE setting) per process; None when none serves the metric
     (the search is then an exact scan)."""
     table = model._meta.db_table
@@ -249,3 +270,188 @@ def forget() -> None:
     """Read the tables' indexes afresh at the next search (after this process changed them)."""
     with _lock:
         _found.clear()
+
+
+# --------------------------------------------------------------------------- switching kinds on a live table
+
+
+@dataclass
+class CreateReport:
+    """What ``create_index`` built, dropped and measured."""
+
+    table: str
+    index: str
+    method: str
+    quantization: str | None
+    metric: str
+    rows: int
+    size_bytes: int
+    seconds: float
+    maintenance_work_mem: str
+    dropped: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    tuned: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["seconds"] = round(self.seconds, 3)
+        return out
+
+    def summary(self) -> str:
+        kind = self.quantization or "full precision"
+        line = (
+            f"built {self.index} ({self.method}, {kind}, {self.metric}) on {self.table} concurrently:"
+            f" {self.rows:,} rows, {build_memory.pretty(self.size_bytes)}, {self.seconds:.1f} s"
+            f" (maintenance_work_mem {self.maintenance_work_mem})"
+        )
+        if self.dropped:
+            line += f"; replaced {', '.join(self.dropped)}"
+        if self.tuned:
+            tuned = self.tuned
+            line += f"; search tuned: {tuned['setting']} {tuned['value']} (recall {tuned['recall']:.3f})"
+        return line
+
+
+def default_name(table: str, method: str, quantization: str | None, metric: str) -> str:
+    """``<table>_<method>_<kind>[_<metric>]``, shortened with a hash where PostgreSQL's 63 bytes would cut."""
+    name = f"{table}_{method}_{quantization or 'full'}"
+    if quantization != "binary" and metric != "cosine":
+        name += f"_{metric}"
+    if len(name.encode()) <= 59:  # room for the "_new" of a replacement built beside it
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name.encode()[:50].decode(errors='ignore')}_{digest}"
+
+
+def create_index(
+    model: type[models.Model],
+    *,
+    method: str = "hnsw",
+    quantization: str | None = None,
+    metric: str | None = None,
+    m: int | None = None,
+    ef_construction: int | None = None,
+    lists: int | None = None,
+    name: str | None = None,
+    replace: bool = False,
+    maintenance_work_mem: str | None = None,
+    using: str = "default",
+    progress: Any = None,
+    tune: bool = True,
+    grace: float | None = None,
+) -> CreateReport:
+    """Build a vector index of the kind with ``CREATE INDEX CONCURRENTLY`` (searches and writes go on),
+    with maintenance_work_mem sized for its graph; with ``replace``, then drop the table's other vector
+    indexes on the column, concurrently.
+
+    Searches prefer the newest index, and each process reads the table's indexes at most every
+    INDEX_LOOKUP_SECONDS: the old indexes are dropped only after that long (``grace``), so that no
+    search is left ordering by an index that is gone (it would still answer, by a slow exact scan).
+    A failed build leaves no INVALID index behind. Raises ValueError for bad options.
+    """
+    from psycopg import sql as psql
+
+    from vectorstore import indexes, search, tuning  # they import this module
+    from vectorstore.models import SearchTuning
+    from vectorstore.pgcopy import new_connection
+
+    started = time.perf_counter()
+    metric = metric or conf.distance()
+    embedding = model._meta.get_field("embedding")
+    table = model._meta.db_table
+    dimensions = embedding.dimensions
+    name = name or default_name(table, method, quantization, metric)
+    index = VectorIndex(
+        name=name,
+        field="embedding",
+        dimensions=dimensions,
+        method=method,
+        quantization=quantization,
+        metric=metric,
+        m=m,
+        ef_construction=ef_construction,
+        lists=lists,
+    )
+    before = table_indexes(table, embedding.column, using)
+    taken = {i.name for i in before}
+    if name in taken and not replace:
+        raise ValueError(f"name={name!r}: an index of that name exists (add replace=True to rebuild it)")
+    build_name = f"{name}_new" if name in taken else name
+    index.name = build_name
+    with connections[using].schema_editor(collect_sql=True, atomic=False) as editor:
+        statement = str(index.create_sql(model, editor, concurrently=True))
+    index.name = name
+
+    conn = new_connection(using, autocommit=True)
+    notices: list[str] = []
+    report = CreateReport(table, name, method, quantization, metric, 0, 0, 0.0, "")
+    try:
+        indexes.drop_invalid_indexes(conn, table)
+        conn.execute(psql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(psql.Identifier(build_name)))
+        report.rows = conn.execute(
+            psql.SQL("SELECT count(*) FROM {}").format(psql.Identifier(table))
+        ).fetchone()[0]
+        workers = indexes.parallel_workers(using)
+        memory = build_memory.plan(
+            [build_memory.BuildIndex(build_name, method, quantization, dimensions, m or 16)],
+            report.rows,
+            using=using,
+            requested=maintenance_work_mem,
+            parallel=bool(workers),
+        )
+        report.maintenance_work_mem = memory.setting
+        if memory.warning():
+            report.warnings.append(memory.warning())
+        conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", [memory.setting])
+        if workers is not None:
+            conn.execute("SELECT set_config('max_parallel_maintenance_workers', %s, false)", [str(workers)])
+
+        def on_row(_relname, phase, blocks_done, blocks_total, tuples_done, tuples_total):
+            if progress is not None:
+                done, total = (
+                    (tuples_done, tuples_total) if tuples_total else (blocks_done or 0, blocks_total or 0)
+                )
+                progress(build_name, phase, done, total)
+
+        with (
+            indexes.IndexProgress(using, conn.info.backend_pid, on_row),
+            indexes.server_notices(conn, notices),
+        ):
+            try:
+                conn.execute(statement)
+            except BaseException:
+                indexes.drop_invalid_indexes(conn, table)
+                raise
+        report.warnings += indexes.spill_warnings(notices)
+        conn.execute(psql.SQL("ANALYZE {}").format(psql.Identifier(table)))  # the new expression's statistics
+        forget()
+        if replace:
+            old = [i.name for i in before if i.name != build_name]
+            if old:
+                # Every process's lookup must have seen the new index before the old ones go.
+                time.sleep(conf.index_lookup_seconds() if grace is None else grace)
+            for old_name in old:
+                conn.execute(
+                    psql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(psql.Identifier(old_name))
+                )
+            if build_name != name:
+                conn.execute(
+                    psql.SQL("ALTER INDEX {} RENAME TO {}").format(
+                        psql.Identifier(build_name), psql.Identifier(name)
+                    )
+                )
+            SearchTuning.objects.using(using).filter(db_table=table).exclude(index_name=name).delete()
+            SearchTuning.objects.using(using).filter(index_name=name).delete()  # a new graph: tuned afresh
+            report.dropped = old
+            forget()
+        report.size_bytes = (
+            conn.execute("SELECT pg_relation_size(to_regclass(%s))", [name]).fetchone()[0] or 0
+        )
+    finally:
+        conn.close()
+    search.forget_tuning()
+    if tune:
+        tuned = tuning.retune(model, using=using)
+        report.tuned = tuned.as_dict() if tuned else None
+    report.seconds = time.perf_counter() - started
+    return report

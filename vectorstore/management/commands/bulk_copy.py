@@ -53,7 +53,10 @@ class Command(ServiceCommand):
             "--embedding-model", help="sentence-transformers path or name, for files without vectors"
         )
         parser.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (embedding only)")
-        parser.add_argument("--maintenance-work-mem", default="1GB", help="for index builds")
+        parser.add_argument(
+            "--maintenance-work-mem",
+            help="for index builds, e.g. 2GB (default: sized for the graph, within BUILD_MEMORY_LIMIT)",
+        )
         parser.add_argument(
             "--no-tune",
             action="store_true",
@@ -88,4 +91,6 @@ class Command(ServiceCommand):
             )
         except (InputError, EmbeddingError) as exc:
             raise self.error(exc) from exc
+        for warning in report.warnings:
+            self.stderr.write(f"warning: {warning}")
         self.emit(report.summary(), report.as_dict(), o["json"])

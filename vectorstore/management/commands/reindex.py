@@ -24,7 +24,10 @@ class Command(ServiceCommand):
         parser.add_argument(
             "--all", action="store_true", help="every secondary index, not only the vector ones"
         )
-        parser.add_argument("--maintenance-work-mem", default="1GB")
+        parser.add_argument(
+            "--maintenance-work-mem",
+            help="e.g. 2GB (default: sized for the largest graph, within VECTORSTORE BUILD_MEMORY_LIMIT)",
+        )
         parser.add_argument(
             "--no-tune", action="store_true", help="do not measure recall and store ef_search/probes again"
         )
@@ -35,6 +38,7 @@ class Command(ServiceCommand):
         bar, progress = index_progress_bar("reindex")
 
         started = time.perf_counter()
+        warnings: list[str] = []
         try:
             with bar:
                 names = indexes.reindex_concurrently(
@@ -43,12 +47,16 @@ class Command(ServiceCommand):
                     maintenance_work_mem=o["maintenance_work_mem"],
                     timeout=o["timeout"],
                     progress=progress,
+                    model=model,
+                    warnings=warnings,
                 )
         except psycopg.Error as exc:
             raise CommandError(
                 f"reindex of {model._meta.db_table} failed: {exc.diag.message_primary or exc}; "
                 "the old indexes are intact and no INVALID index was left"
             ) from exc
+        for warning in warnings:
+            self.stderr.write(f"warning: {warning}")
         # A rebuilt graph is a new graph: the ef_search that reached the target before may not now.
         tuned = tuning.retune(model) if names and not o["no_tune"] else None
         seconds = time.perf_counter() - started
@@ -63,6 +71,7 @@ class Command(ServiceCommand):
                 "indexes": names,
                 "seconds": round(seconds, 3),
                 "tuned": tuned.as_dict() if tuned else None,
+                "warnings": warnings,
             },
             o["json"],
         )
