@@ -218,7 +218,7 @@ def main() -> None:
             # The curve around the defaults: a binary index's re-rank depth; half at full precision's ef.
             if kind == "binary":
                 row["sweep"] = {
-                    f"rerank={r}": measure_search(queries, truth, rerank=r) for r in (10, 16, 24, 32, 48)
+                    f"rerank={r}": measure_search(queries, truth, rerank=r) for r in (10, 16, 20, 24, 32, 48)
                 }
             elif kind == "half" and (n, "full") in results:
                 ef = results[(n, "full")]["tuned"]

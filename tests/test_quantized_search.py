@@ -153,3 +153,15 @@ def test_tune_search_tunes_a_binary_indexs_rerank(corpus):
     assert stored.rerank == report.value and stored.ef_search is None
     result = search(vector=noisy(corpus[3], seed=4), k=10)
     assert result.details == {"rerank": report.value, "quantization": "binary"}
+
+
+def test_rerank_through_the_api(corpus, client):
+    """POST /api/search takes rerank; out of range it is a 422 naming it."""
+    use_kind("binary")
+    body = {"vector": corpus[42].tolist(), "k": 5, "rerank": 20}
+    response = client.post("/api/search", body, content_type="application/json")
+    assert response.status_code == 200
+    assert response.json()["results"][0]["external_id"] == "d42"
+    body["rerank"] = 0
+    bad = client.post("/api/search", body, content_type="application/json")
+    assert bad.status_code == 422 and "rerank" in bad.content.decode()

@@ -86,3 +86,24 @@ def test_makemigrations_writes_it_as_declared():
 def test_bad_options_are_named(options, message):
     with pytest.raises(ValueError, match=message):
         VectorIndex(name="bad", **options)
+
+
+def test_document_tables_keep_their_vectors_in_the_row():
+    """migrate sets every document table's vector column to STORAGE MAIN (pgvector's default, EXTERNAL,
+    moves a 384-dimension vector of a row with text out to TOAST); a storage set by hand is kept."""
+    from vectorstore.apps import _vector_storage
+
+    def storage(table: str) -> str:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT attstorage FROM pg_attribute WHERE attrelid = %s::regclass AND attname = 'embedding'",
+                [table],
+            )
+            return cursor.fetchone()[0]
+
+    assert storage("vectorstore_document") == "m" and storage("testapp_hostdocument") == "m"
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE testapp_hostdocument ALTER COLUMN embedding SET STORAGE PLAIN")
+        cursor.execute("ALTER TABLE vectorstore_document ALTER COLUMN embedding SET STORAGE EXTERNAL")
+    _vector_storage(sender=None)
+    assert storage("testapp_hostdocument") == "p" and storage("vectorstore_document") == "m"

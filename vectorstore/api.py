@@ -176,6 +176,7 @@ def search_documents(request, payload: SearchIn):
             ef_search=payload.ef_search,
             iterative_scan=payload.iterative_scan,
             probes=payload.probes,
+            rerank=payload.rerank,
             mmr=payload.mmr.dict(exclude_none=True) if payload.mmr is not None else None,
             hybrid=payload.hybrid.dict(exclude_none=True) if payload.hybrid is not None else None,
         )

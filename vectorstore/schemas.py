@@ -18,6 +18,7 @@ from vectorstore.limits import (
     MAX_TEXT,
     METRICS,
     PROBES_RANGE,
+    RERANK_RANGE,
     SEARCH_MODES,
 )
 from vectorstore.validation import storable_json, storable_text
@@ -70,6 +71,12 @@ class SearchIn(Schema):
     )
     probes: int | None = Field(
         None, ge=PROBES_RANGE[0], le=PROBES_RANGE[1], description="ivfflat.probes for this query"
+    )
+    rerank: int | None = Field(
+        None,
+        ge=RERANK_RANGE[0],
+        le=RERANK_RANGE[1],
+        description="through a quantized index: candidates re-ranked by the full vectors, as a multiple of k",
     )
     iterative_scan: IterativeScan | None = None
     hybrid: HybridIn | None = Field(
