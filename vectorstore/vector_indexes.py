@@ -241,6 +241,74 @@ def table_indexes(table: str, column: str = "embedding", using: str = "default")
     return found
 
 
+# The functions each quantized kind's key expression may call (pgvector's casts and binary_quantize).
+_EXPRESSION_FUNCTIONS = {"half": {"vector_to_halfvec"}, "binary": {"binary_quantize", "bit"}}
+
+
+def searchable_indexes(table: str, column: str = "embedding", using: str = "default") -> list[FoundIndex]:
+    """``table_indexes`` for the search path, read from the catalog without taking a lock on the table:
+    pg_get_indexdef and pg_get_expr wait for one, so a search would hang behind an ACCESS EXCLUSIVE lock
+    before its own statement (which runs under the search timeout) was even sent. The kind comes from the
+    operator class, the key's type and its expression tree (the column it reads, the functions it calls);
+    sizes and definitions are left empty."""
+    connection = connections[using]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT c.relname, am.amname, opc.opcname, format_type(ka.atttypid, ka.atttypmod), i.indisvalid,"
+            " c.oid, i.indkey[0] = col.attnum, i.indkey[0] = 0, i.indexprs::text, col.attnum"
+            " FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am am ON am.oid = c.relam"
+            " JOIN pg_opclass opc ON opc.oid = i.indclass[0]"
+            " JOIN pg_attribute ka ON ka.attrelid = i.indexrelid AND ka.attnum = 1"
+            " JOIN pg_attribute col ON col.attrelid = i.indrelid AND col.attname = %s"
+            " WHERE i.indrelid = to_regclass(%s) AND am.amname IN ('hnsw', 'ivfflat') AND i.indnatts = 1"
+            " ORDER BY c.oid",
+            [column, connection.ops.quote_name(table)],
+        )
+        rows = cursor.fetchall()
+        functions: dict[int, str] = {}
+        wanted = {int(f) for row in rows if row[8] for f in re.findall(r":funcid (\d+)", row[8])}
+        if wanted:
+            cursor.execute("SELECT oid, proname FROM pg_proc WHERE oid = ANY(%s)", [list(wanted)])
+            functions = {int(oid): name for oid, name in cursor.fetchall()}
+    found = []
+    for name, method, opc, key_type, valid, oid, on_column, on_expression, expression, attnum in rows:
+        kind = _kind_of_catalog(opc, key_type, on_column, on_expression, expression or "", attnum, functions)
+        if kind is not None:
+            found.append(FoundIndex(name, method, *kind, valid, 0, "", oid))
+    return found
+
+
+def _kind_of_catalog(
+    opc: str,
+    key_type: str,
+    on_column: bool,
+    on_expression: bool,
+    expression: str,
+    attnum: int,
+    functions: dict[int, str],
+) -> tuple[str | None, str | None, int | None] | None:
+    if opc == "bit_hamming_ops":
+        quantization, metric = "binary", None
+    else:
+        suffix = re.fullmatch(r"(vector|halfvec)_(cosine_ops|l2_ops|ip_ops)", opc)
+        if suffix is None:
+            return None
+        quantization, metric = (None if suffix[1] == "vector" else "half"), _METRIC_OF[suffix[2]]
+    if quantization is None:
+        return (None, metric, None) if on_column else None
+    dims = re.fullmatch(rf"{'bit' if quantization == 'binary' else 'halfvec'}\((\d+)\)", key_type)
+    if not on_expression or dims is None:
+        return None
+    reads = re.findall(r"\{VAR :varno \d+ :varattno (\d+)", expression)
+    calls = {functions.get(int(f)) for f in re.findall(r":funcid (\d+)", expression)}
+    allowed = _EXPRESSION_FUNCTIONS[quantization]
+    if reads != [str(attnum)] or not calls or not calls <= allowed:
+        return None
+    if quantization == "binary" and "binary_quantize" not in calls:
+        return None
+    return quantization, metric, int(dims[1])
+
+
 _found: dict[tuple[str, str], tuple[float, list[FoundIndex]]] = {}
 _lock = Lock()
 
@@ -258,7 +326,7 @@ def serving(model: type[models.Model], metric: str, using: str = "default") -> F
         cached = _found.get((using, table))
     if cached is None or now - cached[0] >= conf.index_lookup_seconds():
         field = model._meta.get_field("embedding")
-        cached = (now, table_indexes(table, field.column, using))
+        cached = (now, searchable_indexes(table, field.column, using))
         with _lock:
             _found[(using, table)] = cached
     dimensions = model._meta.get_field("embedding").dimensions
