@@ -74,17 +74,6 @@ class BuildIndex:
     dimensions: int
     m: int = 16
 
-    @classmethod
-    def from_definition(cls, name: str, definition: str, column: str, dimensions: int) -> BuildIndex | None:
-        """From ``pg_get_indexdef``'s text; None for an index that is not HNSW/IVFFlat on the column."""
-        from vectorstore.vector_indexes import kind_from_definition
-
-        found = kind_from_definition(definition, column)
-        if found is None:
-            return None
-        method, quantization, dims, m = found
-        return cls(name, method, quantization, dims or dimensions, m or 16)
-
 
 @dataclass(frozen=True)
 class MemoryPlan:

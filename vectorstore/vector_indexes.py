@@ -21,10 +21,9 @@ Searches follow whichever vector index the table has (``serving``): the index's 
 
 from __future__ import annotations
 
-import hashlib
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from threading import Lock
 from typing import Any
 
@@ -41,7 +40,7 @@ from pgvector.django import (
     MaxInnerProduct,
 )
 
-from vectorstore import build_memory, conf
+from vectorstore import conf
 
 METHODS = ("hnsw", "ivfflat")
 QUANTIZATIONS = (None, "half", "binary")
@@ -67,7 +66,11 @@ def index_expression(field: str, quantization: str | None, dimensions: int | Non
 
 
 def order_expression(
-    field: str, quantization: str | None, dimensions: int | None, metric: str, query: Any
+    field: str,
+    quantization: str | None,
+    dimensions: int | None,
+    metric: str,
+    query: Any,
 ) -> Any:
     """The distance an index of this kind orders by, between the column and ``query`` (an expression):
     the same cast on both sides for half precision, Hamming distance between sign bits for binary."""
@@ -76,10 +79,15 @@ def order_expression(
             index_expression(field, "binary", dimensions),
             Cast(BinaryQuantize(query), BitField(length=dimensions)),
         )
-    distance = {"cosine": CosineDistance, "l2": L2Distance, "inner_product": MaxInnerProduct}[metric]
+    distance = {
+        "cosine": CosineDistance,
+        "l2": L2Distance,
+        "inner_product": MaxInnerProduct,
+    }[metric]
     if quantization == "half":
         return distance(
-            index_expression(field, "half", dimensions), Cast(query, HalfVectorField(dimensions=dimensions))
+            index_expression(field, "half", dimensions),
+            Cast(query, HalfVectorField(dimensions=dimensions)),
         )
     return distance(F(field), query)
 
@@ -127,7 +135,8 @@ class VectorIndex(PostgresIndex):
         self.m, self.ef_construction, self.lists = m, ef_construction, lists
         self.suffix = method  # PostgresIndex writes USING <suffix>
         expression = OpClass(
-            index_expression(field, quantization, dimensions), name=opclass(quantization, metric)
+            index_expression(field, quantization, dimensions),
+            name=opclass(quantization, metric),
         )
         super().__init__(expression, name=name, **kwargs)
 
@@ -147,7 +156,11 @@ class VectorIndex(PostgresIndex):
         return path, (), kwargs
 
     def get_with_params(self) -> list[str]:
-        params = {"m": self.m, "ef_construction": self.ef_construction, "lists": self.lists}
+        params = {
+            "m": self.m,
+            "ef_construction": self.ef_construction,
+            "lists": self.lists,
+        }
         return [f"{key} = {int(value)}" for key, value in params.items() if value is not None]
 
 
@@ -167,7 +180,6 @@ class FoundIndex:
     dimensions: int | None
     valid: bool
     size_bytes: int
-    definition: str
     oid: int
 
     @property
@@ -218,51 +230,37 @@ def kind_from_definition(
     return found[1], kind[0], kind[2], int(m[1]) if m else None
 
 
-def table_indexes(table: str, column: str = "embedding", using: str = "default") -> list[FoundIndex]:
-    """The HNSW and IVFFlat indexes on ``column`` of ``table`` that searches can use, oldest first
-    (valid or not: a concurrent build in progress, or one that failed, is listed as not valid)."""
-    connection = connections[using]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT c.relname, am.amname, opc.opcname, pg_get_indexdef(c.oid, 1, true), i.indisvalid,"
-            " pg_relation_size(c.oid), pg_get_indexdef(c.oid), c.oid"
-            " FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am am ON am.oid = c.relam"
-            " JOIN pg_opclass opc ON opc.oid = i.indclass[0]"
-            " WHERE i.indrelid = to_regclass(%s) AND am.amname IN ('hnsw', 'ivfflat') AND i.indnatts = 1"
-            " ORDER BY c.oid",
-            [connection.ops.quote_name(table)],
-        )
-        rows = cursor.fetchall()
-    found = []
-    for name, method, opc, key, valid, size, definition, oid in rows:
-        kind = _kind_of(key, opc, column)
-        if kind is not None:
-            found.append(FoundIndex(name, method, *kind, valid, size, definition, oid))
-    return found
-
-
 # The functions each quantized kind's key expression may call (pgvector's casts and binary_quantize).
-_EXPRESSION_FUNCTIONS = {"half": {"vector_to_halfvec"}, "binary": {"binary_quantize", "bit"}}
+_EXPRESSION_FUNCTIONS = {
+    "half": {"vector_to_halfvec"},
+    "binary": {"binary_quantize", "bit"},
+}
 
 
-def searchable_indexes(table: str, column: str = "embedding", using: str = "default") -> list[FoundIndex]:
-    """``table_indexes`` for the search path, read from the catalog without taking a lock on the table:
-    pg_get_indexdef and pg_get_expr wait for one, so a search would hang behind an ACCESS EXCLUSIVE lock
-    before its own statement (which runs under the search timeout) was even sent. The kind comes from the
-    operator class, the key's type and its expression tree (the column it reads, the functions it calls);
-    sizes and definitions are left empty."""
+def table_indexes(
+    table: str, column: str = "embedding", using: str = "default", sizes: bool = True
+) -> list[FoundIndex]:
+    """The HNSW and IVFFlat indexes on ``column`` of ``table`` that searches can use, oldest first
+    (valid or not: a concurrent build in progress, or one that failed, is listed as not valid).
+
+    Read from the catalog without taking a lock on the table: pg_get_indexdef and pg_get_expr wait for
+    one, so a search would hang behind an ACCESS EXCLUSIVE lock before its own statement (which runs
+    under the search timeout) was even sent. The kind comes from the operator class, the key's type and
+    its expression tree (the column it reads, the functions it calls). Sizes (``sizes``) are read with
+    pg_relation_size, which waits for an index that a load holds dropped: searches read none."""
     connection = connections[using]
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT c.relname, am.amname, opc.opcname, format_type(ka.atttypid, ka.atttypmod), i.indisvalid,"
-            " c.oid, i.indkey[0] = col.attnum, i.indkey[0] = 0, i.indexprs::text, col.attnum"
+            " c.oid, i.indkey[0] = col.attnum, i.indkey[0] = 0, i.indexprs::text, col.attnum,"
+            " CASE WHEN %s THEN pg_relation_size(c.oid) END"
             " FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am am ON am.oid = c.relam"
             " JOIN pg_opclass opc ON opc.oid = i.indclass[0]"
             " JOIN pg_attribute ka ON ka.attrelid = i.indexrelid AND ka.attnum = 1"
             " JOIN pg_attribute col ON col.attrelid = i.indrelid AND col.attname = %s"
             " WHERE i.indrelid = to_regclass(%s) AND am.amname IN ('hnsw', 'ivfflat') AND i.indnatts = 1"
             " ORDER BY c.oid",
-            [column, connection.ops.quote_name(table)],
+            [sizes, column, connection.ops.quote_name(table)],
         )
         rows = cursor.fetchall()
         functions: dict[int, str] = {}
@@ -271,10 +269,22 @@ def searchable_indexes(table: str, column: str = "embedding", using: str = "defa
             cursor.execute("SELECT oid, proname FROM pg_proc WHERE oid = ANY(%s)", [list(wanted)])
             functions = {int(oid): name for oid, name in cursor.fetchall()}
     found = []
-    for name, method, opc, key_type, valid, oid, on_column, on_expression, expression, attnum in rows:
+    for (
+        name,
+        method,
+        opc,
+        key_type,
+        valid,
+        oid,
+        on_column,
+        on_expression,
+        expression,
+        attnum,
+        size,
+    ) in rows:
         kind = _kind_of_catalog(opc, key_type, on_column, on_expression, expression or "", attnum, functions)
         if kind is not None:
-            found.append(FoundIndex(name, method, *kind, valid, 0, "", oid))
+            found.append(FoundIndex(name, method, *kind, valid, size or 0, oid))
     return found
 
 
@@ -293,7 +303,10 @@ def _kind_of_catalog(
         suffix = re.fullmatch(r"(vector|halfvec)_(cosine_ops|l2_ops|ip_ops)", opc)
         if suffix is None:
             return None
-        quantization, metric = (None if suffix[1] == "vector" else "half"), _METRIC_OF[suffix[2]]
+        quantization, metric = (
+            (None if suffix[1] == "vector" else "half"),
+            _METRIC_OF[suffix[2]],
+        )
     if quantization is None:
         return (None, metric, None) if on_column else None
     dims = re.fullmatch(rf"{'bit' if quantization == 'binary' else 'halfvec'}\((\d+)\)", key_type)
@@ -326,7 +339,7 @@ def serving(model: type[models.Model], metric: str, using: str = "default") -> F
         cached = _found.get((using, table))
     if cached is None or now - cached[0] >= conf.index_lookup_seconds():
         field = model._meta.get_field("embedding")
-        cached = (now, searchable_indexes(table, field.column, using))
+        cached = (now, table_indexes(table, field.column, using, sizes=False))
         with _lock:
             _found[(using, table)] = cached
     dimensions = model._meta.get_field("embedding").dimensions
@@ -338,188 +351,3 @@ def forget() -> None:
     """Read the tables' indexes afresh at the next search (after this process changed them)."""
     with _lock:
         _found.clear()
-
-
-# --------------------------------------------------------------------------- switching kinds on a live table
-
-
-@dataclass
-class CreateReport:
-    """What ``create_index`` built, dropped and measured."""
-
-    table: str
-    index: str
-    method: str
-    quantization: str | None
-    metric: str
-    rows: int
-    size_bytes: int
-    seconds: float
-    maintenance_work_mem: str
-    dropped: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    tuned: dict[str, Any] | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["seconds"] = round(self.seconds, 3)
-        return out
-
-    def summary(self) -> str:
-        kind = self.quantization or "full precision"
-        line = (
-            f"built {self.index} ({self.method}, {kind}, {self.metric}) on {self.table} concurrently:"
-            f" {self.rows:,} rows, {build_memory.pretty(self.size_bytes)}, {self.seconds:.1f} s"
-            f" (maintenance_work_mem {self.maintenance_work_mem})"
-        )
-        if self.dropped:
-            line += f"; replaced {', '.join(self.dropped)}"
-        if self.tuned:
-            tuned = self.tuned
-            line += f"; search tuned: {tuned['setting']} {tuned['value']} (recall {tuned['recall']:.3f})"
-        return line
-
-
-def default_name(table: str, method: str, quantization: str | None, metric: str) -> str:
-    """``<table>_<method>_<kind>[_<metric>]``, shortened with a hash where PostgreSQL's 63 bytes would cut."""
-    name = f"{table}_{method}_{quantization or 'full'}"
-    if quantization != "binary" and metric != "cosine":
-        name += f"_{metric}"
-    if len(name.encode()) <= 59:  # room for the "_new" of a replacement built beside it
-        return name
-    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    return f"{name.encode()[:50].decode(errors='ignore')}_{digest}"
-
-
-def create_index(
-    model: type[models.Model],
-    *,
-    method: str = "hnsw",
-    quantization: str | None = None,
-    metric: str | None = None,
-    m: int | None = None,
-    ef_construction: int | None = None,
-    lists: int | None = None,
-    name: str | None = None,
-    replace: bool = False,
-    maintenance_work_mem: str | None = None,
-    using: str = "default",
-    progress: Any = None,
-    tune: bool = True,
-    grace: float | None = None,
-) -> CreateReport:
-    """Build a vector index of the kind with ``CREATE INDEX CONCURRENTLY`` (searches and writes go on),
-    with maintenance_work_mem sized for its graph; with ``replace``, then drop the table's other vector
-    indexes on the column, concurrently.
-
-    Searches prefer the newest index, and each process reads the table's indexes at most every
-    INDEX_LOOKUP_SECONDS: the old indexes are dropped only after that long (``grace``), so that no
-    search is left ordering by an index that is gone (it would still answer, by a slow exact scan).
-    A failed build leaves no INVALID index behind. Raises ValueError for bad options.
-    """
-    from psycopg import sql as psql
-
-    from vectorstore import indexes, search, tuning  # they import this module
-    from vectorstore.models import SearchTuning
-    from vectorstore.pgcopy import new_connection
-
-    started = time.perf_counter()
-    metric = metric or conf.distance()
-    embedding = model._meta.get_field("embedding")
-    table = model._meta.db_table
-    dimensions = embedding.dimensions
-    name = name or default_name(table, method, quantization, metric)
-    index = VectorIndex(
-        name=name,
-        field="embedding",
-        dimensions=dimensions,
-        method=method,
-        quantization=quantization,
-        metric=metric,
-        m=m,
-        ef_construction=ef_construction,
-        lists=lists,
-    )
-    before = table_indexes(table, embedding.column, using)
-    taken = {i.name for i in before}
-    if name in taken and not replace:
-        raise ValueError(f"name={name!r}: an index of that name exists (add replace=True to rebuild it)")
-    build_name = f"{name}_new" if name in taken else name
-    index.name = build_name
-    with connections[using].schema_editor(collect_sql=True, atomic=False) as editor:
-        statement = str(index.create_sql(model, editor, concurrently=True))
-    index.name = name
-
-    conn = new_connection(using, autocommit=True)
-    notices: list[str] = []
-    report = CreateReport(table, name, method, quantization, metric, 0, 0, 0.0, "")
-    try:
-        indexes.drop_invalid_indexes(conn, table)
-        conn.execute(psql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(psql.Identifier(build_name)))
-        report.rows = conn.execute(
-            psql.SQL("SELECT count(*) FROM {}").format(psql.Identifier(table))
-        ).fetchone()[0]
-        workers = indexes.parallel_workers(using)
-        memory = build_memory.plan(
-            [build_memory.BuildIndex(build_name, method, quantization, dimensions, m or 16)],
-            report.rows,
-            using=using,
-            requested=maintenance_work_mem,
-            parallel=bool(workers),
-        )
-        report.maintenance_work_mem = memory.setting
-        if memory.warning():
-            report.warnings.append(memory.warning())
-        conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", [memory.setting])
-        if workers is not None:
-            conn.execute("SELECT set_config('max_parallel_maintenance_workers', %s, false)", [str(workers)])
-
-        def on_row(_relname, phase, blocks_done, blocks_total, tuples_done, tuples_total):
-            if progress is not None:
-                done, total = (
-                    (tuples_done, tuples_total) if tuples_total else (blocks_done or 0, blocks_total or 0)
-                )
-                progress(build_name, phase, done, total)
-
-        with (
-            indexes.IndexProgress(using, conn.info.backend_pid, on_row),
-            indexes.server_notices(conn, notices),
-        ):
-            try:
-                conn.execute(statement)
-            except BaseException:
-                indexes.drop_invalid_indexes(conn, table)
-                raise
-        report.warnings += indexes.spill_warnings(notices)
-        conn.execute(psql.SQL("ANALYZE {}").format(psql.Identifier(table)))  # the new expression's statistics
-        forget()
-        if replace:
-            old = [i.name for i in before if i.name != build_name]
-            if old:
-                # Every process's lookup must have seen the new index before the old ones go.
-                time.sleep(conf.index_lookup_seconds() if grace is None else grace)
-            for old_name in old:
-                conn.execute(
-                    psql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(psql.Identifier(old_name))
-                )
-            if build_name != name:
-                conn.execute(
-                    psql.SQL("ALTER INDEX {} RENAME TO {}").format(
-                        psql.Identifier(build_name), psql.Identifier(name)
-                    )
-                )
-            SearchTuning.objects.using(using).filter(db_table=table).exclude(index_name=name).delete()
-            SearchTuning.objects.using(using).filter(index_name=name).delete()  # a new graph: tuned afresh
-            report.dropped = old
-            forget()
-        report.size_bytes = (
-            conn.execute("SELECT pg_relation_size(to_regclass(%s))", [name]).fetchone()[0] or 0
-        )
-    finally:
-        conn.close()
-    search.forget_tuning()
-    if tune:
-        tuned = tuning.retune(model, using=using)
-        report.tuned = tuned.as_dict() if tuned else None
-    report.seconds = time.perf_counter() - started
-    return report
