@@ -78,7 +78,7 @@ def test_the_command_lists_and_builds_each_kind(vectors, capsys, restore_indexes
         (["--quantization", "half"], "half", "vectorstore_document_hnsw_half"),
         (["--quantization", "binary"], "binary", "vectorstore_document_hnsw_binary"),
         (
-            ["--method", "ivfflat", "--quantization", "half", "--lists", "20"],
+            ["--method", "ivfflat", "--quantization", "half"],
             "half",
             "vectorstore_document_ivfflat_half",
         ),

@@ -8,6 +8,7 @@ from django.db import DatabaseError
 
 from vectorstore import build_memory, conf, indexes, vector_indexes
 from vectorstore.management.commands._base import ServiceCommand
+from vectorstore.operations import ivfflat_lists
 from vectorstore.progress import index_progress_bar
 
 
@@ -36,7 +37,9 @@ class Command(ServiceCommand):
         parser.add_argument(
             "--ef-construction", type=int, help="HNSW: candidates while building (default 64)"
         )
-        parser.add_argument("--lists", type=int, help="IVFFlat: lists (default: rows / 1000, at least 10)")
+        parser.add_argument(
+            "--lists", type=int, help="IVFFlat: lists (default: rows / 1000 up to 1M rows, sqrt(rows) above)"
+        )
         parser.add_argument("--name", help="the index's name (default: <table>_<method>_<kind>)")
         parser.add_argument(
             "--replace", action="store_true", help="then drop the table's other vector indexes (concurrently)"
@@ -56,8 +59,7 @@ class Command(ServiceCommand):
         quantization = None if o["quantization"] == "full" else o["quantization"]
         lists = o["lists"]
         if o["method"] == "ivfflat" and lists is None:
-            rows = model._default_manager.count()
-            lists = max(10, rows // 1000)  # pgvector's advice for up to a million rows
+            lists = max(10, ivfflat_lists(model._default_manager.count()))  # pgvector's advice
         bar, progress = index_progress_bar("vector_index")
         try:
             with bar:
