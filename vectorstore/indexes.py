@@ -116,20 +116,28 @@ def build_indexes(
     pid = conn.info.backend_pid
     building = [""]  # the poller cannot read the name: the new index is not committed yet
 
-    def report(_relname, phase, blocks_done, blocks_total, tuples_done, tuples_total):
-        if progress is None:
-            return
-        if tuples_total:
-            progress(building[0], phase, tuples_done, tuples_total)
-        else:
-            progress(building[0], phase, blocks_done or 0, blocks_total or 0)
-
+    report = _relay(progress, building)
     # One poller for all the builds: a connection per index would cost more than small builds take.
     with IndexProgress(using, pid, report, interval=progress_interval), server_notices(conn, notices):
         for index in indexes:
             building[0] = index.name
             conn.execute(index.definition)
     return time.perf_counter() - started
+
+
+def _relay(progress: IndexProgressCallback | None, building: list[str]) -> Callable[..., None]:
+    """IndexProgress's rows as ``progress(index, phase, done, total)`` calls: tuples where the phase
+    counts them, else blocks; ``building[0]`` names the index being built (the poller cannot read the
+    name of an index not yet committed)."""
+
+    def report(_relname, phase, blocks_done, blocks_total, tuples_done, tuples_total):
+        if progress is not None:
+            done, total = (
+                (tuples_done, tuples_total) if tuples_total else (blocks_done or 0, blocks_total or 0)
+            )
+            progress(building[0], phase, done, total)
+
+    return report
 
 
 @contextmanager
@@ -216,13 +224,7 @@ def reindex_concurrently(
         conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", [memory.setting])
         building = [""]
 
-        def report(_relname, phase, blocks_done, blocks_total, tuples_done, tuples_total):
-            if progress is not None:
-                done, total = (
-                    (tuples_done, tuples_total) if tuples_total else (blocks_done or 0, blocks_total or 0)
-                )
-                progress(building[0], phase, done, total)
-
+        report = _relay(progress, building)
         with IndexProgress(using, conn.info.backend_pid, report), server_notices(conn, notices):
             if timeout:
                 conn.execute("SELECT set_config('statement_timeout', %s, false)", [timeout])
@@ -410,15 +412,8 @@ def create_index(
                 [str(workers)],
             )
 
-        def on_row(_relname, phase, blocks_done, blocks_total, tuples_done, tuples_total):
-            if progress is not None:
-                done, total = (
-                    (tuples_done, tuples_total) if tuples_total else (blocks_done or 0, blocks_total or 0)
-                )
-                progress(build_name, phase, done, total)
-
         with (
-            IndexProgress(using, conn.info.backend_pid, on_row),
+            IndexProgress(using, conn.info.backend_pid, _relay(progress, [build_name])),
             server_notices(conn, notices),
         ):
             try:
