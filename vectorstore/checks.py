@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.apps import apps
 from django.core.checks import Error, Tags, Warning, register
-from django.db import connections
+from django.db import DatabaseError, connections
 
 from vectorstore import conf
 from vectorstore.limits import DEVICES, ITERATIVE_SCANS, MAX_DIMENSIONS, METRICS
@@ -205,4 +205,98 @@ def check_vector_columns(app_configs=None, databases=None, **kwargs) -> list:
                             id="vectorstore.E011",
                         )
                     )
+    return errors
+
+
+ROUTER = "vectorstore.routers.ReplicaRouter"
+MIDDLEWARE = "vectorstore.routers.ReplicaMiddleware"
+
+
+def _replica_identity(alias: str) -> tuple[bool, int]:
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT pg_is_in_recovery(), (SELECT system_identifier FROM pg_control_system())")
+        return cursor.fetchone()
+
+
+@register()
+def check_replicas(app_configs=None, **kwargs) -> list:
+    """VECTORSTORE["REPLICAS"] names databases that are streaming replicas of "default", routed.
+
+    Connects to each (a replica down now is a warning: reads go to the primary until it is back; one
+    that is a primary, or a replica of another cluster, is an error: its reads would answer wrongly)."""
+    from django.conf import settings
+
+    aliases = conf.replicas()
+    if not aliases:
+        return []
+    errors: list = []
+    valid = []
+    for alias in aliases:
+        if alias == "default" or alias not in settings.DATABASES:
+            errors.append(
+                Error(
+                    f"VECTORSTORE['REPLICAS'] names {alias!r}, which is "
+                    + ("the primary." if alias == "default" else "not in DATABASES."),
+                    hint="List the DATABASES aliases of streaming replicas of 'default'.",
+                    id="vectorstore.E030",
+                )
+            )
+        else:
+            valid.append(alias)
+    if ROUTER not in getattr(settings, "DATABASE_ROUTERS", []):
+        errors.append(
+            Warning(
+                f"VECTORSTORE['REPLICAS'] is set but DATABASE_ROUTERS lacks {ROUTER!r}: "
+                "no read goes to them.",
+                hint=f"Add {ROUTER!r} to DATABASE_ROUTERS.",
+                id="vectorstore.W030",
+            )
+        )
+    if MIDDLEWARE not in settings.MIDDLEWARE:
+        errors.append(
+            Warning(
+                f"VECTORSTORE['REPLICAS'] is set but MIDDLEWARE lacks {MIDDLEWARE!r}: reads in GET requests "
+                "stay on the primary and a client's writes are not followed by its reads.",
+                hint=f"Add {MIDDLEWARE!r} to MIDDLEWARE, after SessionMiddleware.",
+                id="vectorstore.W031",
+            )
+        )
+    if not valid:
+        return errors
+    try:
+        primary = _replica_identity("default")[1]
+    except DatabaseError:  # the primary's own checks and migrate report it
+        return errors
+    for alias in valid:
+        try:
+            in_recovery, system = _replica_identity(alias)
+        except DatabaseError as exc:
+            errors.append(
+                Warning(
+                    f"Replica {alias!r} cannot be reached ({str(exc).strip().splitlines()[0]}): "
+                    "reads go to the primary until it can.",
+                    id="vectorstore.W032",
+                )
+            )
+            continue
+        finally:
+            connections[alias].close()
+        if not in_recovery:
+            errors.append(
+                Error(
+                    f"Database {alias!r} is not in recovery: it is a primary, not a streaming replica; "
+                    "reads sent there would miss the primary's writes.",
+                    hint="Give DATABASE_REPLICA_URLS (VECTORSTORE['REPLICAS']) only replicas of 'default'.",
+                    id="vectorstore.E031",
+                )
+            )
+        elif system != primary:
+            errors.append(
+                Error(
+                    f"Database {alias!r} is a replica of another cluster (system identifier {system}, "
+                    f"the primary's is {primary}).",
+                    hint="Give DATABASE_REPLICA_URLS (VECTORSTORE['REPLICAS']) only replicas of 'default'.",
+                    id="vectorstore.E032",
+                )
+            )
     return errors

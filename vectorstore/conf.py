@@ -41,6 +41,15 @@ DEFAULTS: dict[str, Any] = {
     "BUILD_MEMORY_LIMIT": None,
     # A parquet file stream_sim replays when no --source is given (None: --source is required).
     "STREAM_SOURCE": None,
+    # Database aliases of streaming replicas of "default": with vectorstore.routers.ReplicaRouter in
+    # DATABASE_ROUTERS (and its middleware), reads of document models in requests go to them.
+    "REPLICAS": [],
+    # A replica whose replay is more than this many seconds behind the primary takes no reads.
+    "REPLICA_MAX_LAG": 5.0,
+    # How long a process trusts what it last saw of a replica (reachable, lag) before asking again.
+    "REPLICA_CHECK_SECONDS": 1.0,
+    # A replica that failed a query, or lags, takes no reads for this long (then it is asked again).
+    "REPLICA_SKIP_SECONDS": 5.0,
 }
 
 
@@ -104,6 +113,22 @@ def build_memory_limit() -> str | int | None:
 def stream_source() -> str | None:
     value = get("STREAM_SOURCE")
     return None if value is None else str(value)
+
+
+def replicas() -> list[str]:
+    return list(get("REPLICAS"))
+
+
+def replica_max_lag() -> float:
+    return float(get("REPLICA_MAX_LAG"))
+
+
+def replica_check_seconds() -> float:
+    return float(get("REPLICA_CHECK_SECONDS"))
+
+
+def replica_skip_seconds() -> float:
+    return float(get("REPLICA_SKIP_SECONDS"))
 
 
 def document_model() -> type[AbstractDocument]:

@@ -224,3 +224,19 @@ class SearchTuning(models.Model):
         if self.rerank:
             setting = f"rerank {self.rerank}"
         return f"{self.index_name}: {setting} (recall@{self.k} {self.recall:.3f})"
+
+
+class WriteMark(models.Model):
+    """Where in the primary's WAL a client's last write ended, for read-your-writes with replicas: its
+    reads stay on the primary until a replica has replayed that far (vectorstore.routers)."""
+
+    # "t:" + the SHA-256 of a bearer token, or "s:" + that of a session key: never the secret itself.
+    client = models.CharField(max_length=80, primary_key=True)
+    lsn = models.BigIntegerField(help_text="pg_current_wal_insert_lsn() after the write, in bytes")
+    written_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        verbose_name = "write mark"
+
+    def __str__(self) -> str:
+        return f"{self.client[:10]}... at {self.lsn}"

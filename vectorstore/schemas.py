@@ -108,6 +108,9 @@ class SearchOut(Schema):
     mode: Mode
     metric: Metric
     exact: bool = Field(description="answered by an exact scan after the index came back short")
+    database: str = Field(
+        "default", description="the database that answered: 'default' (the primary) or a replica's alias"
+    )
 
 
 class DocumentIn(Schema):

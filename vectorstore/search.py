@@ -143,6 +143,7 @@ class SearchResult:
     metric: str
     exact: bool = False  # answered by an exact scan after the index scan came back short
     details: dict[str, Any] = field(default_factory=dict)
+    database: str = "default"  # the database alias that answered (a replica, with vectorstore.routers)
 
 
 # --------------------------------------------------------------------------- query vectors
@@ -494,6 +495,7 @@ def search(
         metric=metric,
         exact=exact,
         details={"rerank": plan.factor, "quantization": plan.quantization} if plan else {},
+        database=using,
     )
 
 

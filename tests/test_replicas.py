@@ -1,0 +1,367 @@
+"""Read replicas, for real: a primary and a streaming replica of it (``python -m project.db replica``),
+both started by this module in a folder of its own, and the site served by gunicorn as `make run`
+serves it, with ``DATABASE_REPLICA_URLS`` naming the replica. Every wait is on something observable
+(a WAL position, a count, a response), never a sleep."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from benchmarks.harness import serve
+from tests.helpers import unit_vectors
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+ROWS = 2000
+MAX_LAG = 3.0  # seconds: the server's VECTORSTORE_REPLICA_MAX_LAG
+
+
+@dataclass
+class Cluster:
+    env: dict[str, str]
+    primary_url: str
+    replica_url: str
+    port: int
+    token: str
+    vectors: np.ndarray
+
+    def db(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            [sys.executable, "-m", "project.db", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+        )
+        if check:
+            assert result.returncode == 0, result.stderr
+        return result
+
+    def manage(self, *args: str, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """A manage.py command against the primary, with the replica configured as the site has it
+        (migrations and loads must still go to the primary: a replica refuses writes)."""
+        env = {**self.env, "DATABASE_URL": self.primary_url, "DATABASE_REPLICA_URLS": self.replica_url}
+        return subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env={**env, **(extra_env or {})},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    def call(self, method: str, path: str, body=None, token: str | None = None) -> tuple[int, dict, dict]:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            conn.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
+            response = conn.getresponse()
+            raw = response.read()
+            return response.status, dict(response.getheaders()), json.loads(raw) if raw else {}
+        finally:
+            conn.close()
+
+    def search(self, vector: np.ndarray, token: str | None = None, **filters: str) -> tuple[int, dict]:
+        body = {"vector": vector.tolist(), "k": 5, **({"filters": filters} if filters else {})}
+        status, _, payload = self.call("POST", "/api/search", body, token)
+        return status, payload
+
+    def sql(self, url: str, query: str, params: tuple = ()) -> list[tuple]:
+        with psycopg.connect(url, autocommit=True) as conn:
+            cursor = conn.execute(query, params)
+            return cursor.fetchall() if cursor.description else []
+
+    def replay_caught_up(self, timeout: float = 60) -> None:
+        """Wait until the replica has replayed everything the primary has written."""
+        (target,) = self.sql(self.primary_url, "SELECT pg_current_wal_lsn()")[0]
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                (done,) = self.sql(
+                    self.replica_url, "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (str(target),)
+                )[0]
+            except psycopg.OperationalError:
+                done = False
+            if done:
+                return
+            assert time.monotonic() < deadline, "the replica did not replay the primary's WAL"
+            time.sleep(0.05)
+
+
+def _wait(condition, timeout: float = 60, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _input(path: Path, n: int, seed: int, prefix: str) -> Path:
+    vectors = unit_vectors(n, 384, seed=seed)
+    table = pa.table(
+        {
+            "external_id": [f"{prefix}-{i}" for i in range(n)],
+            "text": [f"{prefix} passage number {i}" for i in range(n)],
+            "category": [f"c{i % 5}" for i in range(n)],
+            "embedding": list(vectors),
+        }
+    )
+    pq.write_table(table, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Iterator[Cluster]:
+    import os
+
+    root = tmp_path_factory.mktemp("replicas")
+    env = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE", "DATABASE_URL")}
+    env.update({"VECTORSTORE_PGDATA": str(root / "primary"), "HF_HUB_OFFLINE": "1"})
+    probe = Cluster(env, "", "", 0, "", np.zeros(0))
+    started = probe.db("replica", "start", "r1")
+    replica_url = started.stdout.strip().splitlines()[-1]
+    primary_url = probe.db("url").stdout.strip()
+    cluster = Cluster(env, primary_url, replica_url, 0, "", unit_vectors(50, 384, seed=7))
+    try:
+        assert cluster.sql(replica_url, "SELECT pg_is_in_recovery()") == [(True,)]
+        assert (root / "primary-replicas" / "r1" / "standby.signal").exists()  # made by pg_basebackup -R
+        for args in (
+            ("migrate", "--noinput"),
+            ("bulk_copy", str(_input(root / "base.parquet", ROWS, 1, "base")), "--no-tune"),
+        ):
+            result = cluster.manage(*args)
+            assert result.returncode == 0, result.stderr
+        token = cluster.manage(
+            "shell",
+            "-c",
+            "from django.contrib.auth.models import Permission, User;"
+            "from vectorstore.models import ApiToken;"
+            "u = User.objects.create_user('writer');"
+            "u.user_permissions.add(*Permission.objects.filter(codename__in=['add_document']));"
+            "print(ApiToken.issue(u, 'replicas')[1])",
+        )
+        assert token.returncode == 0, token.stderr
+        cluster.token = token.stdout.strip().splitlines()[-1]
+        server_env = {
+            **env,
+            "DATABASE_REPLICA_URLS": replica_url,
+            "VECTORSTORE_REPLICA_MAX_LAG": str(MAX_LAG),
+            "VECTORSTORE_REPLICA_SKIP_SECONDS": "1",
+        }
+        with serve(primary_url, workers=2, env=server_env) as port:
+            cluster.port = port
+            yield cluster
+    finally:
+        probe.db("stop", check=False)  # as `make stop`: the replica, then the primary
+        assert "r1: stopped" in probe.db("replica", "status").stdout
+        assert "not running" in probe.db("status", check=False).stdout
+
+
+def _post(cluster: Cluster, external_id: str) -> None:
+    status, _, payload = cluster.call(
+        "POST", "/api/documents", {"text": f"note {external_id}", "external_id": external_id}, cluster.token
+    )
+    assert status == 201, payload
+
+
+def test_a_replayed_write_is_found_by_a_search_the_replica_answers(cluster):
+    _post(cluster, "first-write")
+    cluster.replay_caught_up()
+    _wait(
+        lambda: (
+            cluster.search(cluster.vectors[0], external_id="first-write")[1].get("database") == "replica1"
+        ),
+        what="a search answered by the replica",
+    )
+    status, payload = cluster.search(cluster.vectors[0], external_id="first-write")
+    assert status == 200 and payload["database"] == "replica1"
+    assert [hit["external_id"] for hit in payload["results"]] == ["first-write"]
+    # Search settings are set on the connection that runs the query, the replica's: a graph search
+    # kept to one candidate, without iterative scans, finds one document.
+    body = {"vector": cluster.vectors[2].tolist(), "k": 10}
+    for settings, found in (({}, 10), ({"ef_search": 1, "iterative_scan": "off"}, 1)):
+        status, _, answer = cluster.call("POST", "/api/search", {**body, **settings})
+        assert status == 200 and answer["database"] == "replica1"
+        assert len(answer["results"]) == found, settings
+    # The other reads go there too, and say so.
+    doc_id = payload["results"][0]["id"]
+    for path in (
+        f"/api/documents/{doc_id}",
+        "/api/documents?external_id=first-write",
+        f"/api/documents/{doc_id}/similar",
+    ):
+        _wait(
+            lambda path=path: cluster.call("GET", path)[1].get("X-Vectorstore-Database") == "replica1",
+            what=path,
+        )
+    status, _headers, body = cluster.call("GET", f"/api/documents/{doc_id}")
+    assert status == 200 and body["external_id"] == "first-write"
+    # Health lists the replica, reachable, caught up.
+    status, _, health = cluster.call("GET", "/api/health")
+    assert status == 200
+    (replica,) = health["replicas"]
+    assert replica["name"] == "replica1" and replica["reachable"] and replica["in_recovery"]
+    assert replica["serving"] and replica["lag_bytes"] >= 0 and replica["lag_seconds"] <= MAX_LAG
+
+
+def test_a_client_reads_its_own_writes_though_the_replica_lags(cluster):
+    """The replica applies WAL a second late (recovery_min_apply_delay), within the lag bound: a read
+    right after a write finds it on the replica for nobody, but the writer's reads find it every time."""
+    cluster.sql(cluster.replica_url, "ALTER SYSTEM SET recovery_min_apply_delay = '1s'")
+    cluster.sql(cluster.replica_url, "SELECT pg_reload_conf()")
+    try:
+        answered_by = Counter()
+        stale_elsewhere = 0
+        for i in range(100):
+            external_id = f"ryw-{i}"
+            _post(cluster, external_id)
+            status, mine = cluster.search(
+                cluster.vectors[i % 50], token=cluster.token, external_id=external_id
+            )
+            assert status == 200, mine
+            assert [h["external_id"] for h in mine["results"]] == [external_id], (i, mine)
+            answered_by[mine["database"]] += 1
+            status, anyone = cluster.search(cluster.vectors[i % 50], external_id=external_id)
+            assert status == 200, anyone
+            if anyone["database"] == "replica1" and not anyone["results"]:
+                stale_elsewhere += 1
+        # The scenario is real: an anonymous read served by the replica missed a fresh write.
+        assert stale_elsewhere > 0
+    finally:
+        cluster.sql(cluster.replica_url, "ALTER SYSTEM RESET recovery_min_apply_delay")
+        cluster.sql(cluster.replica_url, "SELECT pg_reload_conf()")
+    # Once replayed, the writer's reads go back to the replica.
+    cluster.replay_caught_up()
+    _wait(
+        lambda: (
+            cluster.search(cluster.vectors[0], token=cluster.token, external_id="ryw-99")[1]["database"]
+            == "replica1"
+        ),
+        what="the writer's reads on the replica again",
+    )
+
+
+def _search_clients(
+    cluster: Cluster, stop: threading.Event, seen: Counter, errors: list
+) -> list[threading.Thread]:
+    def client(n: int) -> None:
+        while not stop.is_set():
+            try:
+                status, payload = cluster.search(cluster.vectors[n])
+            except Exception as exc:  # a refused or cut connection counts as an error
+                errors.append(repr(exc))
+                continue
+            if status != 200 or len(payload["results"]) != 5:
+                errors.append(f"{status} {payload}")
+            else:
+                seen[payload["database"]] += 1
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def test_a_replica_stopped_under_searches_costs_no_request_and_catches_up(cluster):
+    stop, seen, errors = threading.Event(), Counter(), []
+    threads = _search_clients(cluster, stop, seen, errors)
+    try:
+        started = time.monotonic()
+        _wait(lambda: seen["replica1"] >= 20, what="searches on the replica")
+        cluster.db("replica", "stop", "r1", "--immediate")
+        before = dict(seen)
+        _wait(lambda: seen["default"] >= before.get("default", 0) + 20, what="searches on the primary")
+        _post(cluster, "while-replica-down")
+        _wait(lambda: time.monotonic() - started >= 10, timeout=30)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert errors == []
+    # Started again, it replays what it missed from its slot and takes reads again.
+    cluster.db("replica", "start", "r1")
+    cluster.replay_caught_up()
+    assert cluster.sql(
+        cluster.replica_url,
+        "SELECT count(*) FROM vectorstore_document WHERE external_id = 'while-replica-down'",
+    ) == [(1,)]
+    _wait(
+        lambda: cluster.search(cluster.vectors[0])[1]["database"] == "replica1",
+        what="the replica serving again",
+    )
+
+
+def test_searches_on_the_replica_go_on_during_a_bulk_copy_on_the_primary(cluster, tmp_path):
+    stop, seen, errors = threading.Event(), Counter(), []
+    threads = _search_clients(cluster, stop, seen, errors)
+    try:
+        _wait(lambda: seen["replica1"] >= 10, what="searches on the replica")
+        # Fewer rows than the table holds: the load keeps the indexes (the table stays searchable).
+        load = cluster.manage(
+            "bulk_copy", str(_input(tmp_path / "more.parquet", 1500, 2, "more")), "--no-tune"
+        )
+        assert load.returncode == 0, load.stderr
+        during = seen["replica1"]
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert errors == [] and during >= 10
+    count = "SELECT count(*) FROM vectorstore_document"
+    primary = cluster.sql(cluster.primary_url, count)
+    _wait(lambda: cluster.sql(cluster.replica_url, count) == primary, what="the replica's count")
+
+
+def test_a_lagging_replica_is_skipped_then_used_again(cluster):
+    cluster.sql(cluster.replica_url, "SELECT pg_wal_replay_pause()")
+    try:
+        _post(cluster, "during-pause")  # WAL the paused replica does not replay
+
+        def lagging() -> bool:
+            (replica,) = cluster.call("GET", "/api/health")[2]["replicas"]
+            return not replica["serving"] and replica["lag_seconds"] > MAX_LAG and replica["lag_bytes"] > 0
+
+        _wait(lagging, what="the health check to report the lag")
+        _wait(
+            lambda: cluster.search(cluster.vectors[1])[1]["database"] == "default",
+            what="reads on the primary",
+        )
+        status, payload = cluster.search(cluster.vectors[1], external_id="during-pause")
+        assert status == 200 and [h["external_id"] for h in payload["results"]] == ["during-pause"]
+    finally:
+        cluster.sql(cluster.replica_url, "SELECT pg_wal_replay_resume()")
+    cluster.replay_caught_up()
+    _wait(
+        lambda: cluster.search(cluster.vectors[1])[1]["database"] == "replica1", what="the replica used again"
+    )
+
+
+def test_system_checks_pass_with_the_replica_and_refuse_a_primary_given_as_one(cluster):
+    deploy_env = {
+        "DATABASE_REPLICA_URLS": cluster.replica_url,
+        "DJANGO_SECURE": "1",
+        "DJANGO_SECRET_KEY": "x" * 60,
+    }
+    result = cluster.manage("check", "--deploy", extra_env=deploy_env)
+    assert result.returncode == 0, result.stderr
+    assert "vectorstore." not in result.stdout + result.stderr
+    wrong = cluster.manage("check", extra_env={"DATABASE_REPLICA_URLS": cluster.primary_url})
+    assert wrong.returncode != 0
+    assert "vectorstore.E031" in wrong.stderr and "not in recovery" in wrong.stderr

@@ -1,0 +1,217 @@
+"""What a process knows of the primary's streaming replicas: reachable, in recovery, how far behind.
+
+The router (vectorstore.routers) asks :func:`choose` for a replica to read from. Each process checks a
+replica at most every ``REPLICA_CHECK_SECONDS`` (one small query on the replica, one on the primary,
+on the connections the request already holds) and skips one that failed or lags beyond
+``REPLICA_MAX_LAG`` for ``REPLICA_SKIP_SECONDS``. Read-your-writes marks (where a client's last write
+ended in the primary's WAL) are written and read here too.
+
+Lag, as PostgreSQL lets a reader see it: bytes are the primary's WAL position less the replica's replay
+position; seconds are 0 when the replica has replayed everything the primary had written at the check,
+else the time since the last transaction it replayed committed (``pg_last_xact_replay_timestamp()``).
+That is an upper bound: after an idle spell the first write makes a replica look behind by the whole
+spell until it replays it (a millisecond later), which at worst sends reads to the primary for
+``REPLICA_SKIP_SECONDS``: safe, and rare on a site that writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import psycopg
+from django.db import DatabaseError, connections
+
+from vectorstore import conf
+
+# Errors that mean "this database could not answer": a connection refused or cut, a server shutting
+# down, a query cancelled by a recovery conflict. Django wraps psycopg's; the raw ones come from
+# statements that run on psycopg's connection directly.
+UNAVAILABLE = (DatabaseError, psycopg.OperationalError, psycopg.InterfaceError)
+
+
+@dataclass
+class ReplicaHealth:
+    """One check of one replica."""
+
+    name: str
+    reachable: bool
+    in_recovery: bool | None = None
+    replay_lsn: int | None = None
+    lag_bytes: int | None = None
+    lag_seconds: float | None = None
+    error: str | None = None
+    checked: float = 0.0  # time.monotonic() of the check
+
+    @property
+    def usable(self) -> bool:
+        """Reachable, a replica, and behind by no more than REPLICA_MAX_LAG."""
+        return (
+            self.reachable
+            and bool(self.in_recovery)
+            and self.lag_seconds is not None
+            and self.lag_seconds <= conf.replica_max_lag()
+        )
+
+    def report(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("checked")
+        data.pop("replay_lsn")
+        return data
+
+
+_lock = threading.Lock()
+_health: dict[str, ReplicaHealth] = {}
+_skip_until: dict[str, float] = {}
+
+
+def configured() -> list[str]:
+    """The replicas' database aliases (``VECTORSTORE["REPLICAS"]``)."""
+    return conf.replicas()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _close(alias: str) -> None:
+    with contextlib.suppress(*UNAVAILABLE):
+        connections[alias].close()
+
+
+def primary_lsn(using: str = "default") -> int:
+    """The primary's current WAL position, in bytes from 0/0."""
+    with connections[using].cursor() as cursor:
+        cursor.execute("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint")
+        return cursor.fetchone()[0]
+
+
+def check(alias: str) -> ReplicaHealth:
+    """Ask a replica now (and the primary for its position); remember the answer."""
+    now = time.monotonic()
+    try:
+        primary = primary_lsn()
+    except UNAVAILABLE as exc:
+        # Without the primary's position the lag is unknown: the replica takes no reads meanwhile
+        # (nor could writes be made, so read-your-writes has nothing to wait for).
+        health = ReplicaHealth(alias, reachable=False, error=f"primary: {_first_line(exc)}", checked=now)
+    else:
+        try:
+            with connections[alias].cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_is_in_recovery(), (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint,"
+                    " CASE WHEN pg_last_wal_replay_lsn() - '0/0'::pg_lsn >= %s THEN 0"
+                    " ELSE extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp()) END",
+                    [primary],
+                )
+                in_recovery, replay, lag_seconds = cursor.fetchone()
+        except UNAVAILABLE as exc:
+            _close(alias)
+            health = ReplicaHealth(alias, reachable=False, error=_first_line(exc), checked=now)
+        else:
+            health = ReplicaHealth(
+                alias,
+                reachable=True,
+                in_recovery=in_recovery,
+                replay_lsn=replay,
+                lag_bytes=None if replay is None else max(0, primary - replay),
+                lag_seconds=None if lag_seconds is None else max(0.0, float(lag_seconds)),
+                error=None if in_recovery else "not in recovery: a primary, not a replica",
+                checked=now,
+            )
+    with _lock:
+        _health[alias] = health
+        if health.usable:
+            _skip_until.pop(alias, None)
+        else:
+            _skip_until[alias] = now + conf.replica_skip_seconds()
+    return health
+
+
+def failed(alias: str, exc: BaseException) -> None:
+    """A query on the replica failed: skip it for REPLICA_SKIP_SECONDS, drop this thread's connection."""
+    _close(alias)
+    now = time.monotonic()
+    with _lock:
+        _health[alias] = ReplicaHealth(alias, reachable=False, error=_first_line(exc), checked=now)
+        _skip_until[alias] = now + conf.replica_skip_seconds()
+
+
+def _replayed(alias: str) -> int | None:
+    try:
+        with connections[alias].cursor() as cursor:
+            cursor.execute("SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint")
+            return cursor.fetchone()[0]
+    except UNAVAILABLE as exc:
+        failed(alias, exc)
+        return None
+
+
+def choose(min_lsn: int | None = None) -> str | None:
+    """A replica to read from: usable, not skipped, and (given ``min_lsn``) replayed at least that far.
+    None when there is none: the caller reads from the primary."""
+    now = time.monotonic()
+    candidates = []
+    for alias in configured():
+        with _lock:
+            if _skip_until.get(alias, 0.0) > now:
+                continue
+            health = _health.get(alias)
+        if health is None or now - health.checked > conf.replica_check_seconds():
+            health = check(alias)
+        if not health.usable:
+            continue
+        if min_lsn is not None and (health.replay_lsn or 0) < min_lsn:
+            # What was seen a moment ago is behind this client's write; the replica may have replayed it
+            # since (usually within a millisecond): ask it once.
+            replayed = _replayed(alias)
+            if replayed is None or replayed < min_lsn:
+                continue
+        candidates.append(alias)
+    return random.choice(candidates) if candidates else None
+
+
+def report() -> list[dict[str, Any]]:
+    """Each replica checked now, for /api/health: reachable, in recovery, lag, and whether it takes reads."""
+    out = []
+    for alias in configured():
+        health = check(alias)
+        out.append({**health.report(), "serving": health.usable})
+    return out
+
+
+def forget() -> None:
+    """Drop what this process saw of its replicas (tests)."""
+    with _lock:
+        _health.clear()
+        _skip_until.clear()
+
+
+# --------------------------------------------------------------------------- read-your-writes marks
+
+
+def mark_write(client: str, using: str = "default") -> None:
+    """Record where the primary's WAL is now, after ``client``'s write committed."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO vectorstore_writemark (client, lsn, written_at)"
+            " VALUES (%s, (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint, now())"
+            " ON CONFLICT (client) DO UPDATE SET lsn = EXCLUDED.lsn, written_at = EXCLUDED.written_at",
+            [client],
+        )
+        if random.random() < 0.01:
+            # Marks of clients gone quiet: a replica a day behind takes no reads anyway (REPLICA_MAX_LAG).
+            cursor.execute("DELETE FROM vectorstore_writemark WHERE written_at < now() - interval '1 day'")
+
+
+def written_lsn(client: str, using: str = "default") -> int | None:
+    """Where ``client``'s last write ended in the primary's WAL, if it wrote."""
+    with connections[using].cursor() as cursor:
+        cursor.execute("SELECT lsn FROM vectorstore_writemark WHERE client = %s", [client])
+        row = cursor.fetchone()
+    return row[0] if row else None
