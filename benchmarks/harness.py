@@ -68,6 +68,8 @@ class LoadResult:
     errors: list[str] = field(default_factory=list)
     error_count: int = 0
     created: dict[str, int] = field(default_factory=dict)  # external_id -> id
+    # Reads answered, by the database that answered them (the X-Vectorstore-Database header).
+    read_from: dict[str, int] = field(default_factory=dict)
 
     @property
     def requests(self) -> int:
@@ -93,6 +95,12 @@ class LoadResult:
             f"{'operation':<10} {'count':>7} {'p50 ms':>8} {'p99 ms':>8}",
         ]
         lines += [f"{op:<10} {n:>7} {p50:>8.1f} {p99:>8.1f}" for op, n, p50, p99 in self.table()]
+        if self.read_from:
+            reads = sum(self.read_from.values())
+            lines.append(
+                "reads answered by: "
+                + ", ".join(f"{db} {n} ({n / reads:.1%})" for db, n in sorted(self.read_from.items()))
+            )
         lines += [f"error: {e}" for e in self.errors]
         return "\n".join(lines)
 
@@ -105,6 +113,14 @@ def free_port() -> int:
 
 def request(port: int, method: str, path: str, body=None, token: str | None = None) -> tuple[int, bytes]:
     """One request on its own connection (gunicorn's sync workers close each one)."""
+    status, _, payload = request_with_headers(port, method, path, body, token)
+    return status, payload
+
+
+def request_with_headers(
+    port: int, method: str, path: str, body=None, token: str | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """One request on its own connection: status, headers, body."""
     headers = {"Content-Type": "application/json"} if body is not None else {}
     if token:
         headers["Authorization"] = f"Bearer {token}"
@@ -112,7 +128,7 @@ def request(port: int, method: str, path: str, body=None, token: str | None = No
     try:
         conn.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
         response = conn.getresponse()
-        return response.status, response.read()
+        return response.status, dict(response.getheaders()), response.read()
     finally:
         conn.close()
 
@@ -219,8 +235,9 @@ def run_load(
                 call = ("POST", "/api/documents", doc, token)
             method, path, body, auth = call
             started = time.perf_counter()
+            headers: dict[str, str] = {}
             try:
-                status, payload = request(port, method, path, body, auth)
+                status, headers, payload = request_with_headers(port, method, path, body, auth)
             except Exception as exc:  # a refused connection, a timeout, a bad request line: all errors
                 status, payload = None, repr(exc).encode()
             elapsed = time.perf_counter() - started
@@ -231,6 +248,9 @@ def run_load(
                         result.errors.append(f"{op} {method} {path}: {status} {payload[:200]!r}")
                     continue
                 result.latencies[op].append(elapsed)
+                database = headers.get("X-Vectorstore-Database")
+                if op != "insert" and database:
+                    result.read_from[database] = result.read_from.get(database, 0) + 1
                 if op == "insert":
                     result.created[body["external_id"]] = json.loads(payload)["ids"][0]
 

@@ -6,12 +6,15 @@ on the connections the request already holds) and skips one that failed or lags 
 ``REPLICA_MAX_LAG`` for ``REPLICA_SKIP_SECONDS``. Read-your-writes marks (where a client's last write
 ended in the primary's WAL) are written and read here too.
 
-Lag, as PostgreSQL lets a reader see it: bytes are the primary's WAL position less the replica's replay
-position; seconds are 0 when the replica has replayed everything the primary had written at the check,
-else the time since the last transaction it replayed committed (``pg_last_xact_replay_timestamp()``).
-That is an upper bound: after an idle spell the first write makes a replica look behind by the whole
-spell until it replays it (a millisecond later), which at worst sends reads to the primary for
-``REPLICA_SKIP_SECONDS``: safe, and rare on a site that writes.
+Lag: bytes are the primary's WAL position less the replica's replay position. Seconds are an upper
+bound, so that a replica is never read beyond REPLICA_MAX_LAG (give or take REPLICA_CHECK_SECONDS,
+for which a process trusts a check): 0 when the replica has replayed the primary's position at this
+check; else the smaller of two bounds: the time since the last of this process's samples of the
+primary's position (one per check) that the replica has replayed, and the time since the last
+transaction it replayed committed (``pg_last_xact_replay_timestamp()``). The first is tight while
+reads come (checks every second); the second alone would count a whole idle spell as lag when the
+first write after it is in flight, as would the first after a long quiet spell (then reads go to the
+primary for REPLICA_SKIP_SECONDS: safe).
 """
 
 from __future__ import annotations
@@ -20,18 +23,22 @@ import contextlib
 import random
 import threading
 import time
+from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import psycopg
-from django.db import DatabaseError, connections
+from django.db import DatabaseError, InterfaceError, OperationalError, connections
 
 from vectorstore import conf
 
-# Errors that mean "this database could not answer": a connection refused or cut, a server shutting
-# down, a query cancelled by a recovery conflict. Django wraps psycopg's; the raw ones come from
-# statements that run on psycopg's connection directly.
-UNAVAILABLE = (DatabaseError, psycopg.OperationalError, psycopg.InterfaceError)
+# A health check that fails in any way leaves the replica out.
+UNAVAILABLE = (DatabaseError, psycopg.Error)
+# Errors of a read that mean "this database could not answer", not "this query is wrong": a
+# connection refused or cut, a server shutting down, a query cancelled by a recovery conflict. Django
+# wraps psycopg's; the raw ones come from statements run on psycopg's connection directly. A bad
+# query is not run again elsewhere, and does not take a replica out of service.
+LOST = (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)
 
 
 @dataclass
@@ -67,6 +74,8 @@ class ReplicaHealth:
 _lock = threading.Lock()
 _health: dict[str, ReplicaHealth] = {}
 _skip_until: dict[str, float] = {}
+# (time.monotonic(), the primary's WAL position) at this process's recent checks, oldest first.
+_primary_samples: deque[tuple[float, int]] = deque(maxlen=512)
 
 
 def configured() -> list[str]:
@@ -91,11 +100,28 @@ def primary_lsn(using: str = "default") -> int:
         return cursor.fetchone()[0]
 
 
+def _lag_seconds(now: float, replay: int, replayed_xact_age: float | None) -> float | None:
+    """At most how long ago the primary wrote the oldest WAL the replica has not replayed (an upper
+    bound, so that a replica is never read beyond REPLICA_MAX_LAG; see the module's docstring)."""
+    with _lock:
+        samples = list(_primary_samples)
+    missing = [i for i, (_, lsn) in enumerate(samples) if lsn > replay]
+    if not missing:
+        return 0.0
+    bounds = [] if replayed_xact_age is None else [max(0.0, float(replayed_xact_age))]
+    if missing[0] > 0:
+        # It has replayed the sample before the first it lacks: what it lacks is younger than that.
+        bounds.append(now - samples[missing[0] - 1][0])
+    return min(bounds) if bounds else None
+
+
 def check(alias: str) -> ReplicaHealth:
     """Ask a replica now (and the primary for its position); remember the answer."""
     now = time.monotonic()
     try:
         primary = primary_lsn()
+        with _lock:
+            _primary_samples.append((now, primary))
     except UNAVAILABLE as exc:
         # Without the primary's position the lag is unknown: the replica takes no reads meanwhile
         # (nor could writes be made, so read-your-writes has nothing to wait for).
@@ -105,11 +131,9 @@ def check(alias: str) -> ReplicaHealth:
             with connections[alias].cursor() as cursor:
                 cursor.execute(
                     "SELECT pg_is_in_recovery(), (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint,"
-                    " CASE WHEN pg_last_wal_replay_lsn() - '0/0'::pg_lsn >= %s THEN 0"
-                    " ELSE extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp()) END",
-                    [primary],
+                    " extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())"
                 )
-                in_recovery, replay, lag_seconds = cursor.fetchone()
+                in_recovery, replay, replayed_xact_age = cursor.fetchone()
         except UNAVAILABLE as exc:
             _close(alias)
             health = ReplicaHealth(alias, reachable=False, error=_first_line(exc), checked=now)
@@ -120,7 +144,7 @@ def check(alias: str) -> ReplicaHealth:
                 in_recovery=in_recovery,
                 replay_lsn=replay,
                 lag_bytes=None if replay is None else max(0, primary - replay),
-                lag_seconds=None if lag_seconds is None else max(0.0, float(lag_seconds)),
+                lag_seconds=None if replay is None else _lag_seconds(now, replay, replayed_xact_age),
                 error=None if in_recovery else "not in recovery: a primary, not a replica",
                 checked=now,
             )
@@ -190,6 +214,7 @@ def forget() -> None:
     with _lock:
         _health.clear()
         _skip_until.clear()
+        _primary_samples.clear()
 
 
 # --------------------------------------------------------------------------- read-your-writes marks

@@ -76,12 +76,6 @@ class ReadState:
 _state: contextvars.ContextVar[ReadState | None] = contextvars.ContextVar("vectorstore_reads", default=None)
 
 
-def current_database() -> str | None:
-    """The database the current request's document reads went to (None: none yet, or no router)."""
-    state = _state.get()
-    return state.alias if state is not None else None
-
-
 def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -109,8 +103,11 @@ class ReplicaRouter:
         state = _state.get()
         return state.read_alias() if state is not None else PRIMARY
 
-    def db_for_write(self, model: type, **hints: Any) -> str:
-        return PRIMARY
+    def db_for_write(self, model: type, **hints: Any) -> str | None:
+        # Said outright: left to Django, a document read from a replica would be saved back to it.
+        if replicas.configured() and issubclass(model, AbstractDocument):
+            return PRIMARY
+        return None
 
     def allow_relation(self, obj1: Any, obj2: Any, **hints: Any) -> bool | None:
         # A replica holds the primary's rows byte for byte: objects read from either relate.
@@ -169,7 +166,7 @@ def replica_reads(view: Callable[..., Any]) -> Callable[..., Any]:
         with _reading(True, client_key(request), read_only=True) as state:
             try:
                 return view(request, *args, **kwargs)
-            except replicas.UNAVAILABLE as exc:
+            except replicas.LOST as exc:
                 if not _fail_over(state, exc):
                     raise
             return view(request, *args, **kwargs)
@@ -218,7 +215,7 @@ class ReplicaMiddleware:
         if (
             state is None
             or request.method not in SAFE_METHODS
-            or not isinstance(exception, replicas.UNAVAILABLE)
+            or not isinstance(exception, replicas.LOST)
             or not _fail_over(state, exception)
         ):
             return None
