@@ -45,6 +45,12 @@ def main() -> None:
         default=0,
         help="streaming replicas of a primary of its own: runs without them, then with them",
     )
+    parser.add_argument(
+        "--reads-with-token",
+        type=float,
+        default=0.0,
+        help="share of reads sent with the writers' token (read-your-writes applies to them)",
+    )
     args = parser.parse_args()
 
     replica_urls: list[str] = []
@@ -115,6 +121,7 @@ def main() -> None:
                 clients=args.clients,
                 seconds=args.seconds,
                 seed=len(results),
+                reads_with_token=args.reads_with_token,
             )
         print(f"== {label}")
         print(result.report())
@@ -122,6 +129,14 @@ def main() -> None:
         print(f"inserts answered 201: {len(result.created)}, stored: {stored}")
         if result.error_count or stored != len(result.created):
             raise SystemExit(1)
+        for replica_url in replica_urls:
+            wait_for_replay(url, replica_url)
+            counts = [count_documents(u) for u in (url, replica_url)]
+            print(
+                f"documents on the primary / the replica once it replayed the run: {counts[0]} / {counts[1]}"
+            )
+            if counts[0] != counts[1]:
+                raise SystemExit(1)
         results.append(result)
         print(
             json.dumps(
@@ -150,6 +165,13 @@ def main() -> None:
         for n in range(len(replica_urls)):
             stop_replica(f"bench{n + 1}")
         stop_embedded()
+
+
+def count_documents(database_url: str) -> int:
+    import psycopg
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        return conn.execute("SELECT count(*) FROM vectorstore_document").fetchone()[0]
 
 
 def wait_for_replay(primary_url: str, replica_url: str, timeout: float = 300) -> None:

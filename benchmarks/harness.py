@@ -197,8 +197,12 @@ def run_load(
     clients: int = 8,
     seconds: float = 30.0,
     seed: int = 0,
+    reads_with_token: float = 0.0,
 ) -> LoadResult:
-    """``clients`` threads send the MIX of requests for ``seconds``; every answer is checked."""
+    """``clients`` threads send the MIX of requests for ``seconds``; every answer is checked.
+
+    ``reads_with_token``: the share of reads that carry the writers' token (clients that read what they
+    write: with replicas, read-your-writes applies to them); the others are anonymous."""
     result = LoadResult(seconds=seconds, clients=clients, latencies={op: [] for op in MIX})
     lock = threading.Lock()
     ops, weights = zip(*MIX.items(), strict=True)
@@ -234,6 +238,8 @@ def run_load(
                 }
                 call = ("POST", "/api/documents", doc, token)
             method, path, body, auth = call
+            if reads_with_token and op != "insert" and rng.random() < reads_with_token:
+                auth = token
             started = time.perf_counter()
             headers: dict[str, str] = {}
             try:
@@ -250,7 +256,8 @@ def run_load(
                 result.latencies[op].append(elapsed)
                 database = headers.get("X-Vectorstore-Database")
                 if op != "insert" and database:
-                    result.read_from[database] = result.read_from.get(database, 0) + 1
+                    key = f"{database} (with token)" if auth else database
+                    result.read_from[key] = result.read_from.get(key, 0) + 1
                 if op == "insert":
                     result.created[body["external_id"]] = json.loads(payload)["ids"][0]
 

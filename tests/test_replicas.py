@@ -409,3 +409,16 @@ def test_lag_in_seconds_is_bounded_by_the_samples_and_the_replayed_transaction()
         assert replicas._lag_seconds(103.0, 500, None) is None  # unknown: not used
     finally:
         replicas.forget()
+
+
+def test_replica_commands_refuse_a_bad_name_and_an_external_server(tmp_path, clean_env):
+    """Nothing is started or made: a bad name, or DATABASE_URL (whose replicas are the operator's)."""
+    env = {**clean_env, "VECTORSTORE_PGDATA": str(tmp_path / "primary")}
+    env.pop("DATABASE_URL", None)
+    run = [sys.executable, "-m", "project.db", "replica", "start"]
+    bad = subprocess.run([*run, "Bad-Name"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "replica name 'Bad-Name'" in bad.stderr
+    external = {**env, "DATABASE_URL": "postgres://someone@db.example.com/vectors"}
+    refused = subprocess.run(run, cwd=ROOT, env=external, capture_output=True, text=True)
+    assert refused.returncode == 2 and "DATABASE_REPLICA_URLS" in refused.stderr
+    assert not (tmp_path / "primary").exists() and not (tmp_path / "primary-replicas").exists()
