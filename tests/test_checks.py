@@ -13,6 +13,7 @@ from tests.testapp.models import HostDocument
 from vectorstore.checks import (
     check_embedding_models,
     check_installed_apps,
+    check_replicas,
     check_settings,
     check_vector_columns,
 )
@@ -126,3 +127,14 @@ def test_an_embedding_model_of_another_size_is_an_error(tmp_path, monkeypatch):
     assert "HostDocument.embedding_model" in errors[0].msg and "vector(8)" in errors[0].msg
     monkeypatch.setattr(HostDocument, "embedding_model", _model_files(tmp_path / "small", 8))
     assert check_embedding_models() == []
+
+
+@override_settings(VECTORSTORE={"DIMENSIONS": 384, "REPLICAS": ["default", "missing"]})
+def test_replicas_that_are_not_replica_databases_and_a_missing_router_are_named():
+    """The primary or an alias DATABASES lacks is an error; no router or middleware, warnings.
+    (Real replicas, and a primary given as one: tests/test_replicas.py.)"""
+    messages = check_replicas()
+    assert _ids(messages) == {"vectorstore.E030", "vectorstore.W030", "vectorstore.W031"}
+    named = [m.msg for m in messages if m.id == "vectorstore.E030"]
+    assert any("'default'" in msg and "the primary" in msg for msg in named)
+    assert any("'missing'" in msg and "not in DATABASES" in msg for msg in named)
