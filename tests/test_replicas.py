@@ -6,11 +6,14 @@ serves it, with ``DATABASE_REPLICA_URLS`` naming the replica. Every wait is on s
 from __future__ import annotations
 
 import http.client
+import http.cookiejar
 import json
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -155,6 +158,7 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
             "from vectorstore.models import ApiToken;"
             "u = User.objects.create_user('writer');"
             "u.user_permissions.add(*Permission.objects.filter(codename__in=['add_document']));"
+            "User.objects.create_superuser('editor', password='editor-password-1');"
             "print(ApiToken.issue(u, 'replicas')[1])",
         )
         assert token.returncode == 0, token.stderr
@@ -259,6 +263,46 @@ def test_a_client_reads_its_own_writes_though_the_replica_lags(cluster):
         ),
         what="the writer's reads on the replica again",
     )
+
+
+def _logged_in(cluster: Cluster) -> tuple[urllib.request.OpenerDirector, str]:
+    """A client with cookies, logged in through the admin's form: (opener, CSRF token)."""
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    base = f"http://127.0.0.1:{cluster.port}"
+    opener.open(f"{base}/admin/login/").read()
+    csrf = next(c.value for c in jar if c.name == "csrftoken")
+    form = {
+        "username": "editor",
+        "password": "editor-password-1",
+        "csrfmiddlewaretoken": csrf,
+        "next": "/admin/",
+    }
+    opener.open(f"{base}/admin/login/", urllib.parse.urlencode(form).encode()).read()
+    assert any(c.name == "sessionid" for c in jar)
+    return opener, next(c.value for c in jar if c.name == "csrftoken")
+
+
+def test_a_session_reads_its_own_writes_though_the_replica_lags(cluster):
+    """The same through a logged-in session (cookies and CSRF, as the browser sends them)."""
+    opener, csrf = _logged_in(cluster)
+    base = f"http://127.0.0.1:{cluster.port}/api"
+    cluster.sql(cluster.replica_url, "ALTER SYSTEM SET recovery_min_apply_delay = '1s'")
+    cluster.sql(cluster.replica_url, "SELECT pg_reload_conf()")
+    try:
+        for i in range(10):
+            external_id = f"session-{i}"
+            body = json.dumps({"text": f"edited {i}", "external_id": external_id}).encode()
+            created = urllib.request.Request(
+                f"{base}/documents", body, {"Content-Type": "application/json", "X-CSRFToken": csrf}
+            )
+            assert opener.open(created).status == 201
+            with opener.open(f"{base}/documents?external_id={external_id}") as response:
+                listed = json.loads(response.read())
+            assert [item["external_id"] for item in listed["items"]] == [external_id], i
+    finally:
+        cluster.sql(cluster.replica_url, "ALTER SYSTEM RESET recovery_min_apply_delay")
+        cluster.sql(cluster.replica_url, "SELECT pg_reload_conf()")
 
 
 def _search_clients(
