@@ -439,6 +439,13 @@ def test_system_checks_pass_with_the_replica_and_refuse_a_primary_given_as_one(c
     wrong = cluster.manage("check", extra_env={"DATABASE_REPLICA_URLS": cluster.primary_url})
     assert wrong.returncode != 0
     assert "vectorstore.E031" in wrong.stderr and "not in recovery" in wrong.stderr
+    # A replica down now is a warning, not a refusal: reads go to the primary until it is back.
+    gone = cluster.manage(
+        "check",
+        extra_env={"DATABASE_REPLICA_URLS": "postgresql://postgres@/vectorstore?host=/nonexistent&port=5432"},
+    )
+    assert gone.returncode == 0, gone.stderr
+    assert "vectorstore.W032" in gone.stderr and "reads go to the primary" in gone.stderr
 
 
 def test_lag_in_seconds_is_bounded_by_the_samples_and_the_replayed_transaction():
