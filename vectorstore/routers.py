@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-import hashlib
 import inspect
 import logging
 from collections.abc import Callable, Iterator
@@ -45,7 +44,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
 from vectorstore import replicas
-from vectorstore.models import AbstractDocument
+from vectorstore.models import AbstractDocument, ApiToken
 
 logger = logging.getLogger(__name__)
 
@@ -76,10 +75,6 @@ class ReadState:
 _state: contextvars.ContextVar[ReadState | None] = contextvars.ContextVar("vectorstore_reads", default=None)
 
 
-def _digest(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
 def client_key(request: HttpRequest, after: bool = False) -> str | None:
     """The read-your-writes key of the request's client: its bearer token, else its session.
 
@@ -87,11 +82,11 @@ def client_key(request: HttpRequest, after: bool = False) -> str | None:
     auth = request.headers.get("Authorization", "")
     scheme, _, token = auth.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
-        return "t:" + _digest(token.strip())
+        return "t:" + ApiToken.digest(token.strip())
     session = getattr(request, "session", None)
     key = session.session_key if (after and session is not None) else None
     key = key or request.COOKIES.get(settings.SESSION_COOKIE_NAME)
-    return "s:" + _digest(key) if key else None
+    return "s:" + ApiToken.digest(key) if key else None
 
 
 class ReplicaRouter:
