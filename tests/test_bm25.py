@@ -23,6 +23,7 @@ from django.db import connection
 from tests.helpers import unit_vectors
 from vectorstore import bm25, search
 from vectorstore.models import Document
+from vectorstore.search.text import text_query, text_query_set
 
 call_command("migrate", verbosity=0)
 vectors = unit_vectors(3005, 384, seed=1)
@@ -59,8 +60,8 @@ seen = {"before": {
     "index": bm25.index_for(Document),
 }}
 call_command("text_index", "create")
-statement = search._text_query_set(
-    Document.objects.all(), ["id"], search._text_query(query), None, 10, (query, bm25.index_for(Document))
+statement = text_query_set(
+    Document.objects.all(), ["id"], text_query(query), None, 10, (query, bm25.index_for(Document))
 )
 result = search.search(query, k=10, mode="text")
 seen["after"] = {

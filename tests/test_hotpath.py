@@ -17,6 +17,7 @@ from vectorstore import ingest, pgcopy, search
 from vectorstore.filters import build_filter
 from vectorstore.limits import TEXT_SEARCH_CONFIG
 from vectorstore.models import Document
+from vectorstore.search.plan import nearest
 
 pytestmark = pytest.mark.django_db
 
@@ -160,7 +161,7 @@ def test_hot_path_uses_the_index_and_is_never_prepared(passages):
     fields = [
         f.attname for f in Document._meta.concrete_fields if f.name not in ("embedding", "search_vector")
     ]
-    statement = search._nearest(Document.objects.all(), fields, "cosine", 10, None)
+    statement = nearest(Document.objects.all(), fields, "cosine", 10, None)
     conn = pgcopy.django_connection()
     vector = pgcopy.binary_vector(unit_vectors(1, 384, seed=8)[0])
     with psycopg.Cursor(conn) as cursor:

@@ -9,9 +9,9 @@ from django.db import connection
 
 from tests.helpers import unit_vectors
 from tests.test_search import make_corpus
-from vectorstore import pgcopy, statements, vector_indexes
+from vectorstore import pgcopy, vector_indexes
 from vectorstore.models import Document
-from vectorstore.search import search
+from vectorstore.search import search, statements
 from vectorstore.vector_indexes import VectorIndex
 
 pytestmark = pytest.mark.django_db

@@ -110,7 +110,7 @@ def test_a_selective_filter_is_searched_exactly_through_its_own_index(corpus, fi
     import psycopg
 
     from vectorstore import pgcopy
-    from vectorstore.search import _planned
+    from vectorstore.search.plan import planned
 
     query = unit_vectors(1, 384, seed=7)[0]
     matching = Document.objects.filter(build_filter(filters))
@@ -118,7 +118,7 @@ def test_a_selective_filter_is_searched_exactly_through_its_own_index(corpus, fi
     result = search(vector=query, k=10, filters=filters)
     assert result.exact and [h.values["id"] for h in result.hits] == [d.pk for d in truth]
 
-    _, few, broad = _planned(matching, ["id", "external_id"], "cosine", 10, 3000)
+    _, few, broad = planned(matching, ["id", "external_id"], "cosine", 10, 3000)
 
     def explain(statement) -> str:
         with psycopg.Cursor(pgcopy.django_connection()) as cursor:
@@ -135,7 +135,7 @@ def test_a_selective_filter_is_searched_exactly_through_its_own_index(corpus, fi
 def test_a_broad_filter_takes_the_vector_index(corpus, settings, monkeypatch):
     """A filter matching more rows than EXACT_SEARCH_ROWS goes through the HNSW index's iterative scan, in
     the same round trip as the count; the exact branch, gated off, returned nothing."""
-    from vectorstore import statements
+    from vectorstore.search import statements
 
     settings.VECTORSTORE = {"EXACT_SEARCH_ROWS": 1000}  # half the corpus matches: 1,500 rows
     trips = []

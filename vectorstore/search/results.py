@@ -1,0 +1,41 @@
+"""What a search returns: ranked hits that are rows until a model instance is asked for."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from django.db import models
+
+
+@dataclass
+class Hit:
+    """One result: rank, score and distance, the stored fields in ``values`` (every concrete field but the
+    vector and the tsvector), and ``document``, a model instance built from them on first use."""
+
+    rank: int
+    score: float
+    distance: float | None
+    values: dict[str, Any]
+    model: type[models.Model] = field(repr=False)
+    using: str = field(default="default", repr=False)
+
+    @cached_property
+    def document(self) -> models.Model:
+        """The hit as a model instance (its vector and tsvector deferred), with ``distance`` and ``score``."""
+        document = self.model.from_db(self.using, list(self.values), list(self.values.values()))
+        document.distance = self.distance
+        document.score = self.score
+        return document
+
+
+@dataclass
+class SearchResult:
+    hits: list[Hit]
+    took_ms: float
+    mode: str
+    metric: str
+    exact: bool = False  # answered by an exact scan after the index scan came back short
+    details: dict[str, Any] = field(default_factory=dict)
+    database: str = "default"  # the database alias that answered (a replica, with vectorstore.routers)

@@ -1,0 +1,208 @@
+"""``search()`` and ``similar()``: check the arguments, choose the settings and the plan, run the
+statements in one round trip, and assemble the hits (fused for hybrid, diversified for MMR)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from django.db import models
+
+from vectorstore import conf
+from vectorstore.filters import SearchError, build_filter, storable
+from vectorstore.limits import (
+    EF_SEARCH_RANGE,
+    ITERATIVE_SCANS,
+    MAX_K,
+    MAX_QUERY_CHARS,
+    PROBES_RANGE,
+    RERANK_RANGE,
+    SEARCH_MODES,
+)
+from vectorstore.search import statements
+from vectorstore.search.distances import METRICS, score_of
+from vectorstore.search.diversity import mmr_hits, mmr_options
+from vectorstore.search.fusion import fuse, hybrid_options
+from vectorstore.search.plan import vector_rows
+from vectorstore.search.quantized import rerank_plan
+from vectorstore.search.query_vector import check_vector, embed_query
+from vectorstore.search.results import Hit, SearchResult
+from vectorstore.search.settings import Tuned, search_settings, timeouts, tuned_settings
+from vectorstore.search.statements import Statement
+from vectorstore.search.text import any_words, ranking_for, text_query, text_query_set, text_score
+
+
+def _check_arguments(
+    query: str | None,
+    vector: Any,
+    k: int,
+    mode: str,
+    metric: str,
+    ef_search: int | None,
+    iterative_scan: str | None,
+    probes: int | None,
+    rerank: int | None,
+    hybrid: Any,
+) -> None:
+    """SearchError naming the first bad argument."""
+    if mode not in SEARCH_MODES:
+        raise SearchError("mode", f"expected one of {', '.join(SEARCH_MODES)}")
+    if metric not in METRICS:
+        raise SearchError("metric", f"expected one of {', '.join(METRICS)}")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise SearchError("k", f"must be an integer from 1 to {MAX_K}")
+    for name, value, (low, high) in (
+        ("ef_search", ef_search, EF_SEARCH_RANGE),
+        ("probes", probes, PROBES_RANGE),
+        ("rerank", rerank, RERANK_RANGE),
+    ):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high
+        ):
+            raise SearchError(name, f"must be from {low} to {high}")
+    if iterative_scan is not None and iterative_scan not in ITERATIVE_SCANS:
+        raise SearchError("iterative_scan", f"expected one of {', '.join(ITERATIVE_SCANS)}")
+    if query is not None:
+        if not isinstance(query, str) or not query.strip():
+            raise SearchError("query", "must be a non-empty string")
+        storable(query, "query")
+        if len(query) > MAX_QUERY_CHARS:
+            raise SearchError("query", f"at most {MAX_QUERY_CHARS} characters")
+    if mode in ("hybrid", "text") and query is None:
+        raise SearchError("query", f"{mode} search needs a query text")
+    if mode == "vector" and query is None and vector is None:
+        raise SearchError("query", "give a query text or a vector")
+    if vector is not None and query is not None and mode == "vector":
+        raise SearchError("vector", "give a query text or a vector, not both")
+    if hybrid is not None and mode != "hybrid":
+        raise SearchError("hybrid", "applies to mode hybrid only")
+
+
+def search(
+    query: str | None = None,
+    *,
+    vector: Sequence[float] | np.ndarray | None = None,
+    k: int = 10,
+    filters: dict | None = None,
+    mode: str = "vector",
+    metric: str | None = None,
+    ef_search: int | None = None,
+    iterative_scan: str | None = None,
+    probes: int | None = None,
+    queryset: models.QuerySet | None = None,
+    using: str | None = None,
+    mmr: dict[str, Any] | None = None,
+    hybrid: dict[str, Any] | None = None,
+    rerank: int | None = None,
+) -> SearchResult:
+    """Search the document table (see the package's docstring). Raises SearchError naming the bad input.
+
+    ``mmr={"lambda_mult": 0.5, "fetch_k": 20}`` (langchain's names; either may be left out) picks the k
+    results by maximal marginal relevance among the ``fetch_k`` best candidates (``mmr_select``).
+    ``hybrid={"text_weight", "partial_weight", "rrf_k", "vector_k", "text_k"}`` (any of them) tunes mode
+    hybrid's fusion (``hybrid_options``). ``rerank``: through a quantized index, re-rank k x rerank
+    candidates by the full vectors (default: the factor tune_search stored, else VECTORSTORE RERANK for a
+    binary index and 1 for a half-precision one).
+    """
+    started = time.perf_counter()
+    model = queryset.model if queryset is not None else conf.document_model()
+    base = queryset if queryset is not None else model._default_manager.all()
+    using = using or base.db
+    metric = metric or conf.distance()
+    _check_arguments(query, vector, k, mode, metric, ef_search, iterative_scan, probes, rerank, hybrid)
+    lambda_mult, wanted = None, k
+    if mmr is not None:
+        if mode == "text":
+            raise SearchError("mmr", "needs vectors to compare: use mode vector or hybrid")
+        lambda_mult, k = mmr_options(mmr, k)
+    fusion = hybrid_options(hybrid, k) if mode == "hybrid" else None
+    filtered = base.filter(build_filter(filters))
+    # The hits' vectors and tsvectors stay in the database: parsing 10 x 384 numbers back
+    # would cost more than the search itself (Hit.document.embedding loads on use). MMR needs them.
+    fields = [f.attname for f in model._meta.concrete_fields if f.name not in ("embedding", "search_vector")]
+    if lambda_mult is not None:
+        fields.append(model._meta.get_field("embedding").attname)
+    tuned = Tuned()
+    if ef_search is None or probes is None or rerank is None:
+        tuned = tuned_settings(model._meta.db_table, using)
+    settings = search_settings(ef_search, iterative_scan, probes, tuned, bool(filters))
+    plan = rerank_plan(model, metric, using, rerank, tuned) if mode != "text" else None
+    # The SQL of a search on the model's own manager depends only on its shape: Django compiles it once.
+    shape = (
+        (model._meta.label, using, tuple(fields), metric, plan) if queryset is None and not filters else None
+    )
+    qvector = None
+    if mode != "text":
+        dims = model._meta.get_field("embedding").dimensions
+        qvector = check_vector(vector, dims) if vector is not None else embed_query(query, model)
+
+    def hit(rank: int, row: tuple, score: float, distance: float | None) -> Hit:
+        return Hit(rank, score, distance, dict(zip(fields, row, strict=False)), model, using)
+
+    exact = False
+    with timeouts():
+        if mode == "vector":
+            rows, exact, _ = vector_rows(
+                filtered, fields, metric, k, shape, settings, qvector, using, bool(filters), plan=plan
+            )
+            hits = [hit(i + 1, r, score_of(metric, r[-1]), r[-1]) for i, r in enumerate(rows)]
+        elif mode == "text":
+            ranking = ranking_for(model, using, query)
+            text = Statement.compile(text_query_set(filtered, fields, text_query(query), None, k, ranking))
+            (text_rows,) = statements.run(using, settings, [text], None)
+            hits = [hit(i + 1, r, text_score(r[len(fields)], ranking), None) for i, r in enumerate(text_rows)]
+        else:
+            ranking = ranking_for(model, using, query)
+            every_word = text_query(query)
+            words = any_words(query) if fusion.partial else every_word
+            text = Statement.compile(
+                text_query_set(
+                    filtered,
+                    fields,
+                    words,
+                    metric,
+                    fusion.text_k,
+                    ranking,
+                    every_word if fusion.partial else None,
+                )
+                if words
+                else filtered.none()
+            )
+            near, exact, text_rows = vector_rows(
+                filtered,
+                fields,
+                metric,
+                fusion.vector_k,
+                shape,
+                settings,
+                qvector,
+                using,
+                bool(filters),
+                text,
+                plan,
+            )
+            pk = fields.index(model._meta.pk.attname)
+            # A text row is its fields, its rank, [its every-word flag,] its distance.
+            flag = len(fields) + 1 if fusion.partial else None
+            fused = fuse(near, text_rows, pk, flag, fusion, k)
+            hits = [hit(i + 1, row, score, row[-1]) for i, (row, score) in enumerate(fused)]
+    if lambda_mult is not None:
+        hits = mmr_hits(hits, fields[-1], lambda_mult, wanted)
+    return SearchResult(
+        hits=hits,
+        took_ms=(time.perf_counter() - started) * 1000,
+        mode=mode,
+        metric=metric,
+        exact=exact,
+        details={"rerank": plan.factor, "quantization": plan.quantization} if plan else {},
+        database=using,
+    )
+
+
+def similar(document: models.Model, k: int = 10, **kwargs: Any) -> SearchResult:
+    """The k documents nearest to one stored document (itself left out)."""
+    queryset = kwargs.pop("queryset", None)
+    queryset = queryset if queryset is not None else type(document)._default_manager.all()
+    return search(vector=document.embedding, k=k, queryset=queryset.exclude(pk=document.pk), **kwargs)
