@@ -6,7 +6,7 @@ import psycopg
 from django.core.management.base import CommandError
 from django.db import DatabaseError
 
-from vectorstore import build_memory, conf, indexes, vector_indexes
+from vectorstore import build_memory, conf, live_index, vector_indexes
 from vectorstore.management.commands._base import ServiceCommand
 from vectorstore.operations import ivfflat_lists
 from vectorstore.progress import index_progress_bar
@@ -63,7 +63,7 @@ class Command(ServiceCommand):
         bar, progress = index_progress_bar("vector_index")
         try:
             with bar:
-                report = indexes.create_index(
+                report = live_index.create_index(
                     model,
                     method=o["method"],
                     quantization=quantization,
