@@ -1,10 +1,12 @@
-"""The app's house: no import circle among its modules; the API, search and admin work without the model
-stack (no torch, sentence-transformers or pyarrow); the admin registers the configured document model."""
+"""The app's house: no import circle among its modules, every module named in ARCHITECTURE.md, none too
+long; the API, search and admin work without the model stack (no torch, sentence-transformers or
+pyarrow); the admin registers the configured document model."""
 
 from __future__ import annotations
 
 import ast
 import json
+import re
 
 import pytest
 from django.db import connection
@@ -26,51 +28,114 @@ sys.meta_path.insert(0, _NotInstalled())
 """
 
 
-def module_imports(path) -> set[str]:
-    """The vectorstore modules a module imports, at its top level or inside functions (an import moved
-    into a function still closes a circle); ``if TYPE_CHECKING:`` blocks do not count."""
-    tree = ast.parse(path.read_text())
-    skipped = {
-        id(inner)
-        for node in ast.walk(tree)
-        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING"
-        for inner in ast.walk(node)
+def module_name(path, root=ROOT) -> str:
+    """``vectorstore/search/plan.py`` -> ``vectorstore.search.plan``; a package's ``__init__`` is its name."""
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def app_modules(*packages: str, root=ROOT) -> dict[str, object]:
+    """Every module of the packages (migrations aside), by dotted name."""
+    return {
+        module_name(p, root): p
+        for package in packages
+        for p in (root / package).rglob("*.py")
+        if "migrations" not in p.parts
     }
+
+
+def module_imports(path, modules, root=ROOT) -> set[str]:
+    """The modules of ``modules`` that a module imports: at its top level, inside functions (an import
+    moved into a function still closes a circle) and under ``if TYPE_CHECKING:`` (a circle to every tool
+    that reads imports). ``from a.b import c`` is an import of ``a.b.c`` where that is a module, else of
+    ``a.b``; relative imports are resolved."""
+    tree = ast.parse(path.read_text())
+    own = module_name(path, root)
+    package = own if path.name == "__init__.py" else own.rpartition(".")[0]
     found: set[str] = set()
     for node in ast.walk(tree):
-        if id(node) in skipped:
-            continue
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("vectorstore"):
-            if node.module == "vectorstore":
-                found |= {f"vectorstore.{a.name}" for a in node.names}
-            else:
-                found.add(node.module)
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*parts, *([node.module] if node.module else [])])
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                found.add(sub if sub in modules else base)
         elif isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.startswith("vectorstore.")}
-    return found
+            found |= {alias.name for alias in node.names}
+    return {m for m in found if m in modules and m != own}
 
 
-def test_no_import_cycle_among_the_app_modules():
-    """The app's modules import each other one way only: their imports form no cycle."""
-    graph = {
-        "vectorstore." + ".".join(p.relative_to(PACKAGE).with_suffix("").parts): module_imports(p)
-        for p in PACKAGE.rglob("*.py")
-        if "migrations" not in p.parts and p.name != "__init__.py"
-    }
-    assert "vectorstore.ingest" in graph and "vectorstore.search" in graph
+def find_cycle(package: str, root=ROOT) -> list[str] | None:
+    """A circle of imports among the package's modules, or None."""
+    modules = app_modules(package, root=root)
+    graph = {name: module_imports(path, modules, root) for name, path in modules.items()}
     state: dict[str, str] = {}
 
-    def visit(module: str, path: list[str]) -> None:
-        if state.get(module) == "done" or module not in graph:
-            return
-        assert state.get(module) != "open", f"import cycle: {' -> '.join([*path, module])}"
+    def visit(module: str, path: list[str]) -> list[str] | None:
+        if state.get(module) == "done":
+            return None
+        if state.get(module) == "open":
+            return [*path, module]
         state[module] = "open"
         for dep in sorted(graph[module]):
-            visit(dep, [*path, module])
+            if found := visit(dep, [*path, module]):
+                return found
         state[module] = "done"
+        return None
 
     for module in sorted(graph):
-        visit(module, [])
+        if found := visit(module, []):
+            return found
+    return None
+
+
+@pytest.mark.parametrize("package", ["vectorstore", "project"])
+def test_no_import_cycle(package):
+    """The modules of the app (and of the site) import each other one way only: their imports, including
+    those in functions and under TYPE_CHECKING, form no cycle."""
+    assert "vectorstore.search.service" in app_modules("vectorstore")
+    cycle = find_cycle(package)
+    assert cycle is None, f"import cycle: {' -> '.join(cycle)}"
+
+
+def test_the_cycle_finder_sees_type_checking_and_package_imports(tmp_path):
+    """A circle closed under TYPE_CHECKING, or through a package's ``__init__`` re-exporting a module
+    that imports it back, is found; a one-way package is not flagged."""
+    pkg = tmp_path / "app"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from app import b\n")
+    (pkg / "b.py").write_text("from app.a import x\n")
+    assert find_cycle("app", tmp_path) == ["app.a", "app.b", "app.a"]
+    (pkg / "a.py").write_text("X = 1\n")
+    assert find_cycle("app", tmp_path) is None
+    (pkg / "sub" / "__init__.py").write_text("from app.sub.inner import y\n")
+    (pkg / "sub" / "inner.py").write_text("from .. import b\n")
+    (pkg / "b.py").write_text("from app.sub import y\n")
+    assert find_cycle("app", tmp_path) == ["app.b", "app.sub", "app.sub.inner", "app.b"]
+
+
+ARCHITECTURE = ROOT / "ARCHITECTURE.md"
+
+
+def test_architecture_names_every_module_and_only_real_ones():
+    """ARCHITECTURE.md names each module of the app and the site (its one concept), and nothing that is
+    not there: it cannot go stale."""
+    text = ARCHITECTURE.read_text()
+    named = set(re.findall(r"`((?:vectorstore|project)/[\w/]+\.py)`", text))
+    modules = {str(p.relative_to(ROOT)) for p in app_modules("vectorstore", "project").values()}
+    assert sorted(modules - named) == [], "modules ARCHITECTURE.md does not name"
+    assert sorted(named - modules) == [], "ARCHITECTURE.md names modules that do not exist"
+
+
+def test_no_module_is_too_long():
+    """No module of the app or the site over 450 lines; none of search's over 400."""
+    for path in app_modules("vectorstore", "project").values():
+        lines = len(path.read_text().splitlines())
+        limit = 400 if "search" in path.relative_to(ROOT).parts[:2] else 450
+        assert lines <= limit, f"{path.relative_to(ROOT)}: {lines} lines (at most {limit})"
 
 
 @pytest.mark.django_db(transaction=True)  # the child process reads the rows

