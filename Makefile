@@ -40,8 +40,10 @@ serve:
 	$(VENV)/bin/gunicorn project.wsgi:application --config python:project.gunicorn --bind $(HOST):$(PORT) --workers $(WORKERS) \
 		--access-logfile - --graceful-timeout 10
 
+# Tests run in parallel, one worker a core (pytest-xdist; each worker its own test database), the
+# longest stolen by an idle worker; PYTEST_ARGS adds options (PYTEST_ARGS='-k search -n 0').
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --dist worksteal $(PYTEST_ARGS)
 
 # Stops the embedded server's replicas too.
 stop:

@@ -9,12 +9,37 @@ import pytest
 HOST_SITE_TEST = "tests/test_host_site.py::test_the_readme_guide_works_in_a_new_site_on_a_fresh_database"
 
 
+def _is_xdist_controller(config) -> bool:
+    return bool(getattr(config.option, "numprocesses", None)) and not hasattr(config, "workerinput")
+
+
+def pytest_configure(config) -> None:
+    """Under xdist, name the shared venv folder before the workers start (they inherit it), and give each
+    worker's torch (and its child processes') one thread: two workers on two cores, each with torch's
+    one thread a core, ran four busy threads and embedded slower than one thread each."""
+    if _is_xdist_controller(config):
+        from tests import venvs
+
+        venvs.share()
+    if hasattr(config, "workerinput"):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
 def pytest_collection_finish(session) -> None:
-    """Start building the host-site test's fresh venvs now, to overlap the tests that run before it."""
+    """Start building the host-site test's fresh venvs now, to overlap the tests that run before it
+    (without xdist; under xdist the controller builds them, once)."""
     if any(item.nodeid == HOST_SITE_TEST for item in session.items):
         from tests import venvs
 
         venvs.start()
+
+
+def pytest_xdist_node_collection_finished(node, ids) -> None:
+    """The controller: a worker collected the host-site test, so build its venvs now, once."""
+    if HOST_SITE_TEST in ids:
+        from tests import venvs
+
+        venvs.start_shared()
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:

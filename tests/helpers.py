@@ -35,6 +35,31 @@ def run_python(code: str, env: dict[str, str], timeout: float = 120) -> subproce
     )
 
 
+_EMBEDDED: dict[str, np.ndarray] = {}
+
+
+def sotu_passages(rows: slice | list[int]) -> Any:
+    """Rows of the fixture's real passages (``fixtures/sotu.parquet``) with an ``embedding`` column from the
+    bundled model. Each text is embedded once per test process: fixtures that load the same passages for
+    many tests load their vectors instead of running the model again (loading texts without vectors, and
+    embedding them on the way, is tested in tests/test_ingest.py)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from vectorstore.embedding import Embedder
+    from vectorstore.models import Document
+
+    table = pq.read_table(ROOT / "fixtures" / "sotu.parquet")
+    table = table.slice(rows.start, rows.stop - rows.start) if isinstance(rows, slice) else table.take(rows)
+    texts = table.column("text").to_pylist()
+    missing = [t for t in dict.fromkeys(texts) if t not in _EMBEDDED]
+    if missing:
+        _EMBEDDED.update(zip(missing, Embedder.for_model(Document).encode(missing), strict=True))
+    vectors = np.stack([_EMBEDDED[t] for t in texts]).astype(np.float32)
+    column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
+    return table.append_column("embedding", column.cast(pa.list_(pa.float32())))
+
+
 def unit_vectors(n: int, dims: int, seed: int = 0) -> np.ndarray:
     """n random unit vectors of float32 (what a normalizing embedder produces)."""
     rng = np.random.default_rng(seed)

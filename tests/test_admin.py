@@ -3,10 +3,9 @@
 import re
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import sotu_passages
 from vectorstore import ingest, search
 from vectorstore.embedding import Embedder
 from vectorstore.models import Document
@@ -17,7 +16,7 @@ CHANGELIST = "/admin/vectorstore/document/"
 
 @pytest.fixture
 def passages():
-    ingest.load(pq.read_table(ROOT / "fixtures" / "sotu.parquet").slice(300, 60), progress=False)
+    ingest.load(sotu_passages(slice(300, 360)), progress=False)
     return Document.objects.order_by("pk")
 
 

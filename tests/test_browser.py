@@ -3,10 +3,9 @@
 import os
 import shutil
 
-import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers import CHROMIUM, ROOT, admin_login
+from tests.helpers import CHROMIUM, ROOT, admin_login, sotu_passages
 from vectorstore import ingest
 from vectorstore.models import Document
 
@@ -23,7 +22,7 @@ pytestmark = [
 @pytest.mark.django_db(transaction=True)
 def test_admin_semantic_search_and_similar_documents(live_server, admin_user, monkeypatch):
     """Log in, search by meaning in the change list, open the top result, follow a similar document."""
-    ingest.load(pq.read_table(ROOT / "fixtures" / "sotu.parquet").slice(300, 60), progress=False)
+    ingest.load(sotu_passages(slice(300, 360)), progress=False)
     target = Document.objects.get(external_id="sotu-1808-jefferson-021")
     # Playwright's sync API runs an event loop in this thread; the ORM calls left are set-up and teardown.
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")

@@ -6,13 +6,12 @@ from functools import reduce
 
 import numpy as np
 import psycopg
-import pyarrow.parquet as pq
 import pytest
 from django.contrib.postgres.search import SearchQuery, SearchRank
 from django.db import connection, transaction
 from django.db.models import BooleanField, ExpressionWrapper, F, Q
 
-from tests.helpers import ROOT, unit_vectors
+from tests.helpers import sotu_passages, unit_vectors
 from vectorstore import ingest, pgcopy, search
 from vectorstore.filters import build_filter
 from vectorstore.limits import TEXT_SEARCH_CONFIG
@@ -35,7 +34,7 @@ FILTERS = [
 def passages(django_db_setup, django_db_blocker):
     """396 real passages from every address, with their metadata, embedded with the bundled model and
     loaded once for the module (the tests only read them)."""
-    table = pq.read_table(ROOT / "fixtures" / "sotu.parquet").take(list(range(0, 3954, 10)))
+    table = sotu_passages(list(range(0, 3954, 10)))
     with django_db_blocker.unblock():
         ingest.load(table, progress=False)
         with connection.cursor() as cursor:

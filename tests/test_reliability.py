@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -295,17 +296,17 @@ def test_api_inserts_during_a_bulk_load(tmp_path, capsys):
     assert Document.objects.count() == n + 10
 
 
-@pytest.mark.parametrize("mode", ["insert", "copy", "batch"])
-def test_stream_survives_a_server_crash_and_restart(tmp_path, clean_env, mode):
-    """PostgreSQL stopped (immediate mode) under stream_sim and started again once the writer has seen it
-    gone: the writes are retried, and each record is stored once."""
+@pytest.fixture(scope="module")
+def crash_server(tmp_path_factory):
+    """A server of the crash tests' own (the suite's stays up), migrated once for the three modes: its
+    URL and the environment of a process that uses it."""
     from project.db import start_embedded, stop_embedded
 
-    pgdata = tmp_path / "pg"
-    socket_dir, port = start_embedded(pgdata)  # a server of the test's own: the suite's stays up
+    pgdata = tmp_path_factory.mktemp("crash") / "pg"
+    socket_dir, port = start_embedded(pgdata)
+    url = f"postgresql://postgres@/vectorstore?host={socket_dir}&port={port}"
+    env = {**os.environ, "DATABASE_URL": url, "DJANGO_SETTINGS_MODULE": "project.settings"}
     try:
-        url = f"postgresql://postgres@/vectorstore?host={socket_dir}&port={port}"
-        env = {**clean_env, "DATABASE_URL": url, "DJANGO_SETTINGS_MODULE": "project.settings"}
         migrate = subprocess.run(
             [sys.executable, "manage.py", "migrate", "--noinput"],
             cwd=ROOT,
@@ -314,72 +315,85 @@ def test_stream_survives_a_server_crash_and_restart(tmp_path, clean_env, mode):
             text=True,
         )
         assert migrate.returncode == 0, migrate.stderr
-        stream = subprocess.Popen(
-            [
-                sys.executable,
-                "manage.py",
-                "stream_sim",
-                "--count",
-                "120",
-                "--rate",
-                "30",
-                "--mode",
-                mode,
-                "--batch-size",
-                "8",
-                "--id-prefix",
-                "crash-",
-                "--json",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        # Read stderr as it comes: stream_sim says there when a write first finds the server gone.
-        warned = threading.Event()
-        errors: list[str] = []
-
-        def read_stderr() -> None:
-            for line in stream.stderr:
-                errors.append(line)
-                if "unreachable" in line:
-                    warned.set()
-
-        reader = threading.Thread(target=read_stderr, daemon=True)
-        reader.start()
-        import psycopg
-
-        def stored() -> int:
-            with psycopg.connect(url) as conn:
-                return conn.execute(
-                    "SELECT count(*) FROM vectorstore_document WHERE external_id LIKE 'crash-%'"
-                ).fetchone()[0]
-
-        deadline = time.monotonic() + 240  # the model loads first: slow on a busy machine
-        while stored() < 5:  # records are flowing
-            assert stream.poll() is None, "".join(errors)
-            assert time.monotonic() < deadline, "no record was stored"
-            time.sleep(0.05)
-        assert stop_embedded(pgdata, mode="immediate")
-        assert warned.wait(timeout=120), f"stream_sim never saw the outage: {''.join(errors)}"
-        time.sleep(2)  # the outage's length, from the writer's first failure on: more than a second
-        start_embedded(pgdata)
-        out = stream.stdout.read()
-        assert stream.wait(timeout=300) == 0, "".join(errors)
-        reader.join(timeout=10)
-        summary = json.loads(out.strip().splitlines()[-1])
-        assert summary["retries"] > 0 and summary["outage_seconds"] > 1
-        assert "unreachable" in out
-        with psycopg.connect(url) as conn:
-            total, distinct = conn.execute(
-                "SELECT count(*), count(DISTINCT external_id) FROM vectorstore_document"
-                " WHERE external_id LIKE 'crash-%'"
-            ).fetchone()
-        assert (total, distinct) == (120, 120)
+        yield pgdata, url, env
     finally:
         stop_embedded(pgdata)
+
+
+@pytest.mark.parametrize("mode", ["insert", "copy", "batch"])
+def test_stream_survives_a_server_crash_and_restart(crash_server, mode):
+    """PostgreSQL stopped (immediate mode) under stream_sim and started again once the writer has seen it
+    gone: the writes are retried, and each record is stored once."""
+    from project.db import start_embedded, stop_embedded
+
+    pgdata, url, env = crash_server
+    start_embedded(pgdata)  # running (a failed test before this one may have left it stopped)
+    prefix = f"crash-{mode}-"
+    stream = subprocess.Popen(
+        [
+            sys.executable,
+            "manage.py",
+            "stream_sim",
+            "--count",
+            "120",
+            "--rate",
+            "30",
+            "--mode",
+            mode,
+            "--batch-size",
+            "8",
+            "--id-prefix",
+            prefix,
+            "--json",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # Read stderr as it comes: stream_sim says there when a write first finds the server gone.
+    warned = threading.Event()
+    errors: list[str] = []
+
+    def read_stderr() -> None:
+        for line in stream.stderr:
+            errors.append(line)
+            if "unreachable" in line:
+                warned.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    import psycopg
+
+    def stored() -> int:
+        with psycopg.connect(url) as conn:
+            return conn.execute(
+                "SELECT count(*) FROM vectorstore_document WHERE external_id LIKE %s", [prefix + "%"]
+            ).fetchone()[0]
+
+    deadline = time.monotonic() + 240  # the model loads first: slow on a busy machine
+    while stored() < 5:  # records are flowing
+        assert stream.poll() is None, "".join(errors)
+        assert time.monotonic() < deadline, "no record was stored"
+        time.sleep(0.05)
+    assert stop_embedded(pgdata, mode="immediate")
+    assert warned.wait(timeout=120), f"stream_sim never saw the outage: {''.join(errors)}"
+    time.sleep(2)  # the outage's length, from the writer's first failure on: more than a second
+    start_embedded(pgdata)
+    out = stream.stdout.read()
+    assert stream.wait(timeout=300) == 0, "".join(errors)
+    reader.join(timeout=10)
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["retries"] > 0 and summary["outage_seconds"] > 1
+    assert "unreachable" in out
+    with psycopg.connect(url) as conn:
+        total, distinct = conn.execute(
+            "SELECT count(*), count(DISTINCT external_id) FROM vectorstore_document"
+            " WHERE external_id LIKE %s",
+            [prefix + "%"],
+        ).fetchone()
+    assert (total, distinct) == (120, 120)
 
 
 def _prepared_loads() -> list[str]:
