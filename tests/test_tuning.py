@@ -1,57 +1,104 @@
-"""tune_search against the real index: it measures recall, stores the smallest setting that reaches the
-target, and every search that sets none uses it (a per-query value still wins)."""
+"""tune_search against the real index: the queries it measures on (the query log, pseudo-queries from the
+documents' text, noise), the estimate and its bound, the rule below pgvector's default, the stored
+setting used by every search that sets none, and the re-tune of loads and of --if-stale."""
 
 import json
+from datetime import timedelta
 
 import numpy as np
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
+from django.utils import timezone
 
 from tests.helpers import unit_vectors
-from vectorstore import search
-from vectorstore.models import Document, SearchTuning
+from tests.testapp.models import HostDocument
+from vectorstore import query_log, search, tuning, tuning_queries
+from vectorstore.models import Document, QueryLog, SearchTuning
 
 pytestmark = pytest.mark.django_db
+
+
+def _load(vectors, texts=None, model="vectorstore.Document"):
+    import pyarrow as pa
+
+    from vectorstore import ingest
+
+    # COPY, then the index built once (ANALYZE after): a row-by-row insert into the HNSW index took 16 s.
+    table = pa.table(
+        {
+            "text": texts or [f"passage {i}" for i in range(len(vectors))],
+            "embedding": pa.array(list(vectors), pa.list_(pa.float32())),
+        }
+    )
+    ingest.load(table, progress=False, tune=False, model=model)
 
 
 @pytest.fixture
 def random_corpus():
     """4,000 random unit vectors: the hard case for HNSW, where ef_search 40 falls short of 0.95."""
-    import pyarrow as pa
-
-    from vectorstore import ingest
-
     vectors = unit_vectors(4000, 384, seed=41)
-    # COPY, then the index built once (ANALYZE after): a row-by-row insert into the HNSW index took 16 s.
-    table = pa.table(
-        {
-            "text": [str(i) for i in range(len(vectors))],
-            "embedding": pa.array(list(vectors), pa.list_(pa.float32())),
-        }
-    )
-    ingest.load(table, progress=False, tune=False)
+    _load(vectors)
     return vectors
 
 
-def test_tune_search_stores_the_smallest_setting_that_reaches_the_target(random_corpus, capsys):
-    """Each step's recall is measured; the stored ef_search is the first that reached target + margin,
-    and the step before it did not."""
-    call_command("tune_search", "--target-recall", "0.95", "--queries", "40", "--json")
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["index"] == "vectorstore_document_hnsw" and summary["setting"] == "hnsw.ef_search"
-    assert summary["reached"] and summary["recall"] >= 0.96
-    from vectorstore.tuning import EF_SEARCH_STEPS
+@pytest.fixture(autouse=True)
+def _fresh_query_log():
+    query_log.forget()
+    yield
+    query_log.forget()
 
-    tried = dict(summary["tried"])
-    assert tried[summary["value"]] == pytest.approx(summary["recall"])
-    assert all(recall < 0.96 for value, recall in tried.items() if value < summary["value"])
-    # The next smaller setting was measured and fell short (the walk went up to it, or down past it).
-    below = max(v for v in EF_SEARCH_STEPS if v < summary["value"])
-    assert below >= 10 and tried[below] < 0.96, tried
+
+def _emit(capsys) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_the_walk_stores_the_smallest_setting_whose_bound_reaches_the_target(random_corpus, capsys):
+    """On noise queries: the stored ef_search is the first whose estimate's lower bound reached the target,
+    the step below it (measured) did not, and nothing below pgvector's default was tried."""
+    call_command("tune_search", "--query-model", "noise", "--queries", "60", "--json")
+    summary = _emit(capsys)
+    assert summary["index"] == "vectorstore_document_hnsw" and summary["setting"] == "hnsw.ef_search"
+    assert summary["query_model"] == "noise" and summary["queries"] == 60 and summary["reached"]
+    tried = {value: (recall, low) for value, recall, low in summary["tried"]}
+    assert min(tried) >= 40  # noise queries never lower a setting
+    assert summary["value"] > 40 and tried[40][1] < 0.95  # random vectors: the default falls short
+    assert tried[summary["value"]][1] >= 0.95 and summary["recall_low"] == tried[summary["value"]][1]
+    below = max(v for v in tuning.EF_SEARCH_STEPS if v < summary["value"])
+    assert tried[below][1] < 0.95
+    assert summary["recall"] >= summary["recall_low"]
     stored = SearchTuning.objects.get(index_name="vectorstore_document_hnsw")
-    assert (stored.ef_search, stored.rows, stored.k) == (summary["value"], 4000, 10)
+    assert (stored.ef_search, stored.rows, stored.k, stored.query_model) == (
+        summary["value"],
+        4000,
+        10,
+        "noise",
+    )
+    assert stored.recall_low == pytest.approx(summary["recall_low"], abs=1e-4)
+
+
+def test_a_setting_below_the_default_is_stored_only_on_evidence(settings):
+    """Queries the index answers at once (each next to a tight cluster of ten documents): logged ones
+    (real queries) take the setting below pgvector's default, each step down checked against the target
+    plus the margin; noise queries never lower it."""
+    centers = unit_vectors(300, 384, seed=21)
+    rng = np.random.default_rng(22)
+    members = centers.repeat(10, axis=0) + 0.03 * rng.standard_normal((3000, 384)).astype(np.float32)
+    _load(members / np.linalg.norm(members, axis=1, keepdims=True))
+    settings.VECTORSTORE = {"TUNE_MIN_LOGGED": 30}
+    now = timezone.now()
+    QueryLog.objects.bulk_create(
+        QueryLog(db_table="vectorstore_document", slot=i, vector=v, created_at=now)
+        for i, v in enumerate(centers[:40])
+    )
+    report = tuning.tune(queries=40)
+    assert report.query_model == "log" and report.queries == 40
+    assert report.value < 40 and report.recall_low >= 0.95 + tuning.BELOW_DEFAULT_MARGIN
+    margin = 0.95 + tuning.BELOW_DEFAULT_MARGIN
+    assert all(low >= margin for value, _, low in report.tried if report.value <= value < 40)
+    noisy = tuning.tune(queries=40, query_model="noise")
+    assert noisy.value >= 40 and min(v for v, _, _ in noisy.tried) >= 40
 
 
 def test_a_stored_setting_is_used_and_a_query_value_wins(random_corpus):
@@ -83,12 +130,155 @@ def test_a_stored_setting_is_used_and_a_query_value_wins(random_corpus):
 
 
 def test_tune_search_refuses_what_it_cannot_measure():
-    """An empty table or a bad target is a CommandError naming the flag, and stores nothing."""
+    """An empty table, a bad target, or the log asked for while it is too small: a CommandError naming the
+    flag, and nothing stored."""
     with pytest.raises(CommandError, match="too few"):
         call_command("tune_search")
     with pytest.raises(CommandError, match=r"--target-recall 1\.5"):
         call_command("tune_search", "--target-recall", "1.5")
+    _load(unit_vectors(50, 384, seed=3))
+    with pytest.raises(CommandError, match=r"--query-model log: .*fewer than 200 logged"):
+        call_command("tune_search", "--query-model", "log")
     assert not SearchTuning.objects.exists()
+
+
+def test_pseudo_queries_are_spans_of_the_documents_embedded_with_the_tables_model(tmp_path, monkeypatch):
+    """A host model with its own 8-dimension embedding model: the pseudo-queries are runs of words of its
+    stored texts, embedded with that model (its vectors, not the default's)."""
+    from tests.helpers import small_model
+    from vectorstore.embedding import Embedder
+
+    path = small_model(tmp_path / "eight", 8)
+    monkeypatch.setattr(HostDocument, "embedding_model", path, raising=False)
+    texts = [
+        "Railroads across the continent carried settlers and grain to the markets of the east.",
+        "The tariff on imported iron protected the mills of Pennsylvania. Congress debated it for weeks.",
+        "A canal between two oceans shortened every voyage from New York to San Francisco.",
+    ] * 10
+    _load(unit_vectors(len(texts), 8, seed=1), texts, model="testapp.HostDocument")
+    queries = tuning_queries.pseudo_queries(HostDocument, "default", 40, len(texts), seed=3)
+    assert queries.model == "pseudo" and queries.vectors.shape == (40, 8)
+    words = [" ".join(tuning_queries.WORD.findall(t)) for t in texts]
+    for text in queries.texts:
+        n = len(text.split())
+        assert 2 <= n <= tuning_queries.SENTENCE_WORDS and any(text in w for w in words), text
+    assert any(len(t.split()) <= tuning_queries.SPAN_WORDS[1] for t in queries.texts)
+    expected = Embedder.for_model(HostDocument).encode(queries.texts)
+    assert np.allclose(queries.vectors, expected, atol=1e-5)
+
+
+def test_the_query_log_samples_within_its_bounds_and_stores_no_text(settings):
+    """Searches' query vectors are sampled into at most QUERY_LOG_SIZE slots a table; no text is kept;
+    rows older than QUERY_LOG_DAYS are not read and are pruned; similar() is not logged; size 0 is off."""
+    vectors = unit_vectors(60, 384, seed=9)
+    _load(vectors[:20])
+    settings.VECTORSTORE = {"QUERY_LOG_SIZE": 5}
+    for v in vectors[20:]:
+        search.search(vector=v, k=3)
+    assert QueryLog.objects.count() == 5
+    assert sorted(QueryLog.objects.values_list("slot", flat=True)) == [0, 1, 2, 3, 4]
+    logged = np.stack([np.asarray(v) for v in QueryLog.objects.values_list("vector", flat=True)])
+    gaps = np.abs(logged[:, None, :] - vectors[None, 20:, :]).max(axis=2).min(axis=1)
+    assert (gaps < 1e-6).all()  # each one of the queries (none of the stored vectors)
+    columns = {f.column for f in QueryLog._meta.concrete_fields}
+    assert columns == {"id", "db_table", "slot", "vector", "created_at"}  # no text anywhere
+
+    query_log.forget()
+    settings.VECTORSTORE = {"QUERY_LOG_SIZE": 1000}
+    QueryLog.objects.all().delete()
+    result = search.search("a secret phrase nobody should keep", k=3)
+    (row,) = QueryLog.objects.all()
+    assert np.allclose(row.vector, search.embed_query("a secret phrase nobody should keep"), atol=1e-6)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM vectorstore_querylog q WHERE row_to_json(q)::text LIKE '%secret%'"
+        )
+        assert cursor.fetchone()[0] == 0
+    search.similar(Document.objects.get(pk=result.hits[0].values["id"]), k=2)
+    assert QueryLog.objects.count() == 1  # a stored document's vector is no query
+
+    QueryLog.objects.update(created_at=timezone.now() - timedelta(days=31))
+    assert query_log.recent(Document).count() == 0
+    assert query_log.prune(Document) == 1 and not QueryLog.objects.exists()
+
+    settings.VECTORSTORE = {"QUERY_LOG_SIZE": 0}
+    search.search(vector=vectors[0], k=3)
+    assert not QueryLog.objects.exists()
+
+
+def test_tune_prefers_the_log_once_it_holds_enough(settings):
+    """Below TUNE_MIN_LOGGED logged queries, tune measures on pseudo-queries; at it, on the log; it says
+    which."""
+    vectors = unit_vectors(1500, 384, seed=12)
+    _load(vectors, [f"the {i % 7} passage about topic {i % 31}" for i in range(1500)])
+    settings.VECTORSTORE = {"TUNE_MIN_LOGGED": 25}
+    for v in unit_vectors(24, 384, seed=13):
+        search.search(vector=v, k=5)
+    first = tuning.tune(queries=30)
+    assert first.query_model == "pseudo" and first.queries == 30
+    for v in unit_vectors(6, 384, seed=14):
+        search.search(vector=v, k=5)
+    second = tuning.tune(queries=30)
+    assert second.query_model == "log" and second.queries == 30
+    assert SearchTuning.objects.get().query_model == "log"
+
+
+def test_the_exact_kth_distance_agrees_with_an_exact_scan():
+    """The truth (each query's exact 10th distance, from one pass over the table) is PostgreSQL's exact
+    scan's, for each metric (queries not of unit length, so that l2 and inner product differ)."""
+    from psycopg import sql
+
+    vectors = unit_vectors(600, 384, seed=41) * np.linspace(0.5, 2.0, 600, dtype=np.float32)[:, None]
+    Document.objects.bulk_create(Document(text=str(i), embedding=v) for i, v in enumerate(vectors))
+    queries = unit_vectors(5, 384, seed=99) * 3
+    for metric in ("cosine", "l2", "inner_product"):
+        got = tuning_queries.kth_distances(
+            "default", "vectorstore_document", "embedding", metric, queries, 10
+        )
+        for query, kth in zip(queries, got, strict=True):
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL enable_indexscan = off")
+                cursor.execute(
+                    sql.SQL("SELECT embedding {} %s::vector FROM vectorstore_document ORDER BY 1 LIMIT 10")
+                    .format(sql.SQL(tuning.OPERATORS[metric]))
+                    .as_string(cursor.connection),
+                    [str(query.tolist())],
+                )
+                assert kth == pytest.approx(cursor.fetchall()[-1][0], rel=1e-5, abs=1e-5), metric
+
+
+def test_the_stored_estimate_is_shown_with_its_query_model(random_corpus, capsys):
+    """vector_index list and /api/health show the stored recall as an estimate beside its query model."""
+    from ninja.testing import TestClient
+
+    from vectorstore.api import router
+
+    tuning.tune(queries=30, query_model="noise")
+    call_command("vector_index", "list", "--json")
+    out = capsys.readouterr().out
+    assert "tuned: hnsw.ef_search" in out and "noise queries" in out
+    (index,) = json.loads(out.strip().splitlines()[-1])["indexes"]
+    assert index["tuning"]["query_model"] == "noise" and index["tuning"]["queries"] == 30
+    health = TestClient(router).get("/health").json()
+    (estimate,) = health["tuning"]
+    assert estimate["query_model"] == "noise" and estimate["recall_estimate"] >= estimate["recall_low"]
+
+
+def test_if_stale_tunes_only_when_the_table_changed(random_corpus, capsys):
+    """tune_search --if-stale: never tuned, tunes; then current, does nothing; after 30% more rows, tunes."""
+    call_command("tune_search", "--if-stale", "--query-model", "noise", "--queries", "30", "--json")
+    assert _emit(capsys)["tuned"] is True
+    call_command("tune_search", "--if-stale", "--json")
+    assert _emit(capsys) == {"tuned": False}
+    assert tuning.staleness(Document) is None
+    Document.objects.bulk_create(
+        Document(text=f"more {i}", embedding=v) for i, v in enumerate(unit_vectors(1300, 384, seed=2))
+    )
+    assert "5,300 rows" in tuning.staleness(Document)
+    call_command("tune_search", "--if-stale", "--query-model", "noise", "--queries", "30", "--json")
+    captured = capsys.readouterr()
+    assert json.loads(captured.out.strip().splitlines()[-1])["rows"] == 5300
+    assert "5,300 rows, 4,000 when tuned" in captured.err
 
 
 def _parquet(path, vectors, start: int = 0):
@@ -107,21 +297,38 @@ def _parquet(path, vectors, start: int = 0):
     return str(path)
 
 
-def _emit(capsys) -> dict:
-    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-
-
 @pytest.mark.django_db(transaction=True)  # REINDEX CONCURRENTLY runs outside any transaction
 def test_loads_and_rebuilds_tune_again_when_they_change_the_table_substantially(tmp_path, capsys):
-    """A first bulk load tunes on its own; a small one (under 20% of the tuned rows) does not, nor one with
-    --no-tune; a rebuilt index is tuned again."""
+    """A first bulk load tunes on its own (its queries and truth made during its index build); a small one
+    (under 20% of the tuned rows) does not, nor one with --no-tune; a rebuilt index is tuned again."""
+    from vectorstore import load_tuning
+
+    made = []
+    real = load_tuning.LoadTuning._prepare
+
+    def spy(self):
+        made.append(real(self))
+        return made[-1]
+
     vectors = unit_vectors(1600, 384, seed=5)
-    call_command("bulk_copy", _parquet(tmp_path / "a.parquet", vectors[:1200]), "--json")
+    load_tuning.LoadTuning._prepare = spy
+    try:
+        call_command("bulk_copy", _parquet(tmp_path / "a.parquet", vectors[:1200]), "--json")
+    finally:
+        load_tuning.LoadTuning._prepare = real
     first = _emit(capsys)["tuned"]
-    assert first and first["setting"] == "hnsw.ef_search" and first["rows"] == 1200
+    assert first and first["setting"] == "hnsw.ef_search" and first["rows"] == 1200 and first["reached"]
+    (prepared,) = made  # the load's own preparation, from the input: its truth is the table's
+    assert first["query_model"] == prepared.queries.model and first["queries"] == len(
+        prepared.queries.vectors
+    )
+    truth = tuning_queries.kth_distances(
+        "default", "vectorstore_document", "embedding", "cosine", prepared.queries.vectors, 10
+    )
+    assert np.allclose(prepared.kth, truth, rtol=1e-5, atol=1e-6)
     stored = SearchTuning.objects.get(index_name="vectorstore_document_hnsw")
     assert (stored.ef_search, stored.rows, stored.target_recall) == (first["value"], 1200, 0.95)
-    assert first["recall"] >= 0.96
+    assert first["recall_low"] >= 0.95 and stored.query_model == first["query_model"]
 
     call_command("bulk_copy", _parquet(tmp_path / "b.parquet", vectors[1200:1400], 1200), "--json")
     assert _emit(capsys)["tuned"] is None  # 200 rows: under 20% of the 1,200 tuned
@@ -133,27 +340,3 @@ def test_loads_and_rebuilds_tune_again_when_they_change_the_table_substantially(
     rebuilt = _emit(capsys)["tuned"]
     assert rebuilt and rebuilt["rows"] == 1600
     assert SearchTuning.objects.get().rows == 1600
-
-
-def test_the_one_pass_exact_ranking_agrees_with_an_exact_scan():
-    """tune()'s truth, ranked here from one pass over the table, is what PostgreSQL's exact scan returns,
-    for each metric (queries not of unit length, so that l2 and inner product differ from cosine)."""
-    from psycopg import sql
-
-    from vectorstore.tuning import OPERATORS, _exact
-
-    vectors = unit_vectors(600, 384, seed=41) * np.linspace(0.5, 2.0, 600, dtype=np.float32)[:, None]
-    Document.objects.bulk_create(Document(text=str(i), embedding=v) for i, v in enumerate(vectors))
-    queries = unit_vectors(5, 384, seed=99) * 3
-    for metric in ("cosine", "l2", "inner_product"):
-        got = _exact("default", "vectorstore_document", "id", "embedding", metric, queries, 10)
-        for query, ids in zip(queries, got, strict=True):
-            with connection.cursor() as cursor:
-                cursor.execute("SET LOCAL enable_indexscan = off")
-                cursor.execute(
-                    sql.SQL("SELECT id FROM vectorstore_document ORDER BY embedding {} %s::vector LIMIT 10")
-                    .format(sql.SQL(OPERATORS[metric]))
-                    .as_string(cursor.connection),
-                    [str(query.tolist())],
-                )
-                assert ids == {r[0] for r in cursor.fetchall()}, metric

@@ -22,7 +22,7 @@ from ninja import Field, Query, Router, Schema, Status
 from ninja.errors import HttpError
 from ninja.security import HttpBearer, SessionAuth
 
-from vectorstore import conf, replicas, routers, search
+from vectorstore import conf, replicas, routers, search, tuning
 from vectorstore.embedding import ModelStackMissing
 from vectorstore.limits import MAX_BATCH, MAX_PAGE
 from vectorstore.models import ApiToken
@@ -99,6 +99,20 @@ class ReplicaOut(Schema):
     error: str | None = None
 
 
+class TuningOut(Schema):
+    index: str
+    setting: str = Field(description="hnsw.ef_search, ivfflat.probes or rerank")
+    value: int
+    k: int
+    recall_estimate: float = Field(description="recall@k measured at the setting: an estimate")
+    recall_low: float | None = Field(None, description="the estimate's 90% lower bound")
+    query_model: str = Field(description="the queries it was measured on: log, pseudo or noise")
+    queries: int
+    target_recall: float
+    rows: int
+    tuned_at: str
+
+
 class HealthOut(Schema):
     status: str
     postgres: str | None = None
@@ -106,6 +120,7 @@ class HealthOut(Schema):
     documents: int | None = None
     error: str | None = None
     replicas: list[ReplicaOut] | None = None
+    tuning: list[TuningOut] | None = Field(None, description="what tune_search stored for the document table")
 
 
 @router.get("/health", response={200: HealthOut, 503: HealthOut}, summary="Database and pgvector status")
@@ -113,7 +128,7 @@ def health(request):
     """Answers 200 with PostgreSQL's and pgvector's versions (and each replica's state, where there are
     replicas: one down is reported, not an outage), or 503 when the primary cannot be reached."""
     try:
-        body = {"status": "ok", **server_status()}
+        body = {"status": "ok", **server_status(), "tuning": tuning.stored_estimates(conf.document_model())}
     except DatabaseError as exc:
         return Status(503, {"status": "unavailable", "error": str(exc).strip().splitlines()[0]})
     if replicas.configured():

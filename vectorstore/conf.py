@@ -39,6 +39,13 @@ DEFAULTS: dict[str, Any] = {
     "BUILD_MEMORY_LIMIT": None,
     # A parquet file stream_sim replays when no --source is given (None: --source is required).
     "STREAM_SOURCE": None,
+    # A sample of the query vectors searches see (never their text), for tune_search: at most this many per
+    # document table (0: none is kept), none older than QUERY_LOG_DAYS (vectorstore.query_log).
+    "QUERY_LOG_SIZE": 1000,
+    "QUERY_LOG_DAYS": 30,
+    # tune_search measures recall on the logged queries once a table has at least this many (fewer give
+    # too wide an estimate, benchmarks/README.md); until then on pseudo-queries made from the documents.
+    "TUNE_MIN_LOGGED": 200,
     # Database aliases of streaming replicas of "default": with vectorstore.routers.ReplicaRouter in
     # DATABASE_ROUTERS (and its middleware), reads of document models in requests go to them.
     "REPLICAS": [],
@@ -111,6 +118,18 @@ def build_memory_limit() -> str | int | None:
 def stream_source() -> str | None:
     value = get("STREAM_SOURCE")
     return None if value is None else str(value)
+
+
+def query_log_size() -> int:
+    return int(get("QUERY_LOG_SIZE"))
+
+
+def query_log_days() -> float:
+    return float(get("QUERY_LOG_DAYS"))
+
+
+def tune_min_logged() -> int:
+    return int(get("TUNE_MIN_LOGGED"))
 
 
 def replicas() -> list[str]:

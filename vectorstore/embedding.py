@@ -111,6 +111,16 @@ def load_model(model: str | None, device: str) -> SentenceTransformer:
         return _models[key]
 
 
+def is_loaded(model: str | None) -> bool:
+    """Whether this process has loaded the model already (on any device)."""
+    try:
+        path = model or bundled_model_path()
+    except ModelStackMissing:
+        return False
+    with _models_lock:
+        return any(key[0] == path for key in _models)
+
+
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))

@@ -27,7 +27,7 @@ import psycopg
 import pyarrow as pa
 from django.db import models, transaction
 
-from vectorstore import conf, indexes, pgcopy, tuning, twophase
+from vectorstore import conf, indexes, load_tuning, pgcopy, tuning, twophase
 from vectorstore.embedding import Embedder
 from vectorstore.parquet import Source
 from vectorstore.progress import index_progress_bar, make_bar
@@ -221,6 +221,8 @@ def load(
             conn = pgcopy.django_connection(opts.using)
             plan = _plan(conn, src, cmap, opts)
             report.index_strategy = plan.strategy
+            # A first load's tuning: its queries and their truth, made while the indexes build.
+            tuner = load_tuning.LoadTuning.for_load(conn, src, cmap, plan.dropped, opts.tune)
             checker = Checker(src, cmap, embedder, opts.on_error, binary=opts.method == "copy")
             written = _write(conn, plan, src, checker, opts, report, rejects)
             if opts.staged:
@@ -228,6 +230,8 @@ def load(
             else:
                 report.inserted = written
             if plan.dropped:
+                if tuner is not None:
+                    tuner.start()
                 report.index_seconds = _build_indexes(conn, plan, opts, report)
     except twophase.ParallelCopyUnavailable as exc:
         raise InputError(str(exc)) from exc
@@ -244,7 +248,8 @@ def load(
     pgcopy.analyze(pgcopy.django_connection(opts.using), report.table)
     if opts.tune:
         changed = None if plan.strategy == "rebuild" else report.inserted + report.updated
-        tuned = tuning.retune(cmap.model, changed=changed, using=opts.using)
+        prepared = tuner.result() if tuner is not None else None
+        tuned = tuning.retune(cmap.model, changed=changed, using=opts.using, prepared=prepared)
         report.tuned = tuned.as_dict() if tuned else None
     report.seconds = time.perf_counter() - started
     report.rows_per_s = report.rows / report.seconds if report.seconds else 0.0

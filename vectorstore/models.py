@@ -209,7 +209,17 @@ class SearchTuning(models.Model):
     rerank = models.PositiveIntegerField(
         null=True, blank=True, help_text="binary-quantized index: candidates re-ranked, as a multiple of k"
     )
-    recall = models.FloatField(help_text="recall@k measured at these settings")
+    recall = models.FloatField(help_text="recall@k measured at these settings: an estimate")
+    recall_low = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="the estimate's 90% lower bound",
+    )
+    query_model = models.CharField(
+        max_length=16,
+        default="noise",
+        help_text="the queries measured: log, pseudo or noise",
+    )
     target_recall = models.FloatField()
     k = models.PositiveSmallIntegerField()
     queries = models.PositiveIntegerField()
@@ -223,7 +233,27 @@ class SearchTuning(models.Model):
         setting = f"ef_search {self.ef_search}" if self.method == "hnsw" else f"probes {self.probes}"
         if self.rerank:
             setting = f"rerank {self.rerank}"
-        return f"{self.index_name}: {setting} (recall@{self.k} {self.recall:.3f})"
+        return (
+            f"{self.index_name}: {setting} (recall@{self.k} ~{self.recall:.3f}, {self.query_model} queries)"
+        )
+
+
+class QueryLog(models.Model):
+    """A sampled query vector of a search of one document table (``vectorstore.query_log``): vectors only,
+    never the query's text; at most QUERY_LOG_SIZE slots a table, none older than QUERY_LOG_DAYS read."""
+
+    db_table = models.CharField(max_length=255)
+    slot = models.PositiveIntegerField()
+    vector = VectorField()  # any dimension: each document table has its own
+    created_at = models.DateTimeField()
+
+    class Meta:
+        verbose_name = "logged query"
+        constraints = [models.UniqueConstraint(fields=["db_table", "slot"], name="vectorstore_querylog_slot")]
+        indexes = [models.Index(name="vectorstore_querylog_age", fields=["db_table", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.db_table} slot {self.slot} ({self.created_at:%Y-%m-%d})"
 
 
 class WriteMark(models.Model):

@@ -1,43 +1,55 @@
-"""Recall that holds by default: measure a table's recall@k against exact search and store the smallest
-``hnsw.ef_search`` (or ``ivfflat.probes``) that reaches a target, for every search that sets none.
+"""Recall that holds by default: measure a table's recall@k against exact search on queries like the ones
+users send, and store the smallest ``hnsw.ef_search`` (or ``ivfflat.probes``, or a binary index's
+re-rank factor) that reaches a target, for every search that sets none.
 
     from vectorstore.tuning import tune
     report = tune(target_recall=0.95)        # manage.py tune_search --target-recall 0.95
 
-pgvector's default ``ef_search`` (40) gives recall@10 0.98 on one corpus and 0.92 on another: how
-hard a corpus is for the graph depends on the corpus. The queries are stored vectors with noise
-added (so no query is a stored vector), the truth an exact scan of the table, the approximate
-answers ``search()`` itself.
+The queries (``tuning_queries``): the query log once it is large enough, else pseudo-queries cut from
+the documents' text and embedded with the table's model, else stored vectors with noise. The recall
+is an estimate: its spread over the queries (a bootstrap) gives a lower bound, and a setting is chosen
+only where that bound reaches the target. Below pgvector's own default (ef_search 40; a binary index's
+RERANK) a setting is stored only on the evidence of real or pseudo queries, with a further margin;
+noise queries, which are easier than real ones, can only raise it.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
+import psycopg
 from django.db import connections, models, transaction
-from psycopg import sql
-from psycopg.types.string import ByteaBinaryLoader
+from django.utils import timezone
 
-from vectorstore import conf, pgcopy, search, vector_indexes
+from vectorstore import conf, pgcopy, query_log, tuning_queries, vector_indexes
 from vectorstore.models import SearchTuning
+from vectorstore.search import forget_tuning, plan, quantized, settings
+from vectorstore.tuning_queries import Queries
 from vectorstore.validation import InputError
 
 EF_SEARCH_STEPS = (10, 16, 24, 32, 40, 48, 64, 80, 100, 128, 160, 200, 256, 320, 400, 500, 640, 800, 1000)
 RERANK_STEPS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 25, 32, 40, 50, 64, 80, 100)
 PROBES_STEPS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 OPERATORS = {"cosine": "<=>", "l2": "<->", "inner_product": "<#>"}
-# Noise as long as the vector: a query about as far from its source (cosine ~0.7) as real queries are
-# from their nearest stored texts. With 0.3 (cosine ~0.96) the queries were too easy: ef_search 10
-# measured 0.97 on a corpus where real queries need about 40 for 0.98.
-NOISE = 1.0
 DEFAULT_TARGET_RECALL = 0.95
+DEFAULT_QUERIES = 200
+# A setting below pgvector's default needs the estimate's lower bound this far above the target (and real
+# or pseudo queries): chosen on two corpora, reported on the third (benchmarks/README.md).
+BELOW_DEFAULT_MARGIN = 0.02
+CONFIDENCE = 0.90  # the estimate's two-sided interval; its lower end is what must reach the target
+BOOTSTRAP = 500
 # Loads and rebuilds tune again on their own (retune) when the table is at least this big and they wrote
 # at least this share of it: below a thousand rows the graph is searched nearly whole at any setting.
 AUTO_TUNE_MIN_ROWS = 1000
 AUTO_TUNE_CHANGE = 0.2
+# Below this many rows a load's own tuning uses noise queries (which only raise a setting) unless the
+# model is loaded already: loading the model (4-5 s) would cost more than the load.
+PSEUDO_MIN_ROWS = 20_000
+STALE_DAYS = 7.0  # tune_search --if-stale re-tunes a table tuned longer ago than this
 
 
 @dataclass
@@ -48,30 +60,48 @@ class TuneReport:
     index: str
     method: str
     metric: str
-    setting: str  # hnsw.ef_search | ivfflat.probes
+    setting: str  # hnsw.ef_search | ivfflat.probes | rerank
     value: int
-    recall: float
+    recall: float  # the estimate at the stored value
+    recall_low: float  # the lower end of its CONFIDENCE interval
     target_recall: float
     reached: bool
     k: int
     queries: int
+    query_model: str  # log | pseudo | noise
     rows: int
     seconds: float = 0.0
-    tried: list[tuple[int, float]] = field(default_factory=list)  # (value, recall)
+    tried: list[tuple[int, float, float]] = field(default_factory=list)  # (value, recall, lower bound)
+    note: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["seconds"] = round(self.seconds, 3)
         out["recall"] = round(self.recall, 4)
+        out["recall_low"] = round(self.recall_low, 4)
+        out["tried"] = [(v, round(r, 4), round(lo, 4)) for v, r, lo in self.tried]
         return out
 
     def summary(self) -> str:
         verdict = "reached" if self.reached else "NOT reached (the largest setting tried is stored)"
-        return (
+        line = (
             f"{self.index} ({self.method}, {self.metric}, {self.rows:,} rows): {self.setting} = {self.value},"
-            f" recall@{self.k} {self.recall:.3f} over {self.queries} queries; target {self.target_recall}"
-            f" {verdict}; {self.seconds:.1f} s"
+            f" recall@{self.k} ~{self.recall:.3f} (>= {self.recall_low:.3f} at {CONFIDENCE:.0%}) over"
+            f" {self.queries} {self.query_model} queries; target {self.target_recall} {verdict};"
+            f" {self.seconds:.1f} s"
         )
+        return f"{line}; {self.note}" if self.note else line
+
+
+@dataclass
+class Prepared:
+    """Queries and their exact answers, made before the index they measure exists (a load overlaps this
+    with its index build); ``kth`` holds each query's exact k-th distance."""
+
+    queries: Queries
+    kth: np.ndarray
+    k: int
+    metric: str
 
 
 def _vector_index(
@@ -88,17 +118,89 @@ def _vector_index(
     return index, index.metric or metric
 
 
+def prepare(
+    model: type[models.Model],
+    using: str,
+    metric: str,
+    k: int,
+    n: int,
+    rows: int,
+    seed: int = 0,
+    query_model: str = "auto",
+) -> Prepared:
+    """Queries of the chosen model and their exact k-th distances over the table as it is."""
+    queries = tuning_queries.choose(model, using, n, rows, seed, query_model)
+    table, column = model._meta.db_table, model._meta.get_field("embedding").column
+    kth = tuning_queries.kth_distances(using, table, column, metric, queries.vectors, k)
+    return Prepared(queries, kth, k, metric)
+
+
+def estimate(per_query: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """Mean recall and the lower end of its CONFIDENCE interval, by resampling the queries."""
+    if not len(per_query):
+        return 0.0, 0.0
+    rng = np.random.default_rng(seed)
+    means = per_query[rng.integers(0, len(per_query), size=(BOOTSTRAP, len(per_query)))].mean(axis=1)
+    return float(per_query.mean()), float(np.quantile(means, (1 - CONFIDENCE) / 2))
+
+
+def measure(model: type[models.Model], using: str, prepared: Prepared, knob: str, value: int) -> np.ndarray:
+    """Each query's recall@k through the index at one setting: the statement search() sends, with that
+    setting, all the queries in one pipelined round trip; a hit is right where its distance is within
+    the query's exact k-th (ties count, whichever of them the index returns)."""
+    k, metric = prepared.k, prepared.metric
+    queryset = model._default_manager.using(using).all()
+    pk = model._meta.pk.attname
+    tuned = settings.Tuned()
+    rerank = quantized.rerank_plan(model, metric, using, value if knob == "rerank" else None, tuned)
+    statement = plan.nearest(queryset, [pk], metric, k, None, rerank)
+    knobs = settings.index_settings(
+        value if knob == "ef_search" else None, None, value if knob == "probes" else None, tuned
+    )
+    if rerank is not None:
+        knobs = quantized.widened(knobs, k, rerank)
+    # The index's own recall: on a small table the planner may scan it whole (recall 1 at any setting),
+    # but the setting is for the table it grows into.
+    knobs["enable_seqscan"] = "off"
+    conn = pgcopy.django_connection(using)
+    vectors = [pgcopy.binary_vector(v) for v in prepared.queries.vectors]
+    with transaction.atomic(using=using), connections[using].wrap_database_errors:
+        with conn.cursor() as control:
+            for name, setting in knobs.items():
+                control.execute("SELECT set_config(%s, %s, true)", [name, setting])
+        cursors = [psycopg.Cursor(conn) for _ in vectors]
+        try:
+            with conn.pipeline():
+                for cursor, vector in zip(cursors, vectors, strict=True):
+                    cursor.execute(statement.sql, statement.bind(vector), prepare=False)
+            found = [statement.rows(cursor.fetchall(), connections[using]) for cursor in cursors]
+        finally:
+            for cursor in cursors:
+                cursor.close()
+    tolerance = 1e-5 * np.maximum(1.0, np.abs(prepared.kth))
+    return np.array(
+        [
+            min(k, sum(1 for row in rows if row[-1] is not None and row[-1] <= kth + tol)) / k
+            for rows, kth, tol in zip(found, prepared.kth, tolerance, strict=True)
+        ]
+    )
+
+
 def tune(
     model: type[models.Model] | None = None,
     *,
-    target_recall: float = 0.95,
+    target_recall: float = DEFAULT_TARGET_RECALL,
     k: int = 10,
-    queries: int = 100,
-    margin: float = 0.01,
+    queries: int = DEFAULT_QUERIES,
     using: str = "default",
     seed: int = 0,
+    query_model: str = "auto",
+    prepared: Prepared | None = None,
+    margin: float | None = None,
 ) -> TuneReport:
-    """Find, store and return the smallest setting whose recall@k reaches ``target_recall + margin``."""
+    """Find, store and return the smallest setting whose recall@k estimate reaches ``target_recall`` with
+    CONFIDENCE (see the module docstring). ``query_model``: auto | log | pseudo | noise. ``prepared``:
+    queries and truth made already (a load's). ``margin`` replaces BELOW_DEFAULT_MARGIN."""
     started = time.perf_counter()
     if not 0 < target_recall <= 1:
         raise InputError(f"target_recall={target_recall}: must be above 0 and at most 1")
@@ -106,97 +208,122 @@ def tune(
         raise InputError(f"k={k}: must be from 1 to 100")
     if queries < 1:
         raise InputError(f"queries={queries}: must be at least 1")
+    if query_model not in ("auto", *tuning_queries.QUERY_MODELS):
+        raise InputError(
+            f"query_model={query_model!r}: expected auto, {', '.join(tuning_queries.QUERY_MODELS)}"
+        )
     model = model or conf.document_model()
     table = model._meta.db_table
-    column = model._meta.get_field("embedding").column
     conn = pgcopy.django_connection(using)
     index, metric = _vector_index(model, using, conf.distance())
     rows = pgcopy.count_rows(conn, table)
     if rows < k:
         raise InputError(f"{table} holds {rows} rows: too few to measure recall@{k}")
-    stored = _sample(conn, table, column, queries, rows, seed)
-    rng = np.random.default_rng(seed)
-    vectors = []
-    for v in stored:
-        noise = rng.standard_normal(v.shape).astype(np.float32)
-        vectors.append(v + noise * (NOISE * float(np.linalg.norm(v)) / float(np.linalg.norm(noise))))
-    pk = model._meta.pk.column
-    truth = _exact(using, table, pk, column, metric, np.stack(vectors), k)
+    if prepared is None or prepared.k != k or prepared.metric != metric:
+        try:
+            prepared = prepare(model, using, metric, k, queries, rows, seed, query_model)
+        except ValueError as exc:
+            raise InputError(str(exc)) from exc
+    n = len(prepared.queries.vectors)
+    if n == 0:
+        raise InputError(f"{table}: no queries to measure with ({prepared.queries.model} model)")
 
     # A binary index's recall is the re-rank's: its candidates' count is what to tune (ef_search follows).
     if index.quantization == "binary":
-        setting, steps, knob_name = "rerank", RERANK_STEPS, "rerank"
+        setting, steps, knob, default = "rerank", RERANK_STEPS, "rerank", conf.rerank()
     elif index.method == "hnsw":
-        setting, steps, knob_name = "hnsw.ef_search", EF_SEARCH_STEPS, "ef_search"
+        setting, steps, knob, default = "hnsw.ef_search", EF_SEARCH_STEPS, "ef_search", 40  # pgvector's
     else:
-        setting, steps, knob_name = "ivfflat.probes", PROBES_STEPS, "probes"
+        setting, steps, knob, default = "ivfflat.probes", PROBES_STEPS, "probes", 1  # pgvector's
+    candidates = [s for s in steps if knob != "ef_search" or s >= k]
     report = TuneReport(
-        table, index.name, index.method, metric, setting, 0, 0.0, target_recall, False, k, len(vectors), rows
-    )
-    queryset = model._default_manager.using(using).all()
-    candidates = [s for s in steps if setting != "hnsw.ef_search" or s >= k]
-    goal = min(1.0, target_recall + margin)
+        table, index.name, index.method, metric, setting, 0, 0.0, 0.0, target_recall, False, k, n,
+        prepared.queries.model, rows,
+    )  # fmt: skip
+    margin = BELOW_DEFAULT_MARGIN if margin is None else margin
+    trusted = prepared.queries.model in ("log", "pseudo")
+    cache: dict[int, tuple[float, float]] = {}
 
-    def measure(value: int) -> float:
-        knob = {knob_name: value}
-        found = 0
-        # The index's own recall: on a small table the planner may scan it whole (recall 1 at any
-        # setting), but the setting is for the table it grows into.
-        with transaction.atomic(using=using), connections[using].cursor() as cursor:
-            cursor.execute("SET LOCAL enable_seqscan = off")
-            for v, expected in zip(vectors, truth, strict=True):
-                result = search.search(vector=v, k=k, metric=metric, queryset=queryset, using=using, **knob)
-                hits = result.hits
-                found += len({h.values[model._meta.pk.attname] for h in hits} & expected)
-        recall = found / (k * len(vectors))
-        report.tried.append((value, recall))
-        return recall
+    def measured(value: int) -> tuple[float, float]:
+        if value not in cache:
+            cache[value] = estimate(measure(model, using, prepared, knob, value), seed)
+            report.tried.append((value, *cache[value]))
+        return cache[value]
 
-    # Walk from the default setting (where most corpora land) down while the goal still holds, or up until
-    # it does: two or three measurements for a typical corpus, where a walk up from the smallest took five.
-    default = {"rerank": conf.rerank(), "ef_search": conf.ef_search()}.get(knob_name, 1)
+    def good(value: int) -> bool:
+        low = measured(value)[1]
+        if value < default:  # below pgvector's default: only on real or pseudo queries, with margin
+            return trusted and low >= min(1.0, target_recall + margin)
+        return low >= target_recall
+
+    # Walk from the default (where most corpora land) down while the rule holds, or up until it does.
     i = next((n for n, value in enumerate(candidates) if value >= default), len(candidates) - 1)
-    recall = measure(candidates[i])
-    if recall >= goal:
-        while i > 0 and (lower := measure(candidates[i - 1])) >= goal:
-            i, recall = i - 1, lower
+    if good(candidates[i]):
+        # Noise queries are not measured below the default at all: nothing there could be stored.
+        while i > 0 and (trusted or candidates[i - 1] >= default) and good(candidates[i - 1]):
+            i -= 1
         report.reached = True
     else:
         while i + 1 < len(candidates):
             i += 1
-            recall = measure(candidates[i])
-            if recall >= goal:
+            if good(candidates[i]):
                 report.reached = True
                 break
-    report.value, report.recall = candidates[i], recall
+    report.value = candidates[i]
+    report.recall, report.recall_low = measured(report.value)
+    if prepared.queries.model == "noise":
+        report.note = "noise queries: no setting below pgvector's default is stored on their evidence"
     SearchTuning.objects.using(using).update_or_create(
         index_name=index.name,
         defaults={
             "db_table": table,
             "method": index.method,
-            "ef_search": report.value if knob_name == "ef_search" else None,
-            "probes": report.value if knob_name == "probes" else None,
-            "rerank": report.value if knob_name == "rerank" else None,
+            "ef_search": report.value if knob == "ef_search" else None,
+            "probes": report.value if knob == "probes" else None,
+            "rerank": report.value if knob == "rerank" else None,
             "recall": report.recall,
+            "recall_low": report.recall_low,
+            "query_model": prepared.queries.model,
             "target_recall": target_recall,
             "k": k,
-            "queries": len(vectors),
+            "queries": n,
             "rows": rows,
         },
     )
-    search.forget_tuning()
+    query_log.prune(model, using)
+    forget_tuning()
     report.seconds = time.perf_counter() - started
     return report
 
 
+def load_query_model(model: type[models.Model], rows: int) -> str:
+    """The queries a load's own tuning uses: the log (when large enough) or pseudo-queries, unless the
+    table is small and the model is not loaded in this process (then noise, which only raises)."""
+    from vectorstore import embedding
+
+    if tuning_queries.logged_queries(model, "default", 1) is not None:
+        return "log"
+    name = getattr(model, "embedding_model", None) or conf.model_name()
+    if not tuning_queries.model_stack_installed():
+        return "noise"
+    if rows >= PSEUDO_MIN_ROWS or embedding.is_loaded(name):
+        return "pseudo"
+    return "noise"
+
+
 def retune(
-    model: type[models.Model] | None = None, *, changed: int | None = None, using: str = "default"
+    model: type[models.Model] | None = None,
+    *,
+    changed: int | None = None,
+    using: str = "default",
+    prepared: Prepared | None = None,
 ) -> TuneReport | None:
     """Tune again after ``changed`` rows were written (None: the index itself was rebuilt), when that is
     a substantial change; None when it is not, or when there is nothing to tune.
 
-    The target and k are those last stored for the index (else 0.95 and 10). ``bulk_copy`` and
-    ``reindex`` call this, so a table loaded in bulk reaches the target recall without anyone tuning.
+    The target and k are those last stored for the index (else 0.95 and 10). ``bulk_copy``,
+    ``reindex`` and ``vector_index create`` call this, so a table loaded in bulk reaches the target
+    recall without anyone tuning.
     """
     model = model or conf.document_model()
     table = model._meta.db_table
@@ -206,9 +333,8 @@ def retune(
     except InputError:
         return None
     if index.quantization == "binary":
-        # The synthetic queries overstate the re-rank depth real ones need (benchmarks/README.md,
-        # bench_scale: rerank 100 chosen where real queries reach 0.95 at about 16-24, at 2.5x the
-        # search time): loads leave a binary index at RERANK; tune_search still tunes it when asked.
+        # Noisy queries overstated the re-rank depth real ones need (benchmarks/README.md, bench_scale):
+        # loads leave a binary index at RERANK; tune_search still tunes it when asked.
         return None
     rows = pgcopy.count_rows(conn, table)
     if rows < AUTO_TUNE_MIN_ROWS:
@@ -221,78 +347,71 @@ def retune(
         target_recall=stored.target_recall if stored else DEFAULT_TARGET_RECALL,
         k=min(stored.k if stored else 10, rows),
         using=using,
+        query_model="auto" if prepared is not None else load_query_model(model, rows),
+        prepared=prepared,
     )
 
 
-def _sample(conn: Any, table: str, column: str, n: int, rows: int, seed: int) -> list[np.ndarray]:
-    """About ``n`` stored vectors chosen at random, repeatably for a seed.
+def staleness(model: type[models.Model], using: str = "default") -> str | None:
+    """Why the table's stored tuning is out of date (never tuned; the table changed by AUTO_TUNE_CHANGE;
+    the query log is now large enough and the tuning used none, or has doubled since; older than
+    STALE_DAYS), or None when it is current."""
+    try:
+        index, _ = _vector_index(model, using, conf.distance())
+    except InputError:
+        return None
+    stored = SearchTuning.objects.using(using).filter(index_name=index.name).first()
+    if stored is None:
+        return "never tuned"
+    rows = pgcopy.count_rows(pgcopy.django_connection(using), model._meta.db_table)
+    if abs(rows - stored.rows) >= AUTO_TUNE_CHANGE * max(stored.rows, 1):
+        return f"the table holds {rows:,} rows, {stored.rows:,} when tuned"
+    logged = query_log.recent(model, using).count()
+    if logged >= conf.tune_min_logged() and stored.query_model != "log":
+        return f"{logged} logged queries now, tuned on {stored.query_model} queries"
+    if stored.query_model == "log" and logged >= 2 * stored.queries:
+        return f"{logged} logged queries now, {stored.queries} when tuned"
+    if timezone.now() - stored.tuned_at > timedelta(days=STALE_DAYS):
+        return f"tuned {stored.tuned_at:%Y-%m-%d}, more than {STALE_DAYS:.0f} days ago"
+    return None
 
-    TABLESAMPLE SYSTEM reads a few random pages instead of the whole table (ORDER BY random() reads and
-    sorts all of it: seconds at a million rows); it falls back to that when the pages hold too few.
-    """
-    percent = min(100.0, 100.0 * 4 * n / max(rows, 1))
-    query = sql.SQL("SELECT {} FROM {} TABLESAMPLE SYSTEM (%s) REPEATABLE (%s) WHERE {} IS NOT NULL").format(
-        sql.Identifier(column), sql.Identifier(table), sql.Identifier(column)
-    )
-    found = [r[0] for r in conn.execute(query, [percent, seed])]
-    if len(found) < n:
-        query = sql.SQL("SELECT {} FROM {} WHERE {} IS NOT NULL ORDER BY random() LIMIT %s").format(
-            sql.Identifier(column), sql.Identifier(table), sql.Identifier(column)
+
+def stored_estimates(model: type[models.Model], using: str = "default") -> list[dict[str, Any]]:
+    """What tune_search stored for the model's table, each recall an estimate beside its query model (for
+    ``vector_index list`` and ``/api/health``)."""
+    out = []
+    for t in SearchTuning.objects.using(using).filter(db_table=model._meta.db_table).order_by("index_name"):
+        setting, value = (
+            ("rerank", t.rerank)
+            if t.rerank
+            else ("hnsw.ef_search", t.ef_search)
+            if t.method == "hnsw"
+            else ("ivfflat.probes", t.probes)
         )
-        found = [r[0] for r in conn.execute(query, [n])]
-    rng = np.random.default_rng(seed)
-    chosen = rng.choice(len(found), size=min(n, len(found)), replace=False)
-    return [np.asarray(found[i].to_numpy(), dtype=np.float32) for i in sorted(chosen)]
+        out.append(
+            {
+                "index": t.index_name,
+                "setting": setting,
+                "value": value,
+                "k": t.k,
+                "recall_estimate": round(t.recall, 4),
+                "recall_low": None if t.recall_low is None else round(t.recall_low, 4),
+                "query_model": t.query_model,
+                "queries": t.queries,
+                "target_recall": t.target_recall,
+                "rows": t.rows,
+                "tuned_at": t.tuned_at.isoformat(),
+            }
+        )
+    return out
 
 
-# Rows per fetch of the exact scan: 20,000 x 384 float32 is 30 MB, whatever the table's size.
-_EXACT_CHUNK = 20_000
-
-
-def _exact(
-    using: str, table: str, pk: str, column: str, metric: str, queries: np.ndarray, k: int
-) -> list[set]:
-    """The ids of each query's k nearest rows, exactly: one pass over the table for all the queries.
-
-    An exact scan per query in SQL reads the whole table once per query (100 queries, 100 scans);
-    streaming the vectors once and ranking them here with one matrix product per chunk costs one scan,
-    so tuning stays a small part of the load that triggers it.
-    """
-    queries = queries.astype(np.float32)
-    if metric == "cosine":
-        queries = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-30)
-    best_d = np.empty((len(queries), 0), dtype=np.float32)
-    best_id = np.empty((len(queries), 0), dtype=np.int64)  # positions in ids, which any pk type fits
-    ids: list = []
-    conn = pgcopy.django_connection(using)
-    query = sql.SQL("SELECT {}, {} FROM {} WHERE {} IS NOT NULL").format(
-        sql.Identifier(pk), sql.Identifier(column), sql.Identifier(table), sql.Identifier(column)
+def describe(estimate: dict[str, Any]) -> str:
+    """One line for a stored estimate: the setting, the recall estimate and what it was measured on."""
+    e = estimate
+    low = f", >= {e['recall_low']:.3f}" if e["recall_low"] is not None else ""
+    return (
+        f"{e['setting']} {e['value']}: recall@{e['k']} ~{e['recall_estimate']:.3f}"
+        f"{low} (an estimate on {e['queries']} {e['query_model']} queries, {e['rows']:,} rows,"
+        f" {e['tuned_at'][:10]})"
     )
-    with transaction.atomic(using=using), conn.cursor(name="vectorstore_tune_exact", binary=True) as cursor:
-        # Vectors arrive as pgvector's binary bytes (uint16 dims, uint16 unused, float32 big-endian) and
-        # are decoded a chunk at a time: a Vector object per row cost 1.5 s per 60,000 rows.
-        cursor.adapters.register_loader("vector", ByteaBinaryLoader)
-        cursor.execute(query)
-        while batch := cursor.fetchmany(_EXACT_CHUNK):
-            positions = np.arange(len(ids), len(ids) + len(batch), dtype=np.int64)
-            ids.extend(r[0] for r in batch)
-            raw = np.frombuffer(b"".join(r[1] for r in batch), dtype=">f4")
-            matrix = raw.reshape(len(batch), -1)[:, 1:].astype(np.float32)
-            dots = queries @ matrix.T
-            if metric == "cosine":
-                norms = np.linalg.norm(matrix, axis=1)
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    dist = 1.0 - dots / norms
-                dist[:, norms == 0] = np.inf  # pgvector: NaN distance, ranked last
-            elif metric == "l2":
-                dist = (matrix * matrix).sum(axis=1) - 2.0 * dots  # + |q|^2, the same for every row
-            else:
-                dist = -dots
-            all_d = np.concatenate([best_d, dist], axis=1)
-            all_id = np.concatenate([best_id, np.broadcast_to(positions, dist.shape)], axis=1)
-            if all_d.shape[1] > k:
-                keep = np.argpartition(all_d, k - 1, axis=1)[:, :k]
-                all_d = np.take_along_axis(all_d, keep, axis=1)
-                all_id = np.take_along_axis(all_id, keep, axis=1)
-            best_d, best_id = all_d, all_id
-    return [{ids[i] for i in row} for row in best_id.tolist()]

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from django.db import models
 
-from vectorstore import conf
+from vectorstore import conf, query_log
 from vectorstore.filters import SearchError, build_filter, storable
 from vectorstore.limits import (
     EF_SEARCH_RANGE,
@@ -96,6 +96,7 @@ def search(
     mmr: dict[str, Any] | None = None,
     hybrid: dict[str, Any] | None = None,
     rerank: int | None = None,
+    log_query: bool = True,
 ) -> SearchResult:
     """Search the document table (see the package's docstring). Raises SearchError naming the bad input.
 
@@ -104,7 +105,8 @@ def search(
     ``hybrid={"text_weight", "partial_weight", "rrf_k", "vector_k", "text_k"}`` (any of them) tunes mode
     hybrid's fusion (``hybrid_options``). ``rerank``: through a quantized index, re-rank k x rerank
     candidates by the full vectors (default: the factor tune_search stored, else VECTORSTORE RERANK for a
-    binary index and 1 for a half-precision one).
+    binary index and 1 for a half-precision one). ``log_query=False`` keeps the query vector out of the
+    query log that tune_search measures recall on (``vectorstore.query_log``; ``similar()`` does).
     """
     started = time.perf_counter()
     model = queryset.model if queryset is not None else conf.document_model()
@@ -190,6 +192,8 @@ def search(
             hits = [hit(i + 1, row, score, row[-1]) for i, (row, score) in enumerate(fused)]
     if lambda_mult is not None:
         hits = mmr_hits(hits, fields[-1], lambda_mult, wanted)
+    if log_query and qvector is not None:
+        query_log.offer(model, qvector)
     return SearchResult(
         hits=hits,
         took_ms=(time.perf_counter() - started) * 1000,
@@ -205,4 +209,5 @@ def similar(document: models.Model, k: int = 10, **kwargs: Any) -> SearchResult:
     """The k documents nearest to one stored document (itself left out)."""
     queryset = kwargs.pop("queryset", None)
     queryset = queryset if queryset is not None else type(document)._default_manager.all()
+    kwargs.setdefault("log_query", False)  # a stored vector is not a query anyone typed
     return search(vector=document.embedding, k=k, queryset=queryset.exclude(pk=document.pk), **kwargs)

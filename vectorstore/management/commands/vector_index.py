@@ -6,7 +6,7 @@ import psycopg
 from django.core.management.base import CommandError
 from django.db import DatabaseError
 
-from vectorstore import build_memory, conf, live_index, vector_indexes
+from vectorstore import build_memory, conf, live_index, tuning, vector_indexes
 from vectorstore.management.commands._base import ServiceCommand
 from vectorstore.operations import ivfflat_lists
 from vectorstore.progress import index_progress_bar
@@ -97,6 +97,7 @@ class Command(ServiceCommand):
         serving = vector_indexes.serving(model, conf.distance())
         lines = [f"{model._meta.db_table}: {len(found)} vector index(es)"]
         rows = []
+        estimates = {e["index"]: e for e in tuning.stored_estimates(model)}
         for index in found:
             used = serving is not None and index.name == serving.name
             lines.append(
@@ -104,6 +105,8 @@ class Command(ServiceCommand):
                 f" {build_memory.pretty(index.size_bytes)}, {'valid' if index.valid else 'INVALID'}"
                 f"{', used by searches' if used else ''}"
             )
+            if index.name in estimates:
+                lines.append(f"    tuned: {tuning.describe(estimates[index.name])}")
             rows.append(
                 {
                     "name": index.name,
@@ -113,6 +116,7 @@ class Command(ServiceCommand):
                     "size_bytes": index.size_bytes,
                     "valid": index.valid,
                     "serving": used,
+                    "tuning": estimates.get(index.name),
                 }
             )
         if serving is None:

@@ -1,0 +1,136 @@
+"""A first load's tuning, prepared while its indexes build: the queries (pseudo-queries cut from the
+input's texts and embedded, or noise on its vectors) and their exact answers (one pass over the
+input's vectors) need no index, so they are made in a thread during the build, and only the
+measurement through the new index is left for after it.
+
+It applies to a load into an empty table that rebuilds the vector index from vectors the input carries:
+the table then holds exactly the input's rows, so the input is the truth (a row the load rejects can
+only make the measured recall lower, never higher). Any other load tunes from the table itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from django.db import models
+from psycopg import sql
+
+from vectorstore import conf, query_log, tuning, tuning_queries, vector_indexes
+from vectorstore.parquet import Source
+from vectorstore.rows import ColumnMap
+from vectorstore.tuning import Prepared
+from vectorstore.tuning_queries import KthDistances, Queries
+
+logger = logging.getLogger(__name__)
+K = 10
+
+
+class LoadTuning:
+    """Makes a load's queries and their truth in a thread (``start``), handed to ``tuning.retune``."""
+
+    def __init__(self, model: type[models.Model], src: Source, cmap: ColumnMap, query_model: str) -> None:
+        self.model, self.src, self.cmap, self.query_model = model, src, cmap, query_model
+        self.metric = conf.distance()
+        self.n = tuning.DEFAULT_QUERIES
+        self._thread: threading.Thread | None = None
+        self._result: Prepared | None = None
+        self._error: BaseException | None = None
+        self._logged: np.ndarray | None = None
+
+    @classmethod
+    def for_load(
+        cls, conn: Any, src: Source, cmap: ColumnMap, dropped: list, tune: bool
+    ) -> LoadTuning | None:
+        """The preparation a load can overlap with its index build, or None (the table is not empty, the
+        input has no vectors, it is too small to tune, or no HNSW/IVFFlat index is rebuilt)."""
+        if not tune or cmap.embedding_column is None or src.num_rows < tuning.AUTO_TUNE_MIN_ROWS:
+            return None
+        column = cmap.model._meta.get_field(cmap.vector_field).column
+        kinds = [vector_indexes.kind_from_definition(i.definition, column) for i in dropped]
+        if not any(kind is not None and kind[1] != "binary" for kind in kinds):
+            return None
+        table = sql.Identifier(cmap.model._meta.db_table)
+        if conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(table)).fetchone()[0]:
+            return None
+        query_model = tuning.load_query_model(cmap.model, src.num_rows)
+        prepared = cls(cmap.model, src, cmap, query_model)
+        if query_model == "log":  # read here, on the load's connection's thread, not in the worker
+            prepared._logged = query_log.vectors(cmap.model, prepared.n)
+        return prepared
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="vectorstore-load-tuning", daemon=True)
+        self._thread.start()
+
+    def result(self) -> Prepared | None:
+        """The queries and truth (None if making them failed: the load then tunes from the table)."""
+        if self._thread is None:
+            return None
+        self._thread.join()
+        if self._error is not None:
+            logger.warning("tuning's preparation failed, measured from the table instead: %s", self._error)
+            return None
+        return self._result
+
+    def _run(self) -> None:
+        try:
+            self._result = self._prepare()
+        except BaseException as exc:  # reported by result(); the load goes on
+            self._error = exc
+
+    def _rows(self, positions: np.ndarray, column: str) -> list:
+        """The values of ``column`` at the given (sorted) row positions of the input."""
+        out, start = [], 0
+        for batch in self.src.iter_batches(65_536, columns=[column]):
+            end = start + batch.num_rows
+            inside = positions[(positions >= start) & (positions < end)] - start
+            if len(inside):
+                out += batch.column(0).take(pa.array(inside)).to_pylist()
+            start = end
+        return out
+
+    def _matrices(self):
+        """The input's vectors, a batch at a time, as float32 matrices (rows of another size left out)."""
+        dims = self.cmap.dimensions
+        for batch in self.src.iter_batches(65_536, columns=[self.cmap.embedding_column]):
+            col = batch.column(0)
+            lengths = pc.fill_null(pc.list_value_length(col), -1).to_numpy(zero_copy_only=False)
+            ok = lengths == dims
+            flat = pc.list_flatten(col.filter(pa.array(ok)) if not ok.all() else col)
+            yield flat.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dims)
+
+    def _queries(self) -> Queries:
+        rng = np.random.default_rng(0)
+        positions = np.sort(rng.choice(self.src.num_rows, size=min(self.n, self.src.num_rows), replace=False))
+        if self.query_model == "log" and self._logged is not None:
+            return Queries("log", self._logged)
+        if self.query_model == "pseudo":
+            from vectorstore.embedding import Embedder
+
+            texts = [
+                t[: tuning_queries.TEXT_CHARS] for t in self._rows(positions, self.cmap.text_column) if t
+            ]
+            return tuning_queries.from_texts(self.model, texts, self.n, 0, Embedder)
+        stored = [v for v in self._rows(positions, self.cmap.embedding_column) if v is not None]
+        vectors = []
+        for v in stored:
+            v = np.asarray(v, dtype=np.float32)
+            if len(v) != self.cmap.dimensions or not np.isfinite(v).all():
+                continue
+            noise = rng.standard_normal(v.shape).astype(np.float32)
+            scale = tuning_queries.NOISE * float(np.linalg.norm(v)) / float(np.linalg.norm(noise))
+            vectors.append(v + noise * scale)
+        dims = self.cmap.dimensions
+        return Queries("noise", np.stack(vectors) if vectors else np.empty((0, dims), dtype=np.float32))
+
+    def _prepare(self) -> Prepared:
+        queries = self._queries()
+        truth = KthDistances(queries.vectors, self.metric, K)
+        for matrix in self._matrices():
+            truth.add(matrix)
+        return Prepared(queries, truth.kth(), K, self.metric)
