@@ -10,6 +10,10 @@ The corpora (each embedded once with the bundled model and cached in benchmarks/
   (benchmarks/data/sotu-passages-200.parquet, fixtures/build_sotu.py --per-address 0 --max-chars 200;
   about 10 minutes to embed on 2 cores). Queries: passages of fixtures/sotu.parquet, cut
   differently, so no query is a stored text. The 1% filter: one President's passages.
+- ``pydocs``: 11,423 passages of the Python 3.11 documentation (library reference, tutorial, how-tos,
+  language reference, FAQs), technical reference prose (benchmarks/data/pydocs-passages.parquet,
+  fixtures/build_pydocs.py; about 3 minutes to embed). Queries: 143 questions written by hand
+  (benchmarks/data/pydocs-queries.txt). The 1% filter: one page.
 - ``debian``: 59,852 one-line synopses of Debian bookworm packages, software rather than speeches and
   a quarter of the length (benchmarks/data/debian-synopses.parquet, fixtures/build_debian.py; about
   6 minutes to embed). Queries: 175 requests written by hand (benchmarks/data/debian-queries.txt).
@@ -54,8 +58,8 @@ class Corpus:
         return CACHE / f"{self.parquet.stem}.embedded.parquet"
 
     def queries(self, n: int) -> list[str]:
-        if self.name == "debian":
-            lines = (DATA / "debian-queries.txt").read_text(encoding="utf-8").splitlines()
+        if self.name in ("debian", "pydocs"):
+            lines = (DATA / f"{self.name}-queries.txt").read_text(encoding="utf-8").splitlines()
             texts = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
             return texts[:n]
         texts = pq.read_table(ROOT / "fixtures" / "sotu.parquet").column("text").to_pylist()
@@ -66,14 +70,16 @@ class Corpus:
 CORPORA = {
     "sotu": Corpus("sotu", DATA / "sotu-passages-200.parquet", "president", "metadata->>'president'"),
     "debian": Corpus("debian", DATA / "debian-synopses.parquet", "category", "category"),
+    "pydocs": Corpus("pydocs", DATA / "pydocs-passages.parquet", "page", "metadata->>'page'"),
 }
 
 # Metadata keys declared for range filters (their B-tree indexes): SOTU's year, Debian's source package.
-DECLARED = {"year": "int", "source": "text"}
+DECLARED = {"year": "int", "source": "text", "page": "text"}
 # A range on a declared key that matches about 1% of each corpus.
 DECLARED_RANGES = {
     "sotu": {"year": {"$gte": 1861, "$lt": 1864}},
     "debian": {"source": {"$gte": "python-d", "$lt": "python-f"}},
+    "pydocs": {"page": {"$gte": "library/csv", "$lt": "library/d"}},
 }
 
 # What the API selects, written by hand: the same columns, distances and LIMIT.
