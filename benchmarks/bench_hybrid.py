@@ -1,23 +1,29 @@
-"""Hybrid search's defaults, chosen by measurement: two corpora, two kinds of query.
+"""Hybrid search's fusion, chosen by measurement on three corpora and two kinds of query, every default
+chosen on two corpora and reported on the third.
 
-    .venv/bin/python -m benchmarks.bench_hybrid                 # both corpora
-    .venv/bin/python -m benchmarks.bench_hybrid --corpus debian
+    .venv/bin/python -m benchmarks.bench_hybrid                 # sotu, debian, pydocs
+    .venv/bin/python -m benchmarks.bench_hybrid --corpus debian pydocs
 
-Corpora as in bench_search (State of the Union passages; Debian package synopses), loaded as
-``bulk_copy`` loads them. Two kinds of query for each:
+Corpora as in bench_search (State of the Union passages, Debian package synopses, the Python
+documentation), loaded as ``bulk_copy`` loads them. Two kinds of query for each:
 
 - **natural-language needs**, written by hand with an independent judgment of what answers them
   (benchmarks/data/hybrid-needs.json: the Debian sections that serve the need; the years in which
-  the addresses speak of it). Measured: precision@10, the share of the first ten that answer.
+  the addresses speak of it; the documentation pages that answer it). Measured: precision@10, the
+  share of the first ten that answer.
 - **known items**: a name that only a few texts hold (a capitalized word found in 1 to 3 texts of the
   corpus and never written in lower case in it: "Zanzibar", "Inkscape"), as someone looks up a thing
   they know exists. Measured: mean reciprocal rank of the first text holding it (0 when none is in
   the first ten).
 
-Each hybrid configuration (text weight, RRF's k, candidates per side) is compared with vector search
-on the same queries, in the same process. The goal (issue 12): precision@10 on needs >= 0.98x vector
-search's and MRR on known items >= 0.9, on both corpora. "before" is the hybrid this replaced: every
-word required (websearch_to_tsquery), fused with equal weight, 50 candidates a side, k 60.
+Each query's two rankings (its 50 nearest documents, its 50 best full-text matches holding every word)
+and the number of documents holding every word are read once; every fusion rule is then applied to
+them here, as ``vectorstore.search.fusion`` applies it, so dozens of rules cost one pass of queries. A
+rule is a text weight: fixed, or adapted to how selective the all-words match is (``w = w_max`` for at
+most ``c0`` matching documents, ``w_max * (c0 / matches) ** alpha`` beyond). The goals (issue 23):
+precision@10 on needs >= 0.98x vector search's and MRR on known items >= 0.9, on every corpus. The rule
+chosen on each pair of corpora is reported on the third; last, the default that ``search()`` applies is
+measured through ``search()`` itself (precision, MRR, and p50 against the fixed weight it replaced).
 """
 
 from __future__ import annotations
@@ -32,12 +38,15 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from benchmarks.bench_search import CORPORA, DATA, Corpus, ensure_embedded
-from benchmarks.harness import setup_database
+from benchmarks.harness import CACHE, setup_database
 
-TEXT_WEIGHTS = (0.5, 1.0)  # a text match holding every word
-PARTIAL_WEIGHTS = (0.0, 0.25, 0.5)  # one holding only some of the words
-RRF_KS = (30, 60)
-CANDIDATES = (50, 100)
+FIXED = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
+W_MAX = (1.0, 1.5, 2.0)
+C0 = (1, 2, 3, 5, 10, 20)
+ALPHA = (0.5, 1.0, 2.0)
+SIDE = 50  # candidates a side (the default)
+RRF_K = 60
+COUNT_CAP = 10_000
 KNOWN_ITEMS = 100
 NAME = re.compile(r"\b[A-Z][A-Za-z]{3,}\b")
 WORD = re.compile(r"\w+")
@@ -67,13 +76,16 @@ def known_items(texts: dict[int, str], n: int, seed: int = 0) -> list[tuple[str,
     return [(names[i], holders[names[i].lower()]) for i in sorted(picked)]
 
 
-def needs(corpus: Corpus, rows: dict[int, tuple]) -> list[tuple[str, set[int]]]:
-    """The hand-written needs, each with the ids of the texts that answer it."""
-    spec = json.loads((DATA / "hybrid-needs.json").read_text(encoding="utf-8"))[corpus.name]
+def needs(corpus: Corpus, rows: dict[int, tuple], key: str = "") -> list[tuple[str, set[int]]]:
+    """The hand-written needs (``key`` "_short": the two- or three-word ones), each with the ids of the
+    texts that answer it."""
+    spec = json.loads((DATA / "hybrid-needs.json").read_text(encoding="utf-8"))[corpus.name + key]
     out = []
     for need in spec:
         if corpus.name == "debian":
             ok = {pk for pk, (category, _) in rows.items() if category in need["sections"]}
+        elif corpus.name == "pydocs":
+            ok = {pk for pk, (page, _) in rows.items() if page in need["pages"]}
         else:
             ranges = need["years"]
             ok = {pk for pk, (_, year) in rows.items() if any(lo <= year <= hi for lo, hi in ranges)}
@@ -89,26 +101,30 @@ def reciprocal_rank(ids: list[int], relevant: set[int]) -> float:
     return next((1 / (r + 1) for r, i in enumerate(ids[:10]) if i in relevant), 0.0)
 
 
-def before(query: str) -> list[int]:
-    """The hybrid this replaced: websearch_to_tsquery (every word), equal weights, 50 a side, k 60."""
-    from vectorstore.search import search
-
-    vector = [h.values["id"] for h in search(query, k=50).hits]
-    text = [h.values["id"] for h in search(query, k=50, mode="text").hits]
-    fused: dict[int, float] = {}
-    for ranked in (vector, text):
-        for r, pk in enumerate(ranked):
-            fused[pk] = fused.get(pk, 0.0) + 1 / (60 + r + 1)
-    rank = {pk: r for r, pk in enumerate(text)}
-    return sorted(fused, key=lambda pk: (-fused[pk], rank.get(pk, 50), pk))[:10]
+def weight(rule: tuple, matches: int) -> float:
+    """The text weight a rule gives a query whose all-words match holds ``matches`` documents."""
+    if rule[0] == "fixed":
+        return rule[1]
+    _, w_max, c0, alpha = rule
+    return 0.0 if matches == 0 else w_max * min(1.0, (c0 / matches) ** alpha)
 
 
-def bench(corpus: Corpus, url: str) -> dict[tuple, tuple[float, float]]:
+def fused(vector: list[int], text: list[int], w: float) -> list[int]:
+    """Weighted reciprocal rank fusion as vectorstore.search.fusion does it (ties to the text match)."""
+    scores = {pk: 1.0 / (RRF_K + i + 1) for i, pk in enumerate(vector[:SIDE])}
+    for i, pk in enumerate(text[:SIDE]):
+        scores[pk] = scores.get(pk, 0.0) + w / (RRF_K + i + 1)
+    rank = {pk: i for i, pk in enumerate(text[:SIDE])}
+    return sorted(scores, key=lambda pk: (-scores[pk], rank.get(pk, SIDE), pk))[:10]
+
+
+def rankings(corpus: Corpus, url: str) -> dict:
+    """The corpus loaded; each query's two rankings and its all-words match count."""
     import psycopg
 
     from vectorstore import ingest
     from vectorstore.models import SearchTuning
-    from vectorstore.search import forget_tuning, search
+    from vectorstore.search import embed_query, forget_tuning, search
 
     with psycopg.connect(url, autocommit=True) as c:
         c.execute("TRUNCATE vectorstore_document RESTART IDENTITY")
@@ -116,106 +132,164 @@ def bench(corpus: Corpus, url: str) -> dict[tuple, tuple[float, float]]:
     forget_tuning()
     report = ingest.load(pq.read_table(corpus.embedded), progress=False, name=corpus.embedded.name)
     print(f"loaded {report.rows:,} texts in {report.seconds:.1f} s", flush=True)
+    label = {"sotu": "(metadata->>'year')::int", "pydocs": "0"}.get(corpus.name, "0")
+    group = "metadata->>'page'" if corpus.name == "pydocs" else "category"
     with psycopg.connect(url) as c:
-        year = "(metadata->>'year')::int" if corpus.name == "sotu" else "0"
-        fetched = c.execute(f"SELECT id, text, category, {year} FROM vectorstore_document").fetchall()
+        fetched = c.execute(f"SELECT id, text, {group}, {label} FROM vectorstore_document").fetchall()
     texts = {pk: text for pk, text, _, _ in fetched}
-    rows = {pk: (category, y) for pk, _, category, y in fetched}
-    kinds = {"needs": needs(corpus, rows), "known": known_items(texts, KNOWN_ITEMS)}
+    rows = {pk: (g, y) for pk, _, g, y in fetched}
+    kinds = {
+        "needs": needs(corpus, rows),
+        "short": needs(corpus, rows, "_short"),
+        "known": known_items(texts, KNOWN_ITEMS),
+    }
     answering = np.mean([len(r) for _, r in kinds["needs"]])
     examples = ", ".join(q for q, _ in kinds["known"][:4])
     print(
         f"{len(kinds['needs'])} needs (answered by {answering:,.0f} texts on average), "
-        f"{len(kinds['known'])} known items (e.g. {examples})"
+        f"{len(kinds['short'])} short needs, {len(kinds['known'])} known items (e.g. {examples})"
     )
+    out: dict = {"needs": [], "short": [], "known": []}
+    with psycopg.connect(url) as c:
+        for kind, queries in kinds.items():
+            for q, relevant in queries:
+                vector = [h.values["id"] for h in search(vector=embed_query(q), k=SIDE, log_query=False).hits]
+                text = [h.values["id"] for h in search(q, k=SIDE, mode="text").hits]
+                (matches,) = c.execute(
+                    "SELECT count(*) FROM (SELECT 1 FROM vectorstore_document"
+                    " WHERE search_vector @@ websearch_to_tsquery('english', %s) LIMIT %s) m",
+                    [q, COUNT_CAP],
+                ).fetchone()
+                out[kind].append({"q": q, "relevant": relevant, "vector": vector, "text": text, "n": matches})
+    return out
 
-    for q, _ in kinds["needs"] + kinds["known"]:
-        search(q, k=1)  # every query vector embedded once, before anything is timed
 
-    def score(run) -> tuple[float, float, float]:
-        """(precision@10 on needs, MRR on known items, p50 ms of a search in this process)."""
-        took: list[float] = []
+def evaluate(data: dict, rule: tuple) -> tuple[float, float, float]:
+    """(precision@10 on needs, on short needs, MRR on known items) of a rule."""
 
-        def timed(q: str) -> list[int]:
-            started = time.perf_counter()
-            found = run(q)
-            took.append(time.perf_counter() - started)
-            return found
+    def ranked(x: dict) -> list[int]:
+        return fused(x["vector"], x["text"], weight(rule, x["n"]))
 
-        p = np.mean([precision(timed(q), relevant) for q, relevant in kinds["needs"]])
-        m = np.mean([reciprocal_rank(timed(q), relevant) for q, relevant in kinds["known"]])
-        return float(p), float(m), float(np.median(took) * 1000)
+    p = np.mean([precision(ranked(x), x["relevant"]) for x in data["needs"]])
+    short = np.mean([precision(ranked(x), x["relevant"]) for x in data["short"]])
+    m = np.mean([reciprocal_rank(ranked(x), x["relevant"]) for x in data["known"]])
+    return float(p), float(short), float(m)
 
-    def ids(**options):
-        return lambda q: [h.values["id"] for h in search(q, k=10, **options).hits]
 
-    results: dict[tuple, tuple[float, float, float]] = {("vector",): score(ids()), ("before",): score(before)}
-    for weight, partial, rrf_k, candidates in itertools.product(
-        TEXT_WEIGHTS, PARTIAL_WEIGHTS, RRF_KS, CANDIDATES
-    ):
-        options = {"text_weight": weight, "partial_weight": partial, "rrf_k": rrf_k}
-        options |= {"vector_k": candidates, "text_k": candidates}
-        results[(weight, partial, rrf_k, candidates)] = score(ids(mode="hybrid", hybrid=options))
-    base_p, base_m, base_ms = results[("vector",)]
-    print(
-        f"{'configuration':<36} {'P@10 needs':>10} {'x vector':>9} {'MRR known':>10} {'x vector':>9}"
-        f" {'p50 ms':>7} {'x vector':>9}"
-    )
-    for key, (p, m, ms) in results.items():
-        label = key[0] if len(key) == 1 else f"weights {key[0]}/{key[1]}, k {key[2]}, {key[3]} a side"
+RULES = [("fixed", w) for w in FIXED] + [("adaptive", *r) for r in itertools.product(W_MAX, C0, ALPHA)]
+
+
+def describe(rule: tuple) -> str:
+    if rule[0] == "fixed":
+        return f"fixed weight {rule[1]}"
+    return f"adaptive w_max {rule[1]}, c0 {rule[2]}, alpha {rule[3]}"
+
+
+def choose(scores: dict, corpora: list[str]) -> tuple:
+    """The rule meeting the goals on every corpus given (both kinds of need >= 0.98x vector search's
+    precision, MRR >= 0.9) with the best worst precision ratio over those corpora and both kinds of
+    need (then the best worst MRR); where none meets them, the one with the best worst ratio."""
+
+    def worst(rule: tuple) -> float:
+        return min(min(scores[c][rule][0], scores[c][rule][1]) for c in corpora)
+
+    def ok(rule: tuple) -> bool:
+        return worst(rule) >= 0.98 and all(scores[c][rule][2] >= 0.9 for c in corpora)
+
+    pool = [r for r in RULES if ok(r)] or RULES
+    return max(pool, key=lambda r: (round(worst(r), 4), min(scores[c][r][2] for c in corpora)))
+
+
+def through_search(corpus: Corpus, url: str, data: dict) -> None:
+    """The default search() applies, measured through search(): precision, MRR and p50 against the fixed
+    text weight 1 it replaced (same candidates, same rrf_k)."""
+    from vectorstore.search import search
+
+    for label, options in (("vector", None), ("fixed weight 1", {"text_weight": 1.0}), ("default", {})):
+        took, p, m = [], [], []
+        short = []
+        for kind in ("needs", "short", "known"):
+            for x in data[kind]:
+                started = time.perf_counter()
+                if options is None:
+                    ids = [h.values["id"] for h in search(x["q"], k=10, log_query=False).hits]
+                else:
+                    result = search(x["q"], k=10, mode="hybrid", hybrid=options or None, log_query=False)
+                    ids = [h.values["id"] for h in result.hits]
+                took.append(time.perf_counter() - started)
+                if kind == "known":
+                    m.append(reciprocal_rank(ids, x["relevant"]))
+                else:
+                    (p if kind == "needs" else short).append(precision(ids, x["relevant"]))
         print(
-            f"{label:<36} {p:>10.3f} {p / base_p:>9.3f} {m:>10.3f} {m / base_m if base_m else 0:>9.2f}"
-            f" {ms:>7.1f} {ms / base_ms:>9.2f}"
+            f"  through search(), {label:<15}: P@10 needs {np.mean(p):.3f}, short needs {np.mean(short):.3f},"
+            f" MRR known {np.mean(m):.3f}, p50 {np.median(took) * 1000:.1f} ms"
         )
-    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--corpus", nargs="+", choices=sorted(CORPORA), default=["sotu", "debian"])
+    parser.add_argument("--corpus", nargs="+", choices=sorted(CORPORA), default=["sotu", "debian", "pydocs"])
     args = parser.parse_args()
     corpora = [CORPORA[name] for name in args.corpus]
     for corpus in corpora:
         ensure_embedded(corpus)
     url = setup_database("hybridbench")
-    every = {}
+    data, scores = {}, {}
     for corpus in corpora:
         print(f"\n== corpus {corpus.name} ==", flush=True)
-        every[corpus.name] = bench(corpus, url)
-    # The default: of the configurations that meet both goals on every corpus (precision on needs
-    # >= 0.98x vector search's, MRR on known items >= 0.9), the one doing the least work (no partial
-    # matches to rank, then fewer candidates), then the best worst-corpus precision. Work, not the p50s
-    # printed, decides: weights and rrf_k cost nothing, and p50s this close are noise.
-    configs = [key for key in every[corpora[0].name] if len(key) == 4]
-
-    def meets(key: tuple) -> bool:
-        return all(
-            every[c][key][0] >= 0.98 * every[c][("vector",)][0] and every[c][key][1] >= 0.9 for c in every
-        )
-
-    fine = [key for key in configs if meets(key)]
-
-    def worst_precision(key: tuple) -> float:
-        return min(every[c][key][0] / every[c][("vector",)][0] for c in every)
-
-    # Last, of equals, the rank constant of the literature (Cormack et al.: 60).
-    ranked = sorted(
-        fine or configs, key=lambda key: (key[1] > 0, key[3], -worst_precision(key), abs(key[2] - 60))
-    )
-    best = ranked[0]
-    print(
-        f"\nchosen: text_weight {best[0]}, partial_weight {best[1]}, rrf_k {best[2]}, {best[3]} a side"
-        + ("" if fine else " (no configuration met both goals on every corpus: the cheapest shown)")
-    )
-    for c in every:
-        p, m, ms = every[c][best]
-        vp, vm, vms = every[c][("vector",)]
+        data[corpus.name] = rankings(corpus, url)
+        d = data[corpus.name]
+        vector_p = np.mean([precision(x["vector"][:10], x["relevant"]) for x in d["needs"]])
+        vector_s = np.mean([precision(x["vector"][:10], x["relevant"]) for x in d["short"]])
+        vector_m = np.mean([reciprocal_rank(x["vector"][:10], x["relevant"]) for x in d["known"]])
+        counts = {kind: [x["n"] for x in d[kind]] for kind in ("needs", "short", "known")}
         print(
-            f"  {c}: P@10 needs {p:.3f} ({p / vp:.3f}x vector), MRR known {m:.3f} (vector {vm:.3f}), "
-            f"p50 {ms:.1f} ms ({ms / vms:.1f}x vector)"
+            f"vector search: P@10 needs {vector_p:.3f}, short needs {vector_s:.3f}, MRR known {vector_m:.3f};"
+            f" documents holding every word, median: needs {np.median(counts['needs']):.0f}"
+            f" ({sum(n == 0 for n in counts['needs'])} of {len(counts['needs'])} none), short needs"
+            f" {np.median(counts['short']):.0f}, known items {np.median(counts['known']):.0f}"
         )
+        scores[corpus.name] = {}
+        for rule in RULES:
+            p, short, m = evaluate(d, rule)
+            scores[corpus.name][rule] = (
+                p / vector_p if vector_p else 0.0,
+                short / vector_s if vector_s else 0.0,
+                m,
+            )
+        for rule in [r for r in RULES if r[0] == "fixed"] + [choose(scores, [corpus.name])]:
+            ratio, short, m = scores[corpus.name][rule]
+            print(
+                f"  {describe(rule):<42} P@10 x vector: needs {ratio:.3f}, short {short:.3f};"
+                f" MRR known {m:.3f}"
+            )
+        print("the default search() applies now, through search() (the corpus is loaded):")
+        through_search(corpus, url, d)
+    names = [c.name for c in corpora]
+    if len(names) >= 3:
+        print("\n== rotation: the rule chosen on two corpora, reported on the third ==")
+        for held in names:
+            train = [n for n in names if n != held]
+            rule = choose(scores, train)
+            ratio, short, m = scores[held][rule]
+            met = min(ratio, short) >= 0.98 and m >= 0.9
+            trained = ", ".join("{} x{:.3f}/x{:.3f}/{:.3f}".format(c, *scores[c][rule]) for c in train)
+            print(
+                f"  held out {held}: chosen on {' + '.join(train)} ({trained}): {describe(rule)};"
+                f" on {held}: P@10 x vector needs {ratio:.3f}, short {short:.3f}; MRR known {m:.3f}:"
+                f" goals {'met' if met else 'NOT met'}"
+            )
+        every = [
+            r for r in RULES if all(min(scores[c][r][:2]) >= 0.98 and scores[c][r][2] >= 0.9 for c in names)
+        ]
+        print(f"  rules meeting every goal on all {len(names)} corpora: {len(every)} of {len(RULES)}")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    (CACHE / "bench_hybrid.json").write_text(
+        json.dumps({c: {describe(r): v for r, v in per.items()} for c, per in scores.items()}, indent=1)
+    )
 
 
 if __name__ == "__main__":

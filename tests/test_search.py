@@ -391,6 +391,32 @@ def test_mmr_through_the_api(small_corpus, client):
     assert bad.status_code == 422 and "mmr.fetch_k" in bad.content.decode()
 
 
+def test_adaptive_fusion_follows_how_selective_the_words_are(fixture_docs):
+    """A name only one document holds puts it first, whatever its vector; words a hundred far-away
+    documents all hold leave the order to the vector side (its first ten, in its order); a fixed
+    text_weight still wins over the adaptation; the weight used is reported."""
+    from vectorstore.search import fusion
+
+    query = "railway timetable"
+    far = -embed_query(query)  # the farthest a vector can be: last of the vector side
+    crowd = Document.objects.bulk_create(
+        Document(text=f"Railway timetable number {i} for the line", embedding=far) for i in range(100)
+    )
+    vector_side = _ids(search(query, k=50))[:10]
+    adapted = search(query, k=10, mode="hybrid")
+    assert _ids(adapted) == vector_side and not set(_ids(adapted)) & {d.pk for d in crowd}
+    assert adapted.details["text_weight"] == pytest.approx(fusion.adaptive_weight(100), abs=1e-4)
+    assert fusion.adaptive_weight(100) < fusion.adaptive_weight(20) == fusion.ADAPTIVE_MAX
+    fixed = search(query, k=10, mode="hybrid", hybrid={"text_weight": 1})
+    assert _ids(fixed)[0] in {d.pk for d in crowd} and fixed.details["text_weight"] == 1.0
+
+    name = Document.objects.create(text="The Zyzzogeton expedition reached the coast", embedding=far)
+    known = search("Zyzzogeton", k=10, mode="hybrid")
+    assert _ids(known)[0] == name.pk and known.details["text_weight"] == fusion.ADAPTIVE_MAX
+    quiet = search("Zyzzogeton", k=10, mode="hybrid", hybrid={"text_weight": 0})
+    assert name.pk not in _ids(quiet)
+
+
 def test_hybrid_weights(fixture_docs):
     """Both text weights 0 is vector search's order; far from the query in vector space, a passage holding
     every word is first and one holding some of them is left out under the default weights, in with

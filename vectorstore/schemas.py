@@ -43,7 +43,11 @@ class MMRIn(Schema):
 
 class HybridIn(Schema):
     text_weight: float | None = Field(
-        None, ge=0, le=10, description="weight of a text match holding every word; the vector ranking's is 1"
+        None,
+        ge=0,
+        le=10,
+        description="weight of a text match holding every word (the vector ranking's is 1); left out, it"
+        " adapts to how many documents hold every word",
     )
     partial_weight: float | None = Field(
         None, ge=0, le=10, description="weight of a text match holding only some of the words"

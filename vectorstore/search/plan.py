@@ -13,6 +13,7 @@ rows match.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import numpy as np
 from django.db import models
@@ -37,17 +38,17 @@ def vector_rows(
     qvector: np.ndarray,
     using: str,
     has_filter: bool,
-    also: Statement | None = None,
+    also: Sequence[Statement] = (),
     plan: Rerank | None = None,
-) -> tuple[list[tuple], bool, list[tuple]]:
+) -> tuple[list[tuple], bool, list[list[tuple]]]:
     """The k nearest rows (fields, then distance), whether an exact scan of the filter's matches found
-    them, and the rows of ``also`` (hybrid's full-text statement), sent in the first round trip.
+    them, and the rows of each of ``also`` (hybrid's text side), sent in the first round trip.
 
     Through a quantized index (``plan``) the index's order picks k x factor candidates, re-ranked by the
     full distance; the graph search keeps at least that many (``hnsw.ef_search``).
     """
     started = time.perf_counter()
-    extra = [also] if also is not None else []
+    extra = list(also)
     limit = conf.exact_search_rows()
     if plan is not None:
         settings = widened(settings, k, plan)
@@ -76,7 +77,7 @@ def vector_rows(
         exact = True
     # relaxed_order may hand rows back slightly out of order
     rows.sort(key=lambda r: r[-1])
-    return rows, exact, rest[0] if rest else []
+    return rows, exact, rest
 
 
 # Set by the first of planned()'s statements, read by the second (within the search's transaction).

@@ -24,14 +24,25 @@ from vectorstore.limits import (
 from vectorstore.search import statements
 from vectorstore.search.distances import METRICS, score_of
 from vectorstore.search.diversity import mmr_hits, mmr_options
-from vectorstore.search.fusion import fuse, hybrid_options
+from vectorstore.search.fusion import adaptive_weight, fuse, hybrid_options
 from vectorstore.search.plan import vector_rows
 from vectorstore.search.quantized import rerank_plan
 from vectorstore.search.query_vector import check_vector, embed_query
 from vectorstore.search.results import Hit, SearchResult
 from vectorstore.search.settings import Tuned, search_settings, timeouts, tuned_settings
 from vectorstore.search.statements import Statement
-from vectorstore.search.text import any_words, ranking_for, text_query, text_query_set, text_score
+from vectorstore.search.text import (
+    all_words_count,
+    any_words,
+    ranking_for,
+    text_query,
+    text_query_set,
+    text_score,
+)
+
+# The BM25 path counts the documents holding every word up to this many (beyond, the adaptive text
+# weight is under 1% of its maximum).
+MATCH_COUNT_CAP = 1000
 
 
 def _check_arguments(
@@ -144,6 +155,7 @@ def search(
         return Hit(rank, score, distance, dict(zip(fields, row, strict=False)), model, using)
 
     exact = False
+    details: dict[str, Any] = {}
     with timeouts():
         if mode == "vector":
             rows, exact, _ = vector_rows(
@@ -159,6 +171,10 @@ def search(
             ranking = ranking_for(model, using, query)
             every_word = text_query(query)
             words = any_words(query) if fusion.partial else every_word
+            # The adaptive text weight needs how many documents hold every word: a window count on the
+            # text side (ts_rank_cd reads every match anyway), or a bounded count beside it for BM25.
+            adaptive = fusion.text_weight is None and words is not None
+            counted = every_word if adaptive and ranking is None else None
             text = Statement.compile(
                 text_query_set(
                     filtered,
@@ -168,28 +184,30 @@ def search(
                     fusion.text_k,
                     ranking,
                     every_word if fusion.partial else None,
+                    counted,
                 )
                 if words
                 else filtered.none()
             )
-            near, exact, text_rows = vector_rows(
-                filtered,
-                fields,
-                metric,
-                fusion.vector_k,
-                shape,
-                settings,
-                qvector,
-                using,
-                bool(filters),
-                text,
-                plan,
-            )
-            pk = fields.index(model._meta.pk.attname)
-            # A text row is its fields, its rank, [its every-word flag,] its distance.
+            also = [text]
+            if adaptive and ranking is not None:
+                also.append(all_words_count(filtered, every_word, MATCH_COUNT_CAP))
+            near, exact, rest = vector_rows(
+                filtered, fields, metric, fusion.vector_k, shape, settings, qvector, using, bool(filters),
+                also, plan,
+            )  # fmt: skip
+            text_rows = rest[0]
+            # A text row: its fields, its rank, [its every-word flag,] [the all-words count,] its distance.
             flag = len(fields) + 1 if fusion.partial else None
-            fused = fuse(near, text_rows, pk, flag, fusion, k)
+            matches = 0
+            if counted is not None and text_rows:
+                matches = text_rows[0][len(fields) + 1 + (1 if fusion.partial else 0)]
+            elif adaptive and ranking is not None:
+                matches = rest[1][0][0] if rest[1] else 0
+            fused = fuse(near, text_rows, fields.index(model._meta.pk.attname), flag, fusion, k, matches)
             hits = [hit(i + 1, row, score, row[-1]) for i, (row, score) in enumerate(fused)]
+            weight = fusion.text_weight if fusion.text_weight is not None else adaptive_weight(matches)
+            details["text_weight"] = round(weight, 4)
     if lambda_mult is not None:
         hits = mmr_hits(hits, fields[-1], lambda_mult, wanted)
     if log_query and qvector is not None:
@@ -200,7 +218,7 @@ def search(
         mode=mode,
         metric=metric,
         exact=exact,
-        details={"rerank": plan.factor, "quantization": plan.quantization} if plan else {},
+        details={**({"rerank": plan.factor, "quantization": plan.quantization} if plan else {}), **details},
         database=using,
     )
 

@@ -9,12 +9,12 @@ from functools import reduce
 
 from django.contrib.postgres.search import SearchQuery, SearchRank
 from django.db import models
-from django.db.models import ExpressionWrapper, F, Q
+from django.db.models import Count, ExpressionWrapper, F, Q, Window
 
 from vectorstore import bm25
 from vectorstore.limits import TEXT_SEARCH_CONFIG
 from vectorstore.search.distances import METRICS
-from vectorstore.search.statements import QueryVector
+from vectorstore.search.statements import QueryVector, Statement
 
 MAX_QUERY_WORDS = 32  # words of a hybrid query's partial-match side (each one a term of an OR query)
 
@@ -52,9 +52,11 @@ def text_query_set(
     k: int,
     ranking: tuple[str, str] | None = None,
     every_word: SearchQuery | None = None,
+    count_all_words: SearchQuery | None = None,
 ) -> models.QuerySet:
     """Full-text matches, best first: the rows' fields, their rank, and (for hybrid) whether they hold
-    ``every_word`` and their distance.
+    ``every_word``, how many documents hold all of ``count_all_words`` (a window count over the
+    matches, which ts_rank_cd's ordering reads whole anyway), and their distance.
 
     ``ranking`` (the query text and a bm25 index) ranks the matches by BM25, in the order the index
     scans (``ORDER BY text <@> to_bm25query(...)``, negative scores); else by ``ts_rank_cd``, the
@@ -74,10 +76,23 @@ def text_query_set(
         columns.append("every_word")
         if ranking is None:
             order.insert(0, "-every_word")
+    if count_all_words is not None:
+        holds = Q(search_vector=count_all_words) if every_word is not None else None
+        ranked = ranked.annotate(matches=Window(Count("pk", filter=holds)))
+        columns.append("matches")
     if metric is not None:
         ranked = ranked.annotate(distance=METRICS[metric]("embedding", QueryVector()))
         columns.append("distance")
     return ranked.order_by(*order).values_list(*columns)[:k]
+
+
+def all_words_count(queryset: models.QuerySet, every_word: SearchQuery, cap: int) -> Statement:
+    """How many documents hold every word, counted up to ``cap`` through the full-text index: the BM25
+    path's matches come in the index's order, so a window count would read all of them."""
+    matching = Statement.compile(queryset.filter(search_vector=every_word).values_list("pk")[:cap])
+    if matching.empty:
+        return matching
+    return Statement(f"SELECT count(*) FROM ({matching.sql}) AS matches", matching.params, ())
 
 
 def text_score(value: float, ranking: tuple[str, str] | None) -> float:
