@@ -57,25 +57,21 @@ def _emit(capsys) -> dict:
 def test_the_walk_stores_the_smallest_setting_whose_bound_reaches_the_target(random_corpus, capsys):
     """On noise queries: the stored ef_search is the first whose estimate's lower bound reached the target,
     the step below it (measured) did not, and nothing below pgvector's default was tried."""
-    call_command("tune_search", "--query-model", "noise", "--queries", "60", "--json")
-    summary = _emit(capsys)
-    assert summary["index"] == "vectorstore_document_hnsw" and summary["setting"] == "hnsw.ef_search"
-    assert summary["query_model"] == "noise" and summary["queries"] == 60 and summary["reached"]
-    tried = {value: (recall, low) for value, recall, low in summary["tried"]}
+    report = tuning.tune(query_model="noise", queries=60)
+    assert report.index == "vectorstore_document_hnsw" and report.setting == "hnsw.ef_search"
+    assert report.query_model == "noise" and report.queries == 60 and report.reached
+    tried = {value: (recall, low) for value, recall, low in report.tried}
     assert min(tried) >= 40  # noise queries never lower a setting
-    assert summary["value"] > 40 and tried[40][1] < 0.95  # random vectors: the default falls short
-    assert tried[summary["value"]][1] >= 0.95 and summary["recall_low"] == tried[summary["value"]][1]
-    below = max(v for v in tuning.EF_SEARCH_STEPS if v < summary["value"])
-    assert tried[below][1] < 0.95
-    assert summary["recall"] >= summary["recall_low"]
+    assert report.value > 40 and tried[40][1] < 0.95  # random vectors: the default falls short
+    assert tried[report.value][1] >= 0.95 and report.recall_low == tried[report.value][1]
+    below = max(v for v in tuning.EF_SEARCH_STEPS if v < report.value)
+    assert tried[below][1] < 0.95 and report.recall >= report.recall_low
     stored = SearchTuning.objects.get(index_name="vectorstore_document_hnsw")
-    assert (stored.ef_search, stored.rows, stored.k, stored.query_model) == (
-        summary["value"],
-        4000,
-        10,
-        "noise",
-    )
-    assert stored.recall_low == pytest.approx(summary["recall_low"], abs=1e-4)
+    assert (stored.ef_search, stored.rows, stored.k, stored.query_model) == (report.value, 4000, 10, "noise")
+    assert stored.recall_low == pytest.approx(report.recall_low)
+    call_command("tune_search", "--query-model", "noise", "--queries", "60", "--json")  # the same, by command
+    summary = _emit(capsys)
+    assert (summary["value"], summary["query_model"], summary["queries"]) == (report.value, "noise", 60)
 
 
 def test_a_setting_below_the_default_is_stored_only_on_evidence(settings):
@@ -137,7 +133,7 @@ def test_tune_search_refuses_what_it_cannot_measure():
     with pytest.raises(CommandError, match=r"--target-recall 1\.5"):
         call_command("tune_search", "--target-recall", "1.5")
     _load(unit_vectors(50, 384, seed=3))
-    with pytest.raises(CommandError, match=r"--query-model log: .*fewer than 200 logged"):
+    with pytest.raises(CommandError, match=r"--query-model log: .*fewer than 100 logged"):
         call_command("tune_search", "--query-model", "log")
     assert not SearchTuning.objects.exists()
 
@@ -264,10 +260,16 @@ def test_the_stored_estimate_is_shown_with_its_query_model(random_corpus, capsys
     assert estimate["query_model"] == "noise" and estimate["recall_estimate"] >= estimate["recall_low"]
 
 
-def test_if_stale_tunes_only_when_the_table_changed(random_corpus, capsys):
-    """tune_search --if-stale: never tuned, tunes; then current, does nothing; after 30% more rows, tunes."""
+def test_if_stale_tunes_only_when_the_table_or_its_queries_changed(random_corpus, capsys):
+    """tune_search --if-stale: never tuned, tunes; tuned on a load's noise queries, tunes again (pseudo-
+    queries measure better); then current, does nothing; after 30% more rows, tunes."""
     call_command("tune_search", "--if-stale", "--query-model", "noise", "--queries", "30", "--json")
     assert _emit(capsys)["tuned"] is True
+    assert "noise queries" in tuning.staleness(Document)
+    call_command("tune_search", "--if-stale", "--queries", "30", "--json")
+    captured = capsys.readouterr()
+    assert json.loads(captured.out.strip().splitlines()[-1])["query_model"] == "pseudo"
+    assert "tuned on noise queries" in captured.err
     call_command("tune_search", "--if-stale", "--json")
     assert _emit(capsys) == {"tuned": False}
     assert tuning.staleness(Document) is None
@@ -275,7 +277,7 @@ def test_if_stale_tunes_only_when_the_table_changed(random_corpus, capsys):
         Document(text=f"more {i}", embedding=v) for i, v in enumerate(unit_vectors(1300, 384, seed=2))
     )
     assert "5,300 rows" in tuning.staleness(Document)
-    call_command("tune_search", "--if-stale", "--query-model", "noise", "--queries", "30", "--json")
+    call_command("tune_search", "--if-stale", "--queries", "30", "--json")
     captured = capsys.readouterr()
     assert json.loads(captured.out.strip().splitlines()[-1])["rows"] == 5300
     assert "5,300 rows, 4,000 when tuned" in captured.err

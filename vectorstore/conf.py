@@ -43,9 +43,10 @@ DEFAULTS: dict[str, Any] = {
     # document table (0: none is kept), none older than QUERY_LOG_DAYS (vectorstore.query_log).
     "QUERY_LOG_SIZE": 1000,
     "QUERY_LOG_DAYS": 30,
-    # tune_search measures recall on the logged queries once a table has at least this many (fewer give
-    # too wide an estimate, benchmarks/README.md); until then on pseudo-queries made from the documents.
-    "TUNE_MIN_LOGGED": 200,
+    # tune_search measures recall on the logged queries once a table has at least this many (measured:
+    # random logs of 25 real queries led to settings from 10 to 400, and some to recall 0.93; of 100, to
+    # 10-40 and never below 0.96 (benchmarks/README.md); until then on pseudo-queries.
+    "TUNE_MIN_LOGGED": 100,
     # Database aliases of streaming replicas of "default": with vectorstore.routers.ReplicaRouter in
     # DATABASE_ROUTERS (and its middleware), reads of document models in requests go to them.
     "REPLICAS": [],

@@ -36,7 +36,10 @@ class LoadTuning:
     def __init__(self, model: type[models.Model], src: Source, cmap: ColumnMap, query_model: str) -> None:
         self.model, self.src, self.cmap, self.query_model = model, src, cmap, query_model
         self.metric = conf.distance()
-        self.n = tuning.DEFAULT_QUERIES
+        # Noise queries only decide whether pgvector's default is enough (they never lower it): half as
+        # many do, and the load's own share of two busy cores stays small (a niced thread was worse: it
+        # held the GIL while descheduled).
+        self.n = tuning.DEFAULT_QUERIES if query_model != "noise" else tuning.DEFAULT_QUERIES // 2
         self._thread: threading.Thread | None = None
         self._result: Prepared | None = None
         self._error: BaseException | None = None
@@ -57,7 +60,7 @@ class LoadTuning:
         table = sql.Identifier(cmap.model._meta.db_table)
         if conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(table)).fetchone()[0]:
             return None
-        query_model = tuning.load_query_model(cmap.model, src.num_rows)
+        query_model = tuning.load_query_model(cmap.model)
         prepared = cls(cmap.model, src, cmap, query_model)
         if query_model == "log":  # read here, on the load's connection's thread, not in the worker
             prepared._logged = query_log.vectors(cmap.model, prepared.n)

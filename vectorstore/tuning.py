@@ -38,17 +38,15 @@ OPERATORS = {"cosine": "<=>", "l2": "<->", "inner_product": "<#>"}
 DEFAULT_TARGET_RECALL = 0.95
 DEFAULT_QUERIES = 200
 # A setting below pgvector's default needs the estimate's lower bound this far above the target (and real
-# or pseudo queries): chosen on two corpora, reported on the third (benchmarks/README.md).
-BELOW_DEFAULT_MARGIN = 0.02
+# or pseudo queries): chosen on two corpora, reported on the third (benchmarks/README.md: at 0 a log of
+# one corpus's queries led to a setting its other queries got 0.942 at).
+BELOW_DEFAULT_MARGIN = 0.01
 CONFIDENCE = 0.90  # the estimate's two-sided interval; its lower end is what must reach the target
 BOOTSTRAP = 500
 # Loads and rebuilds tune again on their own (retune) when the table is at least this big and they wrote
 # at least this share of it: below a thousand rows the graph is searched nearly whole at any setting.
 AUTO_TUNE_MIN_ROWS = 1000
 AUTO_TUNE_CHANGE = 0.2
-# Below this many rows a load's own tuning uses noise queries (which only raise a setting) unless the
-# model is loaded already: loading the model (4-5 s) would cost more than the load.
-PSEUDO_MIN_ROWS = 20_000
 STALE_DAYS = 7.0  # tune_search --if-stale re-tunes a table tuned longer ago than this
 
 
@@ -296,17 +294,17 @@ def tune(
     return report
 
 
-def load_query_model(model: type[models.Model], rows: int) -> str:
-    """The queries a load's own tuning uses: the log (when large enough) or pseudo-queries, unless the
-    table is small and the model is not loaded in this process (then noise, which only raises)."""
+def load_query_model(model: type[models.Model]) -> str:
+    """The queries a load's own tuning uses: the log when it is large enough; pseudo-queries when the
+    load has the model loaded already (it embedded the texts); else noise, which only raises the setting,
+    and ``tune_search --if-stale`` (``staleness``) measures on pseudo-queries later. Loading the model
+    for them cost a first load of 50,000 passages a third of its speed on two cores (benchmarks/README.md)."""
     from vectorstore import embedding
 
     if tuning_queries.logged_queries(model, "default", 1) is not None:
         return "log"
     name = getattr(model, "embedding_model", None) or conf.model_name()
-    if not tuning_queries.model_stack_installed():
-        return "noise"
-    if rows >= PSEUDO_MIN_ROWS or embedding.is_loaded(name):
+    if tuning_queries.model_stack_installed() and embedding.is_loaded(name):
         return "pseudo"
     return "noise"
 
@@ -347,7 +345,7 @@ def retune(
         target_recall=stored.target_recall if stored else DEFAULT_TARGET_RECALL,
         k=min(stored.k if stored else 10, rows),
         using=using,
-        query_model="auto" if prepared is not None else load_query_model(model, rows),
+        query_model="auto" if prepared is not None else load_query_model(model),
         prepared=prepared,
     )
 
@@ -367,6 +365,9 @@ def staleness(model: type[models.Model], using: str = "default") -> str | None:
     if abs(rows - stored.rows) >= AUTO_TUNE_CHANGE * max(stored.rows, 1):
         return f"the table holds {rows:,} rows, {stored.rows:,} when tuned"
     logged = query_log.recent(model, using).count()
+    noise = stored.query_model == "noise" and logged < conf.tune_min_logged()
+    if noise and tuning_queries.model_stack_installed():
+        return "tuned on noise queries (a load's); pseudo-queries from the documents measure better"
     if logged >= conf.tune_min_logged() and stored.query_model != "log":
         return f"{logged} logged queries now, tuned on {stored.query_model} queries"
     if stored.query_model == "log" and logged >= 2 * stored.queries:
