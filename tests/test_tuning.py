@@ -342,3 +342,32 @@ def test_loads_and_rebuilds_tune_again_when_they_change_the_table_substantially(
     rebuilt = _emit(capsys)["tuned"]
     assert rebuilt and rebuilt["rows"] == 1600
     assert SearchTuning.objects.get().rows == 1600
+
+
+@pytest.mark.parametrize("kept", [True, False])
+def test_a_first_loads_truth_is_the_written_vectors_kept_or_read_again(monkeypatch, kept):
+    """The load's tuning measures against the vectors it wrote: kept as it writes them, or (past
+    KEEP_BYTES) read from the input again; either way the table's own exact answers."""
+    from vectorstore import ingest, load_tuning
+
+    if not kept:
+        monkeypatch.setattr(load_tuning, "KEEP_BYTES", 1)
+    made = []
+    real = load_tuning.LoadTuning._prepare
+    monkeypatch.setattr(load_tuning.LoadTuning, "_prepare", lambda self: made.append(real(self)) or made[-1])
+    import pyarrow as pa
+
+    vectors = unit_vectors(1500, 384, seed=31)
+    table = pa.table(
+        {
+            "text": [f"row {i}" for i in range(1500)],
+            "embedding": pa.array(list(vectors), pa.list_(pa.float32())),
+        }
+    )
+    report = ingest.load(table, progress=False)
+    (prepared,) = made
+    assert report.tuned["query_model"] == prepared.queries.model
+    truth = tuning_queries.kth_distances(
+        "default", "vectorstore_document", "embedding", "cosine", prepared.queries.vectors, 10
+    )
+    assert np.allclose(prepared.kth, truth, rtol=1e-5, atol=1e-6)

@@ -224,7 +224,7 @@ def load(
             # A first load's tuning: its queries and their truth, made while the indexes build.
             tuner = load_tuning.LoadTuning.for_load(conn, src, cmap, plan.dropped, opts.tune)
             checker = Checker(src, cmap, embedder, opts.on_error, binary=opts.method == "copy")
-            written = _write(conn, plan, src, checker, opts, report, rejects)
+            written = _write(conn, plan, src, checker, opts, report, rejects, tuner)
             if opts.staged:
                 _merge(conn, plan, src, cmap, opts, report, rejects)
             else:
@@ -302,8 +302,11 @@ def _write(
     opts: LoadOptions,
     report: LoadReport,
     rejects: RejectLog,
+    tuner: load_tuning.LoadTuning | None = None,
 ) -> int:
-    """Check (and embed) the input a thread ahead, and write its rows by the plan; returns rows written."""
+    """Check (and embed) the input a thread ahead, and write its rows by the plan; returns rows written.
+    ``tuner`` is handed each batch's vectors (a first load's tuning reads them rather than the input
+    again)."""
     bar = make_bar(src.num_rows, f"load {report.table}", enabled=opts.progress)
     # Checking and embedding run a thread ahead of the writes, two batches deep: the
     # bound keeps memory independent of the input's size, the thread overlaps the work.
@@ -315,6 +318,8 @@ def _write(
             report.embedded += prepared.embedded
             report.truncated += prepared.truncated
             rejects.add_batch(prepared.rejects, prepared.reject_records)
+            if tuner is not None and prepared.vectors is not None:
+                tuner.feed(prepared.vectors)
             if opts.staged:  # the input row number goes first: merge and rejects speak of it
                 yield from (
                     (int(r), *row) for r, row in zip(prepared.row_numbers, prepared.rows, strict=True)

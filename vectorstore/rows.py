@@ -170,6 +170,7 @@ class Prepared:
     reject_records: pa.RecordBatch | None
     embedded: int = 0
     truncated: int = 0
+    vectors: np.ndarray | None = None  # the written rows' vectors, float32 (a first load's tuning reads them)
 
 
 def _first(mask: np.ndarray) -> int:
@@ -287,6 +288,7 @@ class Checker:
             reject_records=batch.filter(pa.array(bad)) if rejects else None,
             embedded=embedded,
             truncated=truncated,
+            vectors=vectors,
         )
 
 
