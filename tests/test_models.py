@@ -168,3 +168,68 @@ def test_a_model_with_its_own_embedding_model_embeds_with_it_everywhere(tmp_path
     assert hit.values["id"] == pk and hit.distance == pytest.approx(0, abs=1e-5)
     Document.objects.create(text="The tariff on imported iron")  # the default model's query, cached apart
     assert search.search("The tariff on imported iron", k=1).hits[0].distance == pytest.approx(0, abs=1e-5)
+
+
+def test_an_edited_text_gets_a_new_vector_however_the_instance_was_refreshed_or_copied():
+    """Change detection compares vectors by value: after refresh_from_db (whole or of some fields), a
+    copy, a deep copy, a pickle round trip, a ModelForm that posts the stored vector back, a serializer
+    setting the same vector again, or a deferred vector loaded on access, an edited text is embedded
+    again; a different vector set with the text is still the caller's."""
+    import copy
+    import pickle
+
+    from django import forms
+
+    from vectorstore.embedding import Embedder
+
+    model = Embedder(dimensions=384)
+
+    def edited(doc, text: str) -> bool:
+        doc.text = text
+        doc.save()
+        stored = np.asarray(Document.objects.get(pk=doc.pk).embedding)
+        return np.allclose(stored, model.encode([text])[0], atol=1e-5)
+
+    a = Document.objects.create(text="The tariff on imported iron")
+    a.refresh_from_db()
+    assert edited(a, "Railroads across the continent")  # the issue's case
+    a.refresh_from_db(fields=["text", "embedding"])
+    assert edited(a, "A canal between two oceans")
+    fresh = Document.objects.get(pk=a.pk)
+    assert edited(copy.copy(fresh), "Gold and silver coinage")
+    assert edited(copy.deepcopy(Document.objects.get(pk=a.pk)), "The war with Mexico")
+    assert edited(pickle.loads(pickle.dumps(Document.objects.get(pk=a.pk))), "Indian treaties")
+
+    class DocumentForm(forms.ModelForm):
+        class Meta:
+            model = Document
+            fields = ["text", "embedding"]
+
+    stored = Document.objects.get(pk=a.pk)
+    posted = {"text": "Pensions for the veterans", "embedding": str(list(map(float, stored.embedding)))}
+    form = DocumentForm(data=posted, instance=stored)
+    assert form.is_valid(), form.errors
+    form.save()
+    saved = np.asarray(Document.objects.get(pk=a.pk).embedding)
+    assert np.allclose(saved, model.encode(["Pensions for the veterans"])[0], atol=1e-5)
+
+    serialized = Document.objects.get(pk=a.pk)
+    for name, value in {
+        "text": "The national debt",
+        "embedding": list(map(float, serialized.embedding)),
+    }.items():
+        setattr(serialized, name, value)
+    serialized.save()
+    assert np.allclose(
+        Document.objects.get(pk=a.pk).embedding, model.encode(["The national debt"])[0], atol=1e-5
+    )
+
+    lazy = Document.objects.defer("embedding").get(pk=a.pk)
+    assert lazy.embedding is not None  # loaded on access (Django's refresh_from_db of that field)
+    assert edited(lazy, "Civil service reform")
+
+    theirs = Document.objects.get(pk=a.pk)
+    given = unit_vectors(1, 384, seed=8)[0]
+    theirs.text, theirs.embedding = "something of theirs", given
+    theirs.save()
+    assert np.allclose(Document.objects.get(pk=a.pk).embedding, given, atol=1e-6)

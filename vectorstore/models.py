@@ -6,6 +6,7 @@ import hashlib
 import secrets
 from typing import Any
 
+import numpy as np
 from django.conf import settings
 from django.contrib.postgres.indexes import GinIndex
 from django.contrib.postgres.search import SearchVector, SearchVectorField
@@ -21,7 +22,26 @@ HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 64
 
 
-_DEFERRED = object()  # a field not read from the database (deferred) when the instance was loaded
+class _Deferred:
+    """A field not read from the database (deferred) when the instance was loaded; pickles as itself."""
+
+    def __reduce__(self) -> str:
+        return "_DEFERRED"
+
+    def __repr__(self) -> str:
+        return "<deferred>"
+
+
+_DEFERRED = _Deferred()
+
+
+def vector_digest(vector: Any) -> bytes | None:
+    """A vector's value, as a short digest: what change detection compares (identity is no test: a
+    refresh, a copy, a form or a serializer hands back an equal vector in another object)."""
+    if vector is None:
+        return None
+    array = np.ascontiguousarray(np.asarray(vector, dtype=np.float32))
+    return hashlib.blake2b(array.tobytes(), digest_size=16).digest()
 
 
 class AbstractDocument(models.Model):
@@ -98,18 +118,31 @@ class AbstractDocument(models.Model):
             if update_fields is not None:
                 kwargs["update_fields"] = {*update_fields, "embedding"}
         super().save(*args, **kwargs)
-        self._loaded_text, self._loaded_embedding = self.__dict__.get("text"), self.__dict__.get("embedding")
+        self._remember_loaded()
+
+    def _remember_loaded(self, fields: Any = None) -> None:
+        """What save() compares against: the text and (by value) the vector as the database has them."""
+        if fields is None or "text" in fields:
+            self._loaded_text = self.__dict__.get("text", _DEFERRED)
+        if fields is None or "embedding" in fields:
+            vector = self.__dict__.get("embedding", _DEFERRED)
+            self._loaded_vector = _DEFERRED if vector is _DEFERRED else vector_digest(vector)
 
     @classmethod
     def from_db(cls, db, field_names, values):
         instance = super().from_db(db, field_names, values)
-        # What save() compares against: a text changed since it was read needs a new vector.
-        instance._loaded_text = instance.__dict__.get("text", _DEFERRED)
-        instance._loaded_embedding = instance.__dict__.get("embedding", _DEFERRED)
+        instance._remember_loaded()
         return instance
 
+    def refresh_from_db(self, using: Any = None, fields: Any = None, from_queryset: Any = None) -> None:
+        """Django's refresh, and what the database now holds remembered (a refreshed vector is the stored
+        one: an edited text must still get a new one)."""
+        super().refresh_from_db(using=using, fields=fields, from_queryset=from_queryset)
+        self._remember_loaded(None if fields is None else {self._meta.get_field(f).name for f in fields})
+
     def needs_embedding(self) -> bool:
-        """No vector yet, or a text changed since it was read while the vector read with it is kept."""
+        """No vector yet, or a text changed since it was read while the vector is still the one read with
+        it (compared by value)."""
         loaded = getattr(self, "_loaded_text", None)
         if loaded is None:  # never saved: only a missing vector needs one
             return self.__dict__.get("embedding") is None
@@ -119,7 +152,10 @@ class AbstractDocument(models.Model):
             return changed
         if self.embedding is None:
             return True
-        return changed and self.embedding is self._loaded_embedding
+        loaded_vector = getattr(self, "_loaded_vector", _DEFERRED)
+        if loaded_vector is _DEFERRED:  # read deferred, then assigned by the caller: theirs
+            return False
+        return changed and vector_digest(self.embedding) == loaded_vector
 
 
 class Document(AbstractDocument):
