@@ -163,14 +163,19 @@ def test_pseudo_queries_are_spans_of_the_documents_embedded_with_the_tables_mode
     assert np.allclose(queries.vectors, expected, atol=1e-5)
 
 
-def test_the_query_log_samples_within_its_bounds_and_stores_no_text(settings):
-    """Searches' query vectors are sampled into at most QUERY_LOG_SIZE slots a table; no text is kept;
-    rows older than QUERY_LOG_DAYS are not read and are pruned; similar() is not logged; size 0 is off."""
+def test_the_query_log_samples_within_its_bounds_and_stores_no_text(settings, monkeypatch):
+    """Searches' query vectors are sampled into at most QUERY_LOG_SIZE slots a table, written in batches
+    (a full one, an old one, or before a read); no text is kept; rows older than QUERY_LOG_DAYS are not
+    read and are pruned; similar() is not logged; size 0 is off."""
     vectors = unit_vectors(60, 384, seed=9)
     _load(vectors[:20])
     settings.VECTORSTORE = {"QUERY_LOG_SIZE": 5}
-    for v in vectors[20:]:
+    for v in vectors[20:25]:
         search.search(vector=v, k=3)
+    assert QueryLog.objects.count() == 5  # a full batch (here the whole reservoir) is written by itself
+    for v in vectors[25:]:
+        search.search(vector=v, k=3)
+    query_log.flush()
     assert QueryLog.objects.count() == 5
     assert sorted(QueryLog.objects.values_list("slot", flat=True)) == [0, 1, 2, 3, 4]
     logged = np.stack([np.asarray(v) for v in QueryLog.objects.values_list("vector", flat=True)])
@@ -183,6 +188,8 @@ def test_the_query_log_samples_within_its_bounds_and_stores_no_text(settings):
     settings.VECTORSTORE = {"QUERY_LOG_SIZE": 1000}
     QueryLog.objects.all().delete()
     result = search.search("a secret phrase nobody should keep", k=3)
+    assert not QueryLog.objects.exists()  # kept in the process until a batch, an age or a read
+    assert query_log.recent(Document).count() == 1
     (row,) = QueryLog.objects.all()
     assert np.allclose(row.vector, search.embed_query("a secret phrase nobody should keep"), atol=1e-6)
     with connection.cursor() as cursor:
@@ -191,7 +198,12 @@ def test_the_query_log_samples_within_its_bounds_and_stores_no_text(settings):
         )
         assert cursor.fetchone()[0] == 0
     search.similar(Document.objects.get(pk=result.hits[0].values["id"]), k=2)
+    query_log.flush()
     assert QueryLog.objects.count() == 1  # a stored document's vector is no query
+    monkeypatch.setattr(query_log, "FLUSH_SECONDS", 0.0)
+    search.search(vector=vectors[1], k=3)
+    assert QueryLog.objects.count() == 2  # a sample that has waited long enough is written by itself
+    QueryLog.objects.filter(slot=1).delete()
 
     QueryLog.objects.update(created_at=timezone.now() - timedelta(days=31))
     assert query_log.recent(Document).count() == 0
@@ -199,6 +211,7 @@ def test_the_query_log_samples_within_its_bounds_and_stores_no_text(settings):
 
     settings.VECTORSTORE = {"QUERY_LOG_SIZE": 0}
     search.search(vector=vectors[0], k=3)
+    query_log.flush()
     assert not QueryLog.objects.exists()
 
 

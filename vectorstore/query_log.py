@@ -6,10 +6,15 @@ sampling (Algorithm R): its n-th query of a table is kept with probability SIZE 
 table's SIZE slots chosen at random, so the table never holds more than SIZE vectors per document
 table, and what it holds is a uniform sample of the queries since the process started (with several
 processes or restarts, the slots mix their samples, leaning to recent ones). Rows older than
-``QUERY_LOG_DAYS`` are not read and are deleted when the table is tuned. Written to the primary, in the
-search's own transaction where there is one (inside a savepoint, so a failed write never fails the
-search or the caller's transaction), else on its own; a sampled query costs one INSERT, the others
-nothing.
+``QUERY_LOG_DAYS`` are not read and are deleted when the table is tuned.
+
+Kept slots wait in the process and are written to the primary in batches: every ``FLUSH_BATCH`` slots,
+or at the first search after the oldest has waited ``FLUSH_SECONDS``, at exit, and before this process
+reads the log (``recent()``). A batch is one pipelined round trip in its own transaction, committed
+without waiting for the WAL flush (a lost sample costs nothing); inside a caller's transaction it is a
+savepoint, so a failed write never fails the search or the caller's transaction. Writing each sample
+as it came cost one fsynced INSERT on every one of a new process's first ``QUERY_LOG_SIZE`` searches:
+under load, more of PostgreSQL's time than the search itself (``benchmarks/README.md``, bench_serve).
 
 Searches by a stored document's vector (``similar()``) and the tuner's own searches are not logged:
 they are not queries users typed.
@@ -17,8 +22,10 @@ they are not queries users typed.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import random
+import time
 from datetime import timedelta
 from threading import Lock
 
@@ -32,9 +39,16 @@ from vectorstore import conf, pgcopy
 
 logger = logging.getLogger(__name__)
 
+FLUSH_BATCH = 100
+FLUSH_SECONDS = 10.0
+
 _seen: dict[str, int] = {}
 _lock = Lock()
 _random = random.Random()
+# (table, slot) -> (vector, when kept); a slot chosen again before the flush keeps its newest vector,
+# as Algorithm R would have overwritten it.
+_pending: dict[tuple[str, int], tuple[np.ndarray, object]] = {}
+_oldest: float | None = None
 
 
 def _model() -> type[models.Model]:
@@ -53,14 +67,37 @@ def slot_for(table: str, size: int) -> int | None:
 
 
 def offer(model: type[models.Model], vector: np.ndarray) -> bool:
-    """Maybe keep a query vector of a search of ``model``'s table; True when it was written."""
+    """Maybe keep a query vector of a search of ``model``'s table; True when it was kept (written at
+    the next flush)."""
+    global _oldest
     size = conf.query_log_size()
     if size <= 0:
         return False
     table = model._meta.db_table
     slot = slot_for(table, size)
-    if slot is None:
-        return False
+    now = time.monotonic()
+    with _lock:
+        if slot is not None:
+            _pending[(table, slot)] = (np.asarray(vector, dtype=np.float32).copy(), timezone.now())
+            if _oldest is None:
+                _oldest = now
+        due = bool(_pending) and (
+            len(_pending) >= min(FLUSH_BATCH, size) or now - (_oldest or now) >= FLUSH_SECONDS
+        )
+    if due:
+        flush()
+    return slot is not None
+
+
+def flush() -> int:
+    """Write the kept slots now; returns how many were written (0 when there were none or it failed)."""
+    global _oldest
+    with _lock:
+        batch = list(_pending.items())
+        _pending.clear()
+        _oldest = None
+    if not batch:
+        return 0
     log = _model()
     quote = connections["default"].ops.quote_name
     statement = (
@@ -68,28 +105,41 @@ def offer(model: type[models.Model], vector: np.ndarray) -> bool:
         " VALUES (%s, %s, %s, %s) ON CONFLICT (db_table, slot)"
         " DO UPDATE SET vector = EXCLUDED.vector, created_at = EXCLUDED.created_at"
     )
-    params = [table, slot, pgcopy.binary_vector(np.asarray(vector, dtype=np.float32)), timezone.now()]
+    params = [(table, slot, pgcopy.binary_vector(vector), when) for (table, slot), (vector, when) in batch]
     # The primary (a replica takes no writes), through psycopg's own cursor: server-side binding sends the
-    # vector in pgvector's binary format (Django's client-side cursor would quote it as bytea).
+    # vector in pgvector's binary format (Django's client-side cursor would quote it as bytea), and its
+    # executemany() pipelines the rows into one round trip.
     wrapper = connections["default"]
     try:
+        outer = wrapper.in_atomic_block
         conn = pgcopy.django_connection("default")
-        if wrapper.in_atomic_block:
-            # A savepoint inside a caller's transaction: a read-only one refuses the INSERT, and the
-            # caller's transaction goes on.
-            with transaction.atomic(using="default"), psycopg.Cursor(conn) as cursor:
-                cursor.execute(statement, params, prepare=False)
-        else:
-            with psycopg.Cursor(conn) as cursor:  # one autocommitted statement, never prepared
-                cursor.execute(statement, params, prepare=False)
+        # Inside a caller's transaction a savepoint (a read-only one refuses the INSERT, and the caller's
+        # transaction goes on), else a transaction of its own.
+        with transaction.atomic(using="default"), psycopg.Cursor(conn) as cursor:
+            if not outer:
+                cursor.execute("SET LOCAL synchronous_commit = off", prepare=False)
+            cursor.executemany(statement, params)
     except (DatabaseError, psycopg.Error) as exc:
-        logger.debug("query log: sample not kept (%s)", exc)
-        return False
-    return True
+        logger.debug("query log: %d samples not kept (%s)", len(batch), exc)
+        return 0
+    return len(batch)
+
+
+def _flush_at_exit() -> None:
+    try:
+        flush()
+    except Exception as exc:  # at exit, a lost sample is no reason for a traceback
+        logger.debug("query log: not flushed at exit (%s)", exc)
+
+
+atexit.register(_flush_at_exit)
 
 
 def recent(model: type[models.Model], using: str = "default") -> models.QuerySet:
-    """The logged queries of the model's table younger than QUERY_LOG_DAYS."""
+    """The logged queries of the model's table younger than QUERY_LOG_DAYS (this process's kept slots
+    written first)."""
+    if using == "default":
+        flush()
     since = timezone.now() - timedelta(days=conf.query_log_days())
     return _model().objects.using(using).filter(db_table=model._meta.db_table, created_at__gte=since)
 
@@ -114,6 +164,9 @@ def prune(model: type[models.Model] | None = None, using: str = "default") -> in
 
 
 def forget() -> None:
-    """Start this process's sampling afresh (tests)."""
+    """Start this process's sampling afresh, dropping the slots not yet written (tests)."""
+    global _oldest
     with _lock:
         _seen.clear()
+        _pending.clear()
+        _oldest = None
