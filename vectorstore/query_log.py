@@ -107,18 +107,20 @@ def flush() -> int:
     )
     params = [(table, slot, pgcopy.binary_vector(vector), when) for (table, slot), (vector, when) in batch]
     # The primary (a replica takes no writes), through psycopg's own cursor: server-side binding sends the
-    # vector in pgvector's binary format (Django's client-side cursor would quote it as bytea), and its
-    # executemany() pipelines the rows into one round trip.
+    # vector in pgvector's binary format (Django's client-side cursor would quote it as bytea). The rows go
+    # in one pipeline (one round trip), each never prepared: executemany() would prepare the statement on
+    # a connection whose prepare_threshold is 0 (a site's OPTIONS may say so).
     wrapper = connections["default"]
     try:
         outer = wrapper.in_atomic_block
         conn = pgcopy.django_connection("default")
         # Inside a caller's transaction a savepoint (a read-only one refuses the INSERT, and the caller's
         # transaction goes on), else a transaction of its own.
-        with transaction.atomic(using="default"), psycopg.Cursor(conn) as cursor:
+        with transaction.atomic(using="default"), psycopg.Cursor(conn) as cursor, conn.pipeline():
             if not outer:
                 cursor.execute("SET LOCAL synchronous_commit = off", prepare=False)
-            cursor.executemany(statement, params)
+            for row in params:
+                cursor.execute(statement, row, prepare=False)
     except (DatabaseError, psycopg.Error) as exc:
         logger.debug("query log: %d samples not kept (%s)", len(batch), exc)
         return 0
