@@ -25,6 +25,13 @@ def pytest_configure(config) -> None:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def pytest_collection_modifyitems(session, config, items) -> None:
+    """The host-site test last: its fresh venvs (minutes of pip, started at collection) are then built by
+    the time a worker reaches it, instead of that worker waiting for them while the other runs alone.
+    Every worker collects the same order, as xdist requires."""
+    items.sort(key=lambda item: item.nodeid == HOST_SITE_TEST)
+
+
 def pytest_collection_finish(session) -> None:
     """Start building the host-site test's fresh venvs now, to overlap the tests that run before it
     (without xdist; under xdist the controller builds them, once)."""
