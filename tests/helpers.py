@@ -136,3 +136,29 @@ def admin_login(playwright: Any, base_url: str, username: str, password: str) ->
     page.click("input[type=submit]")
     expect(page.locator("#site-name")).to_be_visible()
     return browser, page
+
+
+def run_readme_guide(marker: str, monkeypatch: Any, article: type) -> None:
+    """Run the README's ``<!-- {marker} -->`` python block word for word (at most ten lines), the host's
+    ``articles.models.Article`` being ``article``."""
+    import re
+    import types
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    (code,) = re.findall(rf"<!-- {re.escape(marker)} -->\n```python\n(.*?)```", readme, flags=re.S)
+    assert len([line for line in code.splitlines() if line.strip()]) <= 10
+    articles = types.ModuleType("articles.models")
+    articles.Article = article
+    monkeypatch.setitem(sys.modules, "articles", types.ModuleType("articles"))
+    monkeypatch.setitem(sys.modules, "articles.models", articles)
+    exec(compile(code, f"README.md ({marker})", "exec"), {})
+
+
+def close_async_thread_connections() -> None:
+    """Close the database connections of asgiref's one thread for thread-sensitive code (where
+    ``sync_to_async`` runs when no ``async_to_sync`` is outside): outside a request nothing closes them,
+    and the test database could not be dropped."""
+    from asgiref.sync import SyncToAsync
+    from django.db import connections
+
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result()
