@@ -191,6 +191,21 @@ def test_mmr_and_text_modes(store):
         VectorStoreQuery(query_str="n3", similarity_top_k=2, mode=VectorStoreQueryMode.TEXT_SEARCH)
     )
     assert text.ids == ["n3"]
+    # Hybrid: alpha 1 is the vector order; alpha 0 puts the text match first.
+    vector = store.query(VectorStoreQuery(query_embedding=nodes[0].embedding, similarity_top_k=4))
+    for alpha, first in ((1.0, vector.ids[0]), (0.0, "n3")):
+        hybrid = store.query(
+            VectorStoreQuery(
+                query_embedding=nodes[0].embedding,
+                query_str="n3",
+                similarity_top_k=4,
+                mode=VectorStoreQueryMode.HYBRID,
+                alpha=alpha,
+            )
+        )
+        assert hybrid.ids[0] == first, (alpha, hybrid.ids)
+    with pytest.raises(ValueError, match="alpha"):
+        store.query(VectorStoreQuery(query_embedding=[0.1] * 6, query_str="x", mode="hybrid", alpha=2))
 
 
 async def test_async_forms(store):

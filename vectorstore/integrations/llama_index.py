@@ -112,6 +112,16 @@ def _one_filter(item: MetadataFilter) -> dict:
     )
 
 
+def _alpha_weights(alpha: Any) -> dict[str, float]:
+    """LlamaIndex's ``alpha`` (1: vector search alone, 0: text alone) as the fusion's weights against the
+    vector ranking's 1: a text match holding every word weighs (1 - alpha) / alpha, at most the
+    fusion's 10 (alpha 1 is vector search alone)."""
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 <= alpha <= 1:
+        raise ValueError("alpha: must be a number from 0 to 1")
+    weight = min(10.0, (1 - alpha) / alpha) if alpha > 0 else 10.0
+    return {"text_weight": weight}
+
+
 class ModelEmbedding(BaseEmbedding):
     """LlamaIndex's ``BaseEmbedding`` over a document model's own sentence-transformers model."""
 
@@ -237,6 +247,8 @@ class DjangoVectorStore(BasePydanticVectorStore):
             wanted.append({"external_id": {"$in": list(query.node_ids)}})
         wanted = [w for w in wanted if w]
         options: dict[str, Any] = dict(kwargs)
+        if mode == "hybrid" and query.alpha is not None:
+            options["hybrid"] = {**_alpha_weights(query.alpha), **options.get("hybrid", {})}
         if query.mode == VectorStoreQueryMode.MMR:
             lambda_mult = query.mmr_threshold if query.mmr_threshold is not None else 0.5
             options["mmr"] = {"lambda_mult": lambda_mult, **options.get("mmr", {})}
