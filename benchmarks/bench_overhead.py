@@ -30,6 +30,11 @@ def main() -> None:
     )
     parser.add_argument("--corpus", choices=sorted(CORPORA), default="debian")
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument(
+        "--middleware",
+        action="store_true",
+        help="also the WSGI app's p50 with each of the site's middleware left out in turn",
+    )
     args = parser.parse_args()
     corpus = CORPORA[args.corpus]
     if not corpus.embedded.exists():
@@ -112,6 +117,43 @@ def main() -> None:
     print(f"  search() in process            {s:6.2f} ms  (+{s - r:.2f} over raw)")
     print(f"  Django WSGI app, no HTTP       {w:6.2f} ms  (+{w - s:.2f}: Django, ninja, JSON in and out)")
     print(f"  gunicorn over HTTP (keep-alive) {h:5.2f} ms  (+{h - w:.2f}: HTTP and the server)")
+    if args.middleware:
+        middleware_costs(application, wsgi, p50, bodies)
+
+
+def middleware_costs(application, wsgi, p50, bodies) -> None:
+    """What each middleware costs a cookie-less JSON search: the in-process WSGI p50 with all of the site's
+    middleware against the same with one left out (the handler rebuilt for each list), interleaved in a
+    shuffled order."""
+    from django.conf import settings
+
+    full = list(settings.MIDDLEWARE)
+    lists = {"(all)": full, **{m.rsplit(".", 1)[1]: [x for x in full if x != m] for m in full}, "(none)": []}
+    found: dict[str, list[float]] = {name: [] for name in lists}
+    failed: dict[str, str] = {}
+    try:
+        order = list(lists.items())
+        for round_ in range(5):  # each round in another order: no list is always measured first
+            np.random.default_rng(round_).shuffle(order)
+            for name, middleware in order:
+                settings.MIDDLEWARE = middleware
+                application.load_middleware()
+                try:
+                    found[name].append(p50(wsgi, bodies))
+                except SystemExit as exc:  # the view needs what this middleware gives it
+                    found[name].append(float("nan"))
+                    failed[name] = str(exc)
+    finally:
+        settings.MIDDLEWARE = full
+        application.load_middleware()
+    base = float(np.median(found["(all)"]))
+    print(f"  each middleware, by the WSGI p50 without it (all of them: {base:.3f} ms; median of 5 rounds):")
+    for name, times in found.items():
+        if name in failed:
+            print(f"    without {name:32s} {failed[name]}")
+        elif name != "(all)":
+            without = float(np.median(times))
+            print(f"    without {name:32s} {without:6.3f} ms ({base - without:+.3f})")
 
 
 if __name__ == "__main__":
