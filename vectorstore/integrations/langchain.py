@@ -34,6 +34,11 @@ from vectorstore import conf, search
 from vectorstore.integrations.common import checked_rows, write_db, write_rows
 
 
+def _with_mmr(options: dict[str, Any], k: int, fetch_k: int, lambda_mult: float) -> dict[str, Any]:
+    """The search options with the app's MMR: k among the fetch_k nearest (at least k)."""
+    return {**options, "mmr": {"fetch_k": max(fetch_k, k), "lambda_mult": lambda_mult}}
+
+
 class ModelEmbeddings(Embeddings):
     """LangChain ``Embeddings`` over a document model's own sentence-transformers model (``Embedder``)."""
 
@@ -167,8 +172,8 @@ class DjangoVectorStore(VectorStore):
         **kwargs: Any,
     ) -> list[Document]:
         """k documents by maximal marginal relevance among the fetch_k nearest (the app's MMR)."""
-        kwargs["mmr"] = {"fetch_k": max(fetch_k, k), "lambda_mult": lambda_mult}
-        return [doc for doc, _ in self._search(query, None, k, filter, kwargs)]
+        options = _with_mmr(kwargs, k, fetch_k, lambda_mult)
+        return [doc for doc, _ in self._search(query, None, k, filter, options)]
 
     def max_marginal_relevance_search_by_vector(
         self,
@@ -179,8 +184,8 @@ class DjangoVectorStore(VectorStore):
         filter: dict | None = None,
         **kwargs: Any,
     ) -> list[Document]:
-        kwargs["mmr"] = {"fetch_k": max(fetch_k, k), "lambda_mult": lambda_mult}
-        return [doc for doc, _ in self._search(None, embedding, k, filter, kwargs)]
+        options = _with_mmr(kwargs, k, fetch_k, lambda_mult)
+        return [doc for doc, _ in self._search(None, embedding, k, filter, options)]
 
     async def asimilarity_search(
         self, query: str, k: int = 4, filter: dict | None = None, **kwargs: Any
@@ -190,14 +195,12 @@ class DjangoVectorStore(VectorStore):
     async def asimilarity_search_with_score(
         self, query: str, k: int = 4, filter: dict | None = None, **kwargs: Any
     ) -> list[tuple[Document, float]]:
-        vector = await self._embedding.aembed_query(query) if self._embedding is not None else None
-        return await sync_to_async(self._search, thread_sensitive=True)(query, vector, k, filter, kwargs)
+        return await self._asearch(query, None, k, filter, kwargs)
 
     async def asimilarity_search_by_vector(
         self, embedding: list[float], k: int = 4, filter: dict | None = None, **kwargs: Any
     ) -> list[Document]:
-        found = await sync_to_async(self._search, thread_sensitive=True)(None, embedding, k, filter, kwargs)
-        return [doc for doc, _ in found]
+        return [doc for doc, _ in await self._asearch(None, embedding, k, filter, kwargs)]
 
     async def amax_marginal_relevance_search(
         self,
@@ -208,10 +211,8 @@ class DjangoVectorStore(VectorStore):
         filter: dict | None = None,
         **kwargs: Any,
     ) -> list[Document]:
-        kwargs["mmr"] = {"fetch_k": max(fetch_k, k), "lambda_mult": lambda_mult}
-        vector = await self._embedding.aembed_query(query) if self._embedding is not None else None
-        found = await sync_to_async(self._search, thread_sensitive=True)(query, vector, k, filter, kwargs)
-        return [doc for doc, _ in found]
+        options = _with_mmr(kwargs, k, fetch_k, lambda_mult)
+        return [doc for doc, _ in await self._asearch(query, None, k, filter, options)]
 
     @classmethod
     def from_texts(
@@ -245,6 +246,19 @@ class DjangoVectorStore(VectorStore):
         for name in self.metadata_fields:
             metadata.setdefault(name, values[self.model._meta.get_field(name).attname])
         return Document(page_content=values["text"], metadata=metadata, id=values.get("external_id"))
+
+    async def _asearch(
+        self,
+        query: str | None,
+        vector: Sequence[float] | None,
+        k: int,
+        filters: dict | None,
+        options: dict[str, Any],
+    ) -> list[tuple[Document, float]]:
+        """``_search`` on Django's thread for sync code, the query embedded by the async Embeddings."""
+        if query is not None and vector is None and self._embedding is not None:
+            vector = await self._embedding.aembed_query(query)
+        return await sync_to_async(self._search, thread_sensitive=True)(query, vector, k, filters, options)
 
     def _search(
         self,
