@@ -3,6 +3,7 @@
 #               admin login, serve on 127.0.0.1:8000
 #   make test   the same set-up, then the whole test suite
 #   make serve  the production server alone (HOST, PORT, WORKERS), against the current database
+#   make serve-asgi  the same site under uvicorn (ASGI): search and similar as async views
 # With DATABASE_URL set, everything uses that server instead of the embedded one.
 
 PYTHON ?= python3
@@ -14,7 +15,7 @@ PORT ?= 8000
 WORKERS ?= 2
 export HF_HUB_OFFLINE := 1
 
-.PHONY: run serve test setup db stop replica migrate lint format psql clean
+.PHONY: run serve serve-asgi test setup db stop replica migrate lint format psql clean
 
 $(INSTALLED): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +40,12 @@ serve:
 	@echo "Serving http://$(HOST):$(PORT)/  (admin: /admin/, API docs: /api/docs, health: /api/health)"
 	$(VENV)/bin/gunicorn project.wsgi:application --config python:project.gunicorn --bind $(HOST):$(PORT) --workers $(WORKERS) \
 		--access-logfile - --graceful-timeout 10
+
+# The site under an ASGI server: the API's search and similar endpoints as async views (project/asgi.py).
+serve-asgi:
+	@echo "Serving http://$(HOST):$(PORT)/ under uvicorn (ASGI)"
+	WEB_CONCURRENCY=$(WORKERS) $(VENV)/bin/uvicorn project.asgi:application --host $(HOST) --port $(PORT) \
+		--lifespan off --no-access-log --timeout-graceful-shutdown 10
 
 # Tests run in parallel, one worker a core (pytest-xdist; each worker its own test database), the
 # longest stolen by an idle worker; PYTEST_ARGS adds options (PYTEST_ARGS='-k search -n 0').

@@ -135,29 +135,31 @@ def request_with_headers(
 
 @contextlib.contextmanager
 def serve(
-    database_url: str, workers: int = 2, env: dict[str, str] | None = None, extra: Sequence[str] = ()
+    database_url: str,
+    workers: int = 2,
+    env: dict[str, str] | None = None,
+    extra: Sequence[str] = (),
+    server: str = "gunicorn",
 ) -> Iterator[int]:
-    """gunicorn with the site's production settings, as `make run` starts it (``extra`` gunicorn arguments
-    after them, to compare server models); yields its port."""
+    """The site with its production settings, as `make serve` (gunicorn, WSGI) or `make serve-asgi`
+    (``server="uvicorn"``, ASGI) starts it (``extra`` server arguments after them, to compare server
+    models); yields its port."""
     port = free_port()
     child_env = {**(os.environ if env is None else env), "DATABASE_URL": database_url, "DJANGO_DEBUG": "0"}
     child_env.pop("DJANGO_SETTINGS_MODULE", None)
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "project.wsgi:application",
-            "--config",
-            "python:project.gunicorn",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            str(workers),
-            "--log-level",
-            "warning",
-            *extra,
-        ],
+    if server == "uvicorn":
+        child_env["WEB_CONCURRENCY"] = str(workers)
+        command = [
+            "uvicorn", "project.asgi:application", "--host", "127.0.0.1", "--port", str(port),
+            "--lifespan", "off", "--no-access-log", "--log-level", "warning",
+        ]  # fmt: skip
+    else:
+        command = [
+            "gunicorn", "project.wsgi:application", "--config", "python:project.gunicorn",
+            "--bind", f"127.0.0.1:{port}", "--workers", str(workers), "--log-level", "warning",
+        ]  # fmt: skip
+    server_process = subprocess.Popen(
+        [sys.executable, "-m", *command, *extra],
         cwd=ROOT,
         env=child_env,
         stdout=subprocess.PIPE,
@@ -172,18 +174,18 @@ def serve(
                     break
             except OSError:
                 pass
-            if server.poll() is not None:
-                raise RuntimeError(f"gunicorn exited: {server.stdout.read()}")
+            if server_process.poll() is not None:
+                raise RuntimeError(f"{server} exited: {server_process.stdout.read()}")
             if time.monotonic() > deadline:
-                raise RuntimeError("gunicorn did not answer /api/health in 60 s")
+                raise RuntimeError(f"{server} did not answer /api/health in 60 s")
             time.sleep(0.2)
         yield port
     finally:
-        server.terminate()
+        server_process.terminate()
         try:
-            server.wait(timeout=20)
+            server_process.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            server.kill()
+            server_process.kill()
 
 
 def run_load(

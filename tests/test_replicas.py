@@ -5,6 +5,7 @@ serves it, with ``DATABASE_REPLICA_URLS`` naming the replica. Every wait is on s
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import http.cookiejar
 import json
@@ -44,6 +45,7 @@ class Cluster:
     port: int
     token: str
     vectors: np.ndarray
+    server_env: dict[str, str] | None = None  # the site's environment, replica configured
 
     def db(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         result = subprocess.run(
@@ -170,6 +172,7 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
             "VECTORSTORE_REPLICA_MAX_LAG": str(MAX_LAG),
             "VECTORSTORE_REPLICA_SKIP_SECONDS": str(SKIP_SECONDS),
         }
+        cluster.server_env = server_env
         with serve(primary_url, workers=2, env=server_env) as port:
             cluster.port = port
             yield cluster
@@ -227,6 +230,34 @@ def test_a_replayed_write_is_found_by_a_search_the_replica_answers(cluster):
     (replica,) = health["replicas"]
     assert replica["name"] == "replica1" and replica["reachable"] and replica["in_recovery"]
     assert replica["lag_bytes"] >= 0
+
+
+def test_under_uvicorn_the_async_views_read_the_replica_and_a_writer_its_own_writes(cluster):
+    """The site under an ASGI server (search and similar as async views on pooled async connections):
+    they are answered by the replica, and while it applies WAL a second late, the writer's searches
+    right after each of its writes find the write (the primary answers them)."""
+    with serve(cluster.primary_url, workers=1, env=cluster.server_env, server="uvicorn") as port:
+        asgi = dataclasses.replace(cluster, port=port)
+        _post(asgi, "async-write")
+        asgi.replay_caught_up()
+        search = {"vector": asgi.vectors[1].tolist(), "k": 5, "filters": {"external_id": "async-write"}}
+        payload = _from_replica(asgi, "POST", "/api/search", search)
+        assert [hit["external_id"] for hit in payload["results"]] == ["async-write"]
+        doc_id = payload["results"][0]["id"]
+        similar = _from_replica(asgi, "GET", f"/api/documents/{doc_id}/similar?k=3")
+        assert len(similar["results"]) == 3 and doc_id not in [hit["id"] for hit in similar["results"]]
+        asgi.sql(asgi.replica_url, "ALTER SYSTEM SET recovery_min_apply_delay = '1s'")
+        asgi.sql(asgi.replica_url, "SELECT pg_reload_conf()")
+        try:
+            for i in range(10):
+                _post(asgi, f"async-ryw-{i}")
+                status, mine = asgi.search(asgi.vectors[i], token=asgi.token, external_id=f"async-ryw-{i}")
+                assert status == 200, mine
+                assert [h["external_id"] for h in mine["results"]] == [f"async-ryw-{i}"], (i, mine)
+        finally:
+            asgi.sql(asgi.replica_url, "ALTER SYSTEM RESET recovery_min_apply_delay")
+            asgi.sql(asgi.replica_url, "SELECT pg_reload_conf()")
+        asgi.replay_caught_up()
 
 
 def test_a_client_reads_its_own_writes_though_the_replica_lags(cluster):

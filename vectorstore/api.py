@@ -3,6 +3,10 @@
 Reads are open; writes need a user with the document model's add/delete
 permission, authenticated by a Django session (with CSRF) or a bearer token
 from ``manage.py create_api_token``.
+
+``router`` is built when this module loads (``build_router``): its search and similar endpoints are async
+views (``vectorstore.search.asearch``) where the site is served by an ASGI server (``conf.async_views``),
+plain views otherwise; both answer the same.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import psycopg
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DatabaseError, IntegrityError
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 from ninja import Field, Query, Router, Schema, Status
 from ninja.errors import HttpError
@@ -37,8 +41,6 @@ from vectorstore.schemas import (
 )
 from vectorstore.status import server_status
 from vectorstore.writes import extra_fields, insert_documents
-
-router = Router(tags=["vectorstore"])
 
 
 class BearerToken(HttpBearer):
@@ -123,7 +125,6 @@ class HealthOut(Schema):
     tuning: list[TuningOut] | None = Field(None, description="what tune_search stored for the document table")
 
 
-@router.get("/health", response={200: HealthOut, 503: HealthOut}, summary="Database and pgvector status")
 def health(request):
     """Answers 200 with PostgreSQL's and pgvector's versions (and each replica's state, where there are
     replicas: one down is reported, not an outage), or 503 when the primary cannot be reached."""
@@ -191,36 +192,55 @@ def _search_out(result: search.SearchResult) -> HttpResponse:
     return response
 
 
-@router.post(
-    "/search",
-    response={200: SearchOutModel, 422: ErrorOut, 503: ErrorOut},
-    summary="Semantic, filtered or hybrid search",
-)
+def _search_arguments(payload: SearchIn) -> dict[str, Any]:
+    return {
+        "query": payload.query,
+        "vector": payload.vector,
+        "k": payload.k,
+        "filters": payload.filters,
+        "mode": payload.mode,
+        "metric": payload.metric,
+        "ef_search": payload.ef_search,
+        "iterative_scan": payload.iterative_scan,
+        "probes": payload.probes,
+        "rerank": payload.rerank,
+        "mmr": payload.mmr.dict(exclude_none=True) if payload.mmr is not None else None,
+        "hybrid": payload.hybrid.dict(exclude_none=True) if payload.hybrid is not None else None,
+    }
+
+
+SEARCH_ERRORS = (search.SearchError, search.SearchTimeout, ModelStackMissing)
+
+
+def _failed(exc: Exception) -> HttpResponse:
+    """A search's error as the API answers it: a 422 naming the field, a 503 with Retry-After, a 501."""
+    if isinstance(exc, search.SearchTimeout):
+        return _timed_out(exc)
+    if isinstance(exc, search.SearchError):
+        raise _field_error(exc) from exc
+    if isinstance(exc, ModelStackMissing):
+        raise _no_model_stack(exc) from exc
+    raise exc
+
+
 @routers.replica_reads
 def search_documents(request, payload: SearchIn):
     """Nearest documents to a text (embedded server-side) or a vector; `mode` hybrid fuses full text."""
     try:
-        result = search.search(
-            payload.query,
-            vector=payload.vector,
-            k=payload.k,
-            filters=payload.filters,
-            mode=payload.mode,
-            metric=payload.metric,
-            ef_search=payload.ef_search,
-            iterative_scan=payload.iterative_scan,
-            probes=payload.probes,
-            rerank=payload.rerank,
-            mmr=payload.mmr.dict(exclude_none=True) if payload.mmr is not None else None,
-            hybrid=payload.hybrid.dict(exclude_none=True) if payload.hybrid is not None else None,
-        )
-    except search.SearchError as exc:
-        raise _field_error(exc) from exc
-    except search.SearchTimeout as exc:
-        return _timed_out(exc)
-    except ModelStackMissing as exc:
-        raise _no_model_stack(exc) from exc
-    return _search_out(result)
+        return _search_out(search.search(**_search_arguments(payload)))
+    except SEARCH_ERRORS as exc:
+        return _failed(exc)
+
+
+@routers.replica_reads
+async def search_documents_async(request, payload: SearchIn):
+    try:
+        return _search_out(await search.asearch(**_search_arguments(payload)))
+    except SEARCH_ERRORS as exc:
+        return _failed(exc)
+
+
+search_documents_async.__doc__ = search_documents.__doc__
 
 
 class ListParams(Schema):
@@ -232,11 +252,6 @@ class ListParams(Schema):
     offset: int = 0
 
 
-@router.get(
-    "/documents",
-    response={200: PageOutModel, 422: ErrorOut, 503: ErrorOut},
-    summary="List documents, filtered and paged",
-)
 @routers.replica_reads
 def list_documents(request, params: Query[ListParams]):
     if not 1 <= params.limit <= MAX_PAGE:
@@ -276,31 +291,37 @@ def list_documents(request, params: Query[ListParams]):
     }
 
 
-@router.get(
-    "/documents/{int:doc_id}", response={200: DocumentOutModel, 404: ErrorOut}, summary="One document"
-)
 @routers.replica_reads
 def get_document(request, doc_id: int):
     model = conf.document_model()
     return get_object_or_404(model._default_manager.defer("embedding", "search_vector"), pk=doc_id)
 
 
-@router.get(
-    "/documents/{int:doc_id}/similar",
-    response={200: SearchOutModel, 404: ErrorOut, 422: ErrorOut, 503: ErrorOut},
-    summary="Documents nearest to a stored one",
-)
 @routers.replica_reads
 def similar_documents(request, doc_id: int, k: int = 10):
+    """The k documents nearest to a stored one (itself left out)."""
     model = conf.document_model()
     document = get_object_or_404(model._default_manager.all(), pk=doc_id)
     try:
-        result = search.similar(document, k=k)
-    except search.SearchError as exc:
-        raise _field_error(exc) from exc
-    except search.SearchTimeout as exc:
-        return _timed_out(exc)
-    return _search_out(result)
+        return _search_out(search.similar(document, k=k))
+    except SEARCH_ERRORS as exc:
+        return _failed(exc)
+
+
+@routers.replica_reads
+async def similar_documents_async(request, doc_id: int, k: int = 10):
+    model = conf.document_model()
+    # Django's async ORM (its one sync thread): one short read by primary key.
+    document = await model._default_manager.filter(pk=doc_id).afirst()
+    if document is None:
+        raise Http404(f"No {model._meta.object_name} matches the given query.")
+    try:
+        return _search_out(await search.asimilar(document, k=k))
+    except SEARCH_ERRORS as exc:
+        return _failed(exc)
+
+
+similar_documents_async.__doc__ = similar_documents.__doc__
 
 
 def _check_extra_fields(items: list) -> None:
@@ -320,12 +341,6 @@ def _check_extra_fields(items: list) -> None:
                 raise HttpError(422, f"{where}: {'; '.join(exc.messages)}") from exc
 
 
-@router.post(
-    "/documents",
-    auth=WRITE_AUTH,
-    response={201: CreatedOut, 401: ErrorOut, 403: ErrorOut, 409: ErrorOut, 422: ErrorOut, 501: ErrorOut},
-    summary="Add documents (embedded server-side, written with COPY)",
-)
 def create_documents(request, payload: list[DocumentInModel] | DocumentInModel):  # type: ignore[valid-type]
     """One document or a list of up to 1,000: embedded in one batch, written in one COPY, all or none."""
     _require(request, "add")
@@ -351,12 +366,6 @@ def create_documents(request, payload: list[DocumentInModel] | DocumentInModel):
     return Status(201, {"ids": created, "took_ms": round((time.perf_counter() - started) * 1000, 3)})
 
 
-@router.delete(
-    "/documents/{int:doc_id}",
-    auth=WRITE_AUTH,
-    response={204: None, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut},
-    summary="Delete",
-)
 def delete_document(request, doc_id: int):
     _require(request, "delete")
     model = conf.document_model()
@@ -364,3 +373,68 @@ def delete_document(request, doc_id: int):
     if not deleted:
         raise HttpError(404, f"no document {doc_id}")
     return Status(204, None)
+
+
+def build_router(async_views: bool | None = None) -> Router:
+    """The API's router; ``async_views`` (default ``conf.async_views()``) serves search and similar as
+    async views. Operation ids and schemas are the same either way."""
+    async_views = conf.async_views() if async_views is None else async_views
+    api = Router(tags=["vectorstore"])
+    add = api.add_api_operation
+    add(
+        "/health",
+        ["GET"],
+        health,
+        response={200: HealthOut, 503: HealthOut},
+        summary="Database and pgvector status",
+    )
+    add(
+        "/search",
+        ["POST"],
+        search_documents_async if async_views else search_documents,
+        response={200: SearchOutModel, 422: ErrorOut, 503: ErrorOut},
+        summary="Semantic, filtered or hybrid search",
+        operation_id="vectorstore_api_search_documents",
+    )
+    add(
+        "/documents",
+        ["GET"],
+        list_documents,
+        response={200: PageOutModel, 422: ErrorOut, 503: ErrorOut},
+        summary="List documents, filtered and paged",
+    )
+    add(
+        "/documents/{int:doc_id}",
+        ["GET"],
+        get_document,
+        response={200: DocumentOutModel, 404: ErrorOut},
+        summary="One document",
+    )
+    add(
+        "/documents/{int:doc_id}/similar",
+        ["GET"],
+        similar_documents_async if async_views else similar_documents,
+        response={200: SearchOutModel, 404: ErrorOut, 422: ErrorOut, 503: ErrorOut},
+        summary="Documents nearest to a stored one",
+        operation_id="vectorstore_api_similar_documents",
+    )
+    add(
+        "/documents",
+        ["POST"],
+        create_documents,
+        auth=WRITE_AUTH,
+        response={201: CreatedOut, 401: ErrorOut, 403: ErrorOut, 409: ErrorOut, 422: ErrorOut, 501: ErrorOut},
+        summary="Add documents (embedded server-side, written with COPY)",
+    )
+    add(
+        "/documents/{int:doc_id}",
+        ["DELETE"],
+        delete_document,
+        auth=WRITE_AUTH,
+        response={204: None, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut},
+        summary="Delete",
+    )
+    return api
+
+
+router = build_router()

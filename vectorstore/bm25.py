@@ -50,10 +50,9 @@ def index_for(model: type[models.Model], using: str = "default") -> str | None:
     """The name of a valid bm25 index on the model's table, or None (then searches use ts_rank_cd)."""
     table = model._meta.db_table
     now = time.monotonic()
-    with _lock:
-        cached = _found.get((using, table))
-    if cached is not None and now - cached[0] < TTL:
-        return cached[1]
+    cached = cached_index_for(model, using)
+    if cached is not None:
+        return cached[0]
     with connections[using].cursor() as cursor:
         cursor.execute(
             "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
@@ -67,6 +66,15 @@ def index_for(model: type[models.Model], using: str = "default") -> str | None:
     with _lock:
         _found[(using, table)] = (now, name)
     return name
+
+
+def cached_index_for(model: type[models.Model], using: str = "default") -> tuple[str | None] | None:
+    """``(index_for(model, using),)`` when the process looked it up within TTL seconds, else None (no I/O)."""
+    with _lock:
+        cached = _found.get((using, model._meta.db_table))
+    if cached is not None and time.monotonic() - cached[0] < TTL:
+        return (cached[1],)
+    return None
 
 
 def forget() -> None:

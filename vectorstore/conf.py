@@ -56,6 +56,13 @@ DEFAULTS: dict[str, Any] = {
     "REPLICA_CHECK_SECONDS": 1.0,
     # A replica that failed a query, or lags, takes no reads for this long (then it is asked again).
     "REPLICA_SKIP_SECONDS": 5.0,
+    # Async searches (asearch, the API's async views under ASGI) hold at most this many connections per
+    # database and event loop (psycopg_pool's AsyncConnectionPool): one per search in flight.
+    "ASYNC_POOL_SIZE": 8,
+    # The API's search and similar endpoints as async views (for a site served by an ASGI server; under
+    # WSGI each async view would run on an event loop of its own). None: when the site's ASGI entry point
+    # says so (vectorstore.conf.serving_asgi, which project/asgi.py calls).
+    "ASYNC_VIEWS": None,
 }
 
 
@@ -147,6 +154,25 @@ def replica_check_seconds() -> float:
 
 def replica_skip_seconds() -> float:
     return float(get("REPLICA_SKIP_SECONDS"))
+
+
+def async_pool_size() -> int:
+    return int(get("ASYNC_POOL_SIZE"))
+
+
+_asgi = False
+
+
+def serving_asgi() -> None:
+    """Called by a site's ASGI entry point before Django loads its URLs: the API's reads then load as
+    async views (unless VECTORSTORE ASYNC_VIEWS says otherwise)."""
+    global _asgi
+    _asgi = True
+
+
+def async_views() -> bool:
+    value = get("ASYNC_VIEWS")
+    return _asgi if value is None else bool(value)
 
 
 def document_model() -> type[models.Model]:

@@ -50,10 +50,15 @@ def prepare_connection(conn: psycopg.Connection) -> psycopg.Connection:
     """Register pgvector's types (and the pass-through dumper) on a psycopg connection, once."""
     if conn not in _registered:
         register_vector(conn)
-        info = conn.adapters.types["vector"]
-        conn.adapters.register_dumper(_EncodedVector, type("", (VectorBytesDumper,), {"oid": info.oid}))
+        register_encoded_vectors(conn)
         _registered.add(conn)
     return conn
+
+
+def register_encoded_vectors(conn: psycopg.Connection | psycopg.AsyncConnection) -> None:
+    """The pass-through dumper for ``binary_vector``'s bytes, on a connection that knows the vector type."""
+    info = conn.adapters.types["vector"]
+    conn.adapters.register_dumper(_EncodedVector, type("", (VectorBytesDumper,), {"oid": info.oid}))
 
 
 def django_connection(using: str = "default") -> psycopg.Connection:

@@ -3,6 +3,7 @@
 Document.objects.filter(category="Whig").nearest("tariffs on imported goods", k=5)
 Document.objects.similar_to(document, k=10)
 Document.objects.order_by_distance(vector)[:20]
+await Document.objects.anearest("tariffs on imported goods", k=5)  # async code: asearch()
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 
 from django.db import models
 
-from vectorstore.search import METRICS, search, similar
+from vectorstore.search import METRICS, asearch, asimilar, search, similar
 
 
 class DocumentQuerySet(models.QuerySet):
@@ -31,6 +32,19 @@ class DocumentQuerySet(models.QuerySet):
     def similar_to(self, document: models.Model, k: int = 10, **kwargs: Any) -> list:
         """The k documents nearest a stored one, itself left out."""
         return [hit.document for hit in similar(document, k, queryset=self, **kwargs).hits]
+
+    async def anearest(self, query: Any, k: int = 10, **kwargs: Any) -> list:
+        """``nearest()`` for async code (``vectorstore.search.asearch``): the same documents, the search
+        sent on a pooled async connection. Their vectors are deferred: ``await doc.arefresh_from_db()``."""
+        if isinstance(query, str):
+            result = await asearch(query, k=k, queryset=self, **kwargs)
+        else:
+            result = await asearch(vector=query, k=k, queryset=self, **kwargs)
+        return [hit.document for hit in result.hits]
+
+    async def asimilar_to(self, document: models.Model, k: int = 10, **kwargs: Any) -> list:
+        """``similar_to()`` for async code; the document's vector must be loaded."""
+        return [hit.document for hit in (await asimilar(document, k, queryset=self, **kwargs)).hits]
 
     def order_by_distance(self, vector: Any, metric: str = "cosine") -> models.QuerySet:
         """A lazy queryset annotated with ``distance`` and ordered by it, to slice and compose."""

@@ -66,9 +66,10 @@ def slot_for(table: str, size: int) -> int | None:
     return j if j < size else None
 
 
-def offer(model: type[models.Model], vector: np.ndarray) -> bool:
+def offer(model: type[models.Model], vector: np.ndarray, flush_when_due: bool = True) -> bool:
     """Maybe keep a query vector of a search of ``model``'s table; True when it was kept (written at
-    the next flush)."""
+    the next flush). ``flush_when_due=False`` leaves a due flush to the caller (``flush_due()``): an
+    async search sends it to a thread."""
     global _oldest
     size = conf.query_log_size()
     if size <= 0:
@@ -84,9 +85,19 @@ def offer(model: type[models.Model], vector: np.ndarray) -> bool:
         due = bool(_pending) and (
             len(_pending) >= min(FLUSH_BATCH, size) or now - (_oldest or now) >= FLUSH_SECONDS
         )
-    if due:
+    if due and flush_when_due:
         flush()
     return slot is not None
+
+
+def flush_due() -> bool:
+    """Whether the kept samples are due to be written (FLUSH_BATCH of them, or one FLUSH_SECONDS old)."""
+    size = conf.query_log_size()
+    with _lock:
+        return bool(_pending) and (
+            len(_pending) >= min(FLUSH_BATCH, size)
+            or time.monotonic() - (_oldest or time.monotonic()) >= FLUSH_SECONDS
+        )
 
 
 def flush() -> int:

@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
@@ -154,6 +155,9 @@ def replica_reads(view: Callable[..., Any]) -> Callable[..., Any]:
     """Mark a view that only reads (whatever its method: ``POST /api/search``): its document reads may go
     to a replica, and if one fails there the view runs again with reads on the primary."""
 
+    if inspect.iscoroutinefunction(view):
+        return _areplica_reads(view)
+
     @functools.wraps(view)
     def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
         if not replicas.configured():
@@ -168,6 +172,26 @@ def replica_reads(view: Callable[..., Any]) -> Callable[..., Any]:
 
     # The view's own signature, its annotations resolved where it was written: django-ninja reads the
     # request's parameters from it (string annotations would be looked up in this module).
+    wrapper.__signature__ = inspect.signature(view, eval_str=True)  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _areplica_reads(view: Callable[..., Any]) -> Callable[..., Any]:
+    """``replica_reads`` for an async view (the same routing; the failed replica's Django connection is
+    closed on Django's sync thread, where it lives)."""
+
+    @functools.wraps(view)
+    async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        if not replicas.configured():
+            return await view(request, *args, **kwargs)
+        with _reading(True, client_key(request), read_only=True) as state:
+            try:
+                return await view(request, *args, **kwargs)
+            except replicas.LOST as exc:
+                if not await sync_to_async(_fail_over)(state, exc):
+                    raise
+            return await view(request, *args, **kwargs)
+
     wrapper.__signature__ = inspect.signature(view, eval_str=True)  # type: ignore[attr-defined]
     return wrapper
 

@@ -333,17 +333,29 @@ def serving(model: type[models.Model], metric: str, using: str = "default") -> F
     oldest first, which keeps that order). The table's indexes are read at most every
     ``INDEX_LOOKUP_SECONDS`` (VECTORSTORE setting) per process; None when none serves the metric
     (the search is then an exact scan)."""
-    table = model._meta.db_table
-    now = time.monotonic()
+    found = cached_serving(model, metric, using)
+    if found is not None:
+        return found[0]
+    field = model._meta.get_field("embedding")
+    entries = table_indexes(model._meta.db_table, field.column, using, sizes=False)
     with _lock:
-        cached = _found.get((using, table))
-    if cached is None or now - cached[0] >= conf.index_lookup_seconds():
-        field = model._meta.get_field("embedding")
-        cached = (now, table_indexes(table, field.column, using, sizes=False))
-        with _lock:
-            _found[(using, table)] = cached
+        _found[(using, model._meta.db_table)] = (time.monotonic(), entries)
+    return _serving_among(entries, model, metric)
+
+
+def cached_serving(model: type[models.Model], metric: str, using: str = "default") -> tuple | None:
+    """``(serving(model, metric, using),)`` when the process's list of the table's indexes is fresh,
+    else None (no I/O)."""
+    with _lock:
+        cached = _found.get((using, model._meta.db_table))
+    if cached is None or time.monotonic() - cached[0] >= conf.index_lookup_seconds():
+        return None
+    return (_serving_among(cached[1], model, metric),)
+
+
+def _serving_among(entries: list[FoundIndex], model: type[models.Model], metric: str) -> FoundIndex | None:
     dimensions = model._meta.get_field("embedding").dimensions
-    usable = [i for i in cached[1] if i.serves(metric, dimensions)]
+    usable = [i for i in entries if i.serves(metric, dimensions)]
     return usable[-1] if usable else None
 
 

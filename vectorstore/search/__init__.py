@@ -16,6 +16,8 @@ One module a concept, data flowing one way (each imports only those above it):
 
     results        Hit, SearchResult
     statements     Django-compiled SQL run with a binary query vector, in one pipelined round trip
+    aio            the same on psycopg's async connections, pooled per database and event loop
+    steps          a search as steps, driven in a thread (search) or on an event loop (asearch)
     distances      metrics, the ORDER BY distance LIMIT k shape, scores
     query_vector   a text's vector (cached) or a given vector, checked
     settings       index knobs (query, stored tuning, settings), the statement timeout and its 503
@@ -24,14 +26,17 @@ One module a concept, data flowing one way (each imports only those above it):
     text           the text side: ts_rank_cd, or BM25 where pg_textsearch is
     fusion         hybrid: weighted reciprocal rank fusion
     diversity      maximal marginal relevance
-    service        search() and similar(): check, plan, run, assemble
+    service        search() and similar() (asearch(), asimilar()): check, plan, run, assemble
+
+``asearch()`` takes the same arguments for async code: ``result = await asearch("tariffs", k=5)``.
 """
 
 from vectorstore.filters import SearchError, build_filter
+from vectorstore.search.aio import aclose
 from vectorstore.search.distances import METRICS, distance_expression, score_of, vector_queryset
 from vectorstore.search.query_vector import check_vector, embed_query, query_cache
 from vectorstore.search.results import Hit, SearchResult
-from vectorstore.search.service import search, similar
+from vectorstore.search.service import asearch, asimilar, search, similar
 from vectorstore.search.settings import (
     SearchTimeout,
     Tuned,
@@ -48,6 +53,9 @@ __all__ = [
     "SearchResult",
     "SearchTimeout",
     "Tuned",
+    "aclose",
+    "asearch",
+    "asimilar",
     "bounded",
     "build_filter",
     "check_vector",

@@ -13,7 +13,7 @@ rows match.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 
 import numpy as np
 from django.db import models
@@ -26,6 +26,7 @@ from vectorstore.search.distances import METRICS
 from vectorstore.search.quantized import Rerank, by_index_order, widened
 from vectorstore.search.settings import SearchTimeout
 from vectorstore.search.statements import QueryVector, Statement
+from vectorstore.search.steps import Run
 
 
 def vector_rows(
@@ -40,9 +41,10 @@ def vector_rows(
     has_filter: bool,
     also: Sequence[Statement] = (),
     plan: Rerank | None = None,
-) -> tuple[list[tuple], bool, list[list[tuple]]]:
-    """The k nearest rows (fields, then distance), whether an exact scan of the filter's matches found
-    them, and the rows of each of ``also`` (hybrid's text side), sent in the first round trip.
+) -> Generator[Run, list[list[tuple]], tuple[list[tuple], bool, list[list[tuple]]]]:
+    """Steps (``steps.Run``) giving the k nearest rows (fields, then distance), whether an exact scan of
+    the filter's matches found them, and the rows of each of ``also`` (hybrid's text side), sent in the
+    first round trip.
 
     Through a quantized index (``plan``) the index's order picks k x factor candidates, re-ranked by the
     full distance; the graph search keeps at least that many (``hnsw.ef_search``).
@@ -53,12 +55,12 @@ def vector_rows(
     if plan is not None:
         settings = widened(settings, k, plan)
     if not has_filter or limit <= 0:
-        rows, *rest = statements.run(
+        rows, *rest = yield Run(
             using, settings, [nearest(filtered, fields, metric, k, shape, plan), *extra], qvector
         )
         exact = False
     else:
-        probe, few, broad, *rest = statements.run(
+        probe, few, broad, *rest = yield Run(
             using, settings, [*planned(filtered, fields, metric, k, limit, plan), *extra], qvector
         )
         exact = not probe or probe[0][0] == "on"
@@ -71,9 +73,7 @@ def vector_rows(
         if left <= 0:
             raise SearchTimeout(timeout)
         exact_statement = Statement.compile(nearest_query(filtered, fields, metric, k, exact=True))
-        (rows,) = statements.run(
-            using, {**settings, "statement_timeout": str(left)}, [exact_statement], qvector
-        )
+        (rows,) = yield Run(using, {**settings, "statement_timeout": str(left)}, [exact_statement], qvector)
         exact = True
     # relaxed_order may hand rows back slightly out of order
     rows.sort(key=lambda r: r[-1])

@@ -31,7 +31,13 @@ def rerank_plan(
     The factor: the query's ``rerank``, else what tune_search stored for a binary index, else
     VECTORSTORE RERANK for a binary index and 1 for a half-precision one (measured: half loses nothing).
     """
-    index = vector_indexes.serving(model, metric, using)
+    return plan_for(model, vector_indexes.serving(model, metric, using), rerank, tuned)
+
+
+def plan_for(
+    model: type[models.Model], index: vector_indexes.FoundIndex | None, rerank: int | None, tuned: Tuned
+) -> Rerank | None:
+    """``rerank_plan`` for the index that serves the search (``vector_indexes.serving``)."""
     if index is None or index.quantization is None:
         return None
     binary = index.quantization == "binary"

@@ -45,12 +45,22 @@ class _LRU:
 query_cache = _LRU()
 
 
+def _key(text: str, model: type[models.Model]) -> tuple:
+    name = getattr(model, "embedding_model", None) or conf.model_name()
+    return (name, model._meta.get_field("embedding").dimensions, text)
+
+
+def cached_query_vector(text: str, model: type[models.Model]) -> tuple[np.ndarray] | None:
+    """``(embed_query(text, model),)`` when the text's vector is cached, else None (the model not run)."""
+    vector = query_cache.get(_key(text, model))
+    return (vector,) if vector is not None else None
+
+
 def embed_query(text: str, model: type[models.Model] | None = None) -> np.ndarray:
     """The query's vector from the document model's Embedder (``Embedder.for_model``), cached by
     (embedding model, dimensions, text)."""
     model = model or conf.document_model()
-    name = getattr(model, "embedding_model", None) or conf.model_name()
-    key = (name, model._meta.get_field("embedding").dimensions, text)
+    key = _key(text, model)
     vector = query_cache.get(key)
     if vector is None:
         vector = Embedder.for_model(model).encode([text])[0]

@@ -1,5 +1,8 @@
-"""``search()`` and ``similar()``: check the arguments, choose the settings and the plan, run the
-statements in one round trip, and assemble the hits (fused for hybrid, diversified for MMR)."""
+"""``search()`` and ``similar()``, and their async forms ``asearch()`` and ``asimilar()``: check the
+arguments, choose the settings and the plan, run the statements in one round trip, and assemble the hits
+(fused for hybrid, diversified for MMR). Written once as steps (``steps``): the sync forms run them in
+the calling thread on Django's connection, the async ones on the event loop with a pooled async
+connection (``aio``)."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from typing import Any
 import numpy as np
 from django.db import models
 
-from vectorstore import conf, query_log
+from vectorstore import bm25, conf, query_log, replicas, vector_indexes
 from vectorstore.filters import SearchError, build_filter, storable
 from vectorstore.limits import (
     EF_SEARCH_RANGE,
@@ -21,20 +24,19 @@ from vectorstore.limits import (
     RERANK_RANGE,
     SEARCH_MODES,
 )
-from vectorstore.search import statements
 from vectorstore.search.distances import METRICS, score_of
 from vectorstore.search.diversity import mmr_hits, mmr_options
 from vectorstore.search.fusion import adaptive_weight, fuse, hybrid_options
 from vectorstore.search.plan import vector_rows
-from vectorstore.search.quantized import rerank_plan
-from vectorstore.search.query_vector import check_vector, embed_query
+from vectorstore.search.quantized import plan_for
+from vectorstore.search.query_vector import cached_query_vector, check_vector, embed_query
 from vectorstore.search.results import Hit, SearchResult
-from vectorstore.search.settings import Tuned, search_settings, timeouts, tuned_settings
+from vectorstore.search.settings import Tuned, cached_tuning, search_settings, timeouts, tuned_settings
 from vectorstore.search.statements import Statement
+from vectorstore.search.steps import Call, Run, Steps, adrive, drive
 from vectorstore.search.text import (
     all_words_count,
     any_words,
-    ranking_for,
     text_query,
     text_query_set,
     text_score,
@@ -119,10 +121,61 @@ def search(
     binary index and 1 for a half-precision one). ``log_query=False`` keeps the query vector out of the
     query log that tune_search measures recall on (``vectorstore.query_log``; ``similar()`` does).
     """
+    return drive(_steps(**locals()))
+
+
+async def asearch(
+    query: str | None = None,
+    *,
+    vector: Sequence[float] | np.ndarray | None = None,
+    k: int = 10,
+    filters: dict | None = None,
+    mode: str = "vector",
+    metric: str | None = None,
+    ef_search: int | None = None,
+    iterative_scan: str | None = None,
+    probes: int | None = None,
+    queryset: models.QuerySet | None = None,
+    using: str | None = None,
+    mmr: dict[str, Any] | None = None,
+    hybrid: dict[str, Any] | None = None,
+    rerank: int | None = None,
+    log_query: bool = True,
+) -> SearchResult:
+    """``search()`` for async code (async views, ASGI servers): the same arguments and answers, the
+    statements sent on a pooled async connection (``vectorstore.search.aio``; one pool per event loop,
+    at most VECTORSTORE ASYNC_POOL_SIZE connections), so a search in flight holds no thread. It sees
+    what is committed: unlike ``search()``, it cannot join a transaction of Django's connection.
+    Cancelling the task cancels the query on the server; the statement timeout raises SearchTimeout.
+    """
+    return await adrive(_steps(**locals()))
+
+
+def _steps(
+    query: str | None,
+    *,
+    vector: Any,
+    k: int,
+    filters: dict | None,
+    mode: str,
+    metric: str | None,
+    ef_search: int | None,
+    iterative_scan: str | None,
+    probes: int | None,
+    queryset: models.QuerySet | None,
+    using: str | None,
+    mmr: dict[str, Any] | None,
+    hybrid: dict[str, Any] | None,
+    rerank: int | None,
+    log_query: bool,
+) -> Steps[SearchResult]:
+    """The search as steps (``vectorstore.search.steps``), for ``drive`` or ``adrive``."""
     started = time.perf_counter()
     model = queryset.model if queryset is not None else conf.document_model()
     base = queryset if queryset is not None else model._default_manager.all()
-    using = using or base.db
+    if using is None:
+        # The router may pick a replica, which can mean asking it (and the primary) where it stands.
+        using = yield Call(lambda: base.db, None if replicas.configured() else lambda: (base.db,))
     metric = metric or conf.distance()
     _check_arguments(query, vector, k, mode, metric, ef_search, iterative_scan, probes, rerank, hybrid)
     lambda_mult, wanted = None, k
@@ -137,11 +190,22 @@ def search(
     fields = [f.attname for f in model._meta.concrete_fields if f.name not in ("embedding", "search_vector")]
     if lambda_mult is not None:
         fields.append(model._meta.get_field("embedding").attname)
+    table = model._meta.db_table
     tuned = Tuned()
     if ef_search is None or probes is None or rerank is None:
-        tuned = tuned_settings(model._meta.db_table, using)
+        tuned = yield Call(lambda: tuned_settings(table, using), lambda: cached_tuning(table, using))
     settings = search_settings(ef_search, iterative_scan, probes, tuned, bool(filters))
-    plan = rerank_plan(model, metric, using, rerank, tuned) if mode != "text" else None
+    plan = None
+    if mode != "text":
+        index = yield Call(
+            lambda: vector_indexes.serving(model, metric, using),
+            lambda: vector_indexes.cached_serving(model, metric, using),
+        )
+        plan = plan_for(model, index, rerank, tuned)
+    ranking = None
+    if mode != "vector":
+        index = yield Call(lambda: bm25.index_for(model, using), lambda: bm25.cached_index_for(model, using))
+        ranking = (query, index) if index else None
     # The SQL of a search on the model's own manager depends only on its shape: Django compiles it once.
     shape = (
         (model._meta.label, using, tuple(fields), metric, plan) if queryset is None and not filters else None
@@ -149,7 +213,12 @@ def search(
     qvector = None
     if mode != "text":
         dims = model._meta.get_field("embedding").dimensions
-        qvector = check_vector(vector, dims) if vector is not None else embed_query(query, model)
+        if vector is not None:
+            qvector = check_vector(vector, dims)
+        else:
+            qvector = yield Call(
+                lambda: embed_query(query, model), lambda: cached_query_vector(query, model), database=False
+            )
 
     def hit(rank: int, row: tuple, score: float, distance: float | None) -> Hit:
         return Hit(rank, score, distance, dict(zip(fields, row, strict=False)), model, using)
@@ -158,17 +227,15 @@ def search(
     details: dict[str, Any] = {}
     with timeouts():
         if mode == "vector":
-            rows, exact, _ = vector_rows(
+            rows, exact, _ = yield from vector_rows(
                 filtered, fields, metric, k, shape, settings, qvector, using, bool(filters), plan=plan
             )
             hits = [hit(i + 1, r, score_of(metric, r[-1]), r[-1]) for i, r in enumerate(rows)]
         elif mode == "text":
-            ranking = ranking_for(model, using, query)
             text = Statement.compile(text_query_set(filtered, fields, text_query(query), None, k, ranking))
-            (text_rows,) = statements.run(using, settings, [text], None)
+            (text_rows,) = yield Run(using, settings, [text], None)
             hits = [hit(i + 1, r, text_score(r[len(fields)], ranking), None) for i, r in enumerate(text_rows)]
         else:
-            ranking = ranking_for(model, using, query)
             every_word = text_query(query)
             words = any_words(query) if fusion.partial else every_word
             # The adaptive text weight needs how many documents hold every word: a window count on the
@@ -192,7 +259,7 @@ def search(
             also = [text]
             if adaptive and ranking is not None:
                 also.append(all_words_count(filtered, every_word, MATCH_COUNT_CAP))
-            near, exact, rest = vector_rows(
+            near, exact, rest = yield from vector_rows(
                 filtered, fields, metric, fusion.vector_k, shape, settings, qvector, using, bool(filters),
                 also, plan,
             )  # fmt: skip
@@ -211,7 +278,9 @@ def search(
     if lambda_mult is not None:
         hits = mmr_hits(hits, fields[-1], lambda_mult, wanted)
     if log_query and qvector is not None:
-        query_log.offer(model, qvector)
+        query_log.offer(model, qvector, flush_when_due=False)
+        if query_log.flush_due():
+            yield Call(query_log.flush)
     return SearchResult(
         hits=hits,
         took_ms=(time.perf_counter() - started) * 1000,
@@ -223,9 +292,18 @@ def search(
     )
 
 
-def similar(document: models.Model, k: int = 10, **kwargs: Any) -> SearchResult:
-    """The k documents nearest to one stored document (itself left out)."""
+def _similar_arguments(document: models.Model, k: int, kwargs: dict[str, Any]) -> dict[str, Any]:
     queryset = kwargs.pop("queryset", None)
     queryset = queryset if queryset is not None else type(document)._default_manager.all()
     kwargs.setdefault("log_query", False)  # a stored vector is not a query anyone typed
-    return search(vector=document.embedding, k=k, queryset=queryset.exclude(pk=document.pk), **kwargs)
+    return {"vector": document.embedding, "k": k, "queryset": queryset.exclude(pk=document.pk), **kwargs}
+
+
+def similar(document: models.Model, k: int = 10, **kwargs: Any) -> SearchResult:
+    """The k documents nearest to one stored document (itself left out)."""
+    return search(**_similar_arguments(document, k, kwargs))
+
+
+async def asimilar(document: models.Model, k: int = 10, **kwargs: Any) -> SearchResult:
+    """``similar()`` for async code (see ``asearch``); the document's vector must be loaded."""
+    return await asearch(**_similar_arguments(document, k, kwargs))

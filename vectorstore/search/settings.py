@@ -72,13 +72,21 @@ _tuning: dict[tuple[str, str], tuple[float, Tuned]] = {}
 _tuning_lock = Lock()
 
 
+def cached_tuning(table: str, using: str) -> tuple[Tuned] | None:
+    """``(tuned_settings(table, using),)`` when the process has it fresh, else None (no I/O)."""
+    with _tuning_lock:
+        cached = _tuning.get((table, using))
+    if cached is not None and time.monotonic() - cached[0] < TUNING_TTL:
+        return (cached[1],)
+    return None
+
+
 def tuned_settings(table: str, using: str) -> Tuned:
     """(ef_search, probes, rerank) that tune_search stored for the table, read at most every TUNING_TTL s."""
     now = time.monotonic()
-    with _tuning_lock:
-        cached = _tuning.get((table, using))
-    if cached is not None and now - cached[0] < TUNING_TTL:
-        return cached[1]
+    cached = cached_tuning(table, using)
+    if cached is not None:
+        return cached[0]
     # Looked up in the app registry, not imported: the models import the search package.
     tuning = apps.get_model("vectorstore", "SearchTuning")
     rows = list(

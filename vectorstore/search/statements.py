@@ -132,6 +132,22 @@ class StatementCache:
 statement_cache = StatementCache()
 
 
+def pipelined(
+    settings: dict[str, str], statements: Sequence[Statement], vector: bytes | None, own: bool
+) -> list[tuple[int, str, list]]:
+    """What one search sends in its round trip, as (cursor, SQL, parameters): cursor 0 runs the control
+    statements (BEGIN when ``own``, the ``set_config``s that are SET LOCAL, COMMIT), cursor i + 1 the
+    i-th statement (none for one known to match nothing). Shared by ``run`` and the async ``arun``."""
+    names = ", ".join(["set_config(%s, %s, true)"] * len(settings))
+    setting_params = [part for item in settings.items() for part in item]
+    sent: list[tuple[int, str, list]] = [(0, "BEGIN", [])] if own else []
+    sent.append((0, f"SELECT {names}", setting_params))
+    sent += [(i + 1, s.sql, s.bind(vector)) for i, s in enumerate(statements) if not s.empty]
+    if own:
+        sent.append((0, "COMMIT", []))
+    return sent
+
+
 def run(
     using: str, settings: dict[str, str], statements: Sequence[Statement], vector: np.ndarray | None
 ) -> list[list[tuple]]:
@@ -149,33 +165,24 @@ def run(
         and not wrapper.in_atomic_block
         and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     )
-    names = ", ".join(["set_config(%s, %s, true)"] * len(settings))
-    setting_params = [part for item in settings.items() for part in item]
     # Server-side binding (psycopg's own Cursor, not Django's client-side one): parameters travel
     # apart from the SQL, so the vector goes as binary and the text of each statement stays the same.
-    control = psycopg.Cursor(conn)
-    cursors = [psycopg.Cursor(conn) for _ in statements]
+    cursors = [psycopg.Cursor(conn) for _ in range(len(statements) + 1)]
     try:
         with wrapper.wrap_database_errors:
             try:
                 with conn.pipeline():
                     # Never prepared: a generic plan of ORDER BY distance may leave the index.
-                    if own:
-                        control.execute("BEGIN", prepare=False)
-                    control.execute(f"SELECT {names}", setting_params, prepare=False)
-                    for cursor, statement in zip(cursors, statements, strict=True):
-                        if not statement.empty:
-                            cursor.execute(statement.sql, statement.bind(bound), prepare=False)
-                    if own:
-                        control.execute("COMMIT", prepare=False)
+                    for slot, sql, params in pipelined(settings, statements, bound, own):
+                        cursors[slot].execute(sql, params, prepare=False)
             except BaseException:
                 if own and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                    control.execute("ROLLBACK")
+                    cursors[0].execute("ROLLBACK")
                 raise
             return [
                 [] if statement.empty else statement.rows(cursor.fetchall(), wrapper)
-                for cursor, statement in zip(cursors, statements, strict=True)
+                for cursor, statement in zip(cursors[1:], statements, strict=True)
             ]
     finally:
-        for cursor in (control, *cursors):
+        for cursor in cursors:
             cursor.close()
