@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import re
@@ -33,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -90,7 +92,8 @@ def children(parent: int) -> list[int]:
 
 
 def server_pids(port: int) -> list[int]:
-    """gunicorn's master and workers: the processes whose command line binds the port."""
+    """The server's processes: the one whose command line binds the port (gunicorn's master, uvicorn's
+    supervisor or single process) and all its descendants (workers, uvicorn's spawned ones)."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -98,9 +101,29 @@ def server_pids(port: int) -> list[int]:
                 cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             except OSError:
                 continue
-            if "gunicorn" in cmdline and f"127.0.0.1:{port}" in cmdline:
+            if ("gunicorn" in cmdline and f"127.0.0.1:{port}" in cmdline) or (
+                "uvicorn" in cmdline and f"--port {port}" in cmdline
+            ):
                 found.append(int(entry.name))
+    queue = list(found)
+    while queue:
+        kids = children(queue.pop())
+        found += kids
+        queue += kids
     return found
+
+
+def pin(pids: list[int], cores: str) -> None:
+    """Every thread of each process on these cores (``taskset -a``); a process forked later inherits it."""
+    for pid in pids:
+        subprocess.run(["taskset", "-a", "-p", "-c", cores, str(pid)], capture_output=True, check=False)
+
+
+CLIENT_CORE = None  # --taskset: wrk and pgbench on this core, the server and PostgreSQL on the others
+
+
+def client_command(command: list[str]) -> list[str]:
+    return ["taskset", "-c", CLIENT_CORE, *command] if CLIENT_CORE is not None else command
 
 
 def postgres_pids() -> list[int]:
@@ -121,8 +144,8 @@ def run_wrk(port: int, script: Path, connections: int, seconds: float) -> dict:
     pg_before, server_before = postgres_cpu_seconds(), cpu_seconds(server_pids(port))
     threads = min(connections, 2)
     out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{int(seconds)}s", "--latency", "-s", str(script),
-         f"http://127.0.0.1:{port}/api/search"],
+        client_command(["wrk", f"-t{threads}", f"-c{connections}", f"-d{int(seconds)}s", "--latency",
+                        "-s", str(script), f"http://127.0.0.1:{port}/api/search"]),
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     requests = int(re.search(r"(\d+) requests in", out).group(1))
@@ -142,9 +165,9 @@ def run_pgbench(url: str, script: Path, connections: int, seconds: float) -> dic
     with tempfile.TemporaryDirectory() as logs:
         pg_before = postgres_cpu_seconds()
         out = subprocess.run(
-            [str(pgbin() / "pgbench"), "-n", "-M", "extended", "-c", str(connections),
+            client_command([str(pgbin() / "pgbench"), "-n", "-M", "extended", "-c", str(connections),
              "-j", str(min(connections, 2)), "-T", str(int(seconds)), "-f", str(script), "-l",
-             "--log-prefix", f"{logs}/tx", url],
+             "--log-prefix", f"{logs}/tx", url]),
             capture_output=True, text=True, check=True, cwd=logs,
         ).stdout  # fmt: skip
         time.sleep(0.2)  # the postmaster reaps pgbench's backends as they exit
@@ -232,10 +255,11 @@ def profile(port: int, script: Path, seconds: float) -> None:
     print("    by self time:")
     for frame, n in own.most_common(15):
         print(f"      {n / samples:6.1%}  {frame}")
-    print("    by total time (frames of this project, Django, ninja, psycopg, gunicorn):")
+    print("    by total time (frames of this project, Django, ninja, psycopg, the server, asyncio):")
     shown = [
         (f, n) for f, n in total.most_common(400)
-        if any(k in f for k in ("vectorstore/", "django/", "ninja/", "psycopg/", "gunicorn/", "pydantic"))
+        if any(k in f for k in ("vectorstore/", "django/", "ninja/", "psycopg", "gunicorn/", "uvicorn/",
+                                "asyncio/", "asgiref/", "pydantic"))
     ]  # fmt: skip
     for frame, n in shown[:25]:
         print(f"      {n / samples:6.1%}  {frame}")
@@ -323,7 +347,8 @@ def bench(corpus: Corpus, url: str, args: argparse.Namespace) -> None:
         f"\\set qid random(1, {len(vectors)})\nBEGIN;\nSELECT {sets};\n{select};\nCOMMIT;\n"
     )
     extra = args.gunicorn.split() if args.gunicorn else []
-    with serve(url, workers=2, extra=extra) as port:
+    print(f"  server: {args.server} {' '.join(extra)}".rstrip())
+    with serve(url, workers=2, extra=extra, server=args.server) as port, pinned(port):
         for v in vectors[:40]:
             post(port, {"vector": v.tolist(), "k": 10})  # both workers warm, the query log's first slots
         rows = []
@@ -371,6 +396,22 @@ def bench(corpus: Corpus, url: str, args: argparse.Namespace) -> None:
             statements(url, port, lua)
 
 
+@contextlib.contextmanager
+def pinned(port: int) -> Iterator[None]:
+    """With --taskset: the server's and PostgreSQL's processes on every core but the client's, for the
+    run; all cores again after it."""
+    if CLIENT_CORE is None:
+        yield
+        return
+    everything = f"0-{os.cpu_count() - 1}"
+    others = ",".join(str(c) for c in range(os.cpu_count()) if str(c) != CLIENT_CORE)
+    pin(server_pids(port) + postgres_pids(), others)
+    try:
+        yield
+    finally:
+        pin(server_pids(port) + postgres_pids(), everything)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -384,8 +425,18 @@ def main() -> None:
     parser.add_argument(
         "--statements", action="store_true", help="every statement PostgreSQL runs, per request"
     )
-    parser.add_argument("--gunicorn", default="", help="extra gunicorn arguments, to compare server models")
+    parser.add_argument("--gunicorn", default="", help="extra server arguments, to compare server models")
+    parser.add_argument(
+        "--server", choices=["gunicorn", "uvicorn"], default="gunicorn", help="make serve or make serve-asgi"
+    )
+    parser.add_argument(
+        "--taskset",
+        metavar="CORE",
+        help="wrk and pgbench on this core alone, the server and PostgreSQL on the others (taskset)",
+    )
     args = parser.parse_args()
+    global CLIENT_CORE
+    CLIENT_CORE = args.taskset
     for name in args.corpus:
         ensure_embedded(CORPORA[name])
     url = setup_database("serve")
