@@ -308,12 +308,14 @@ def bench(corpus: Corpus, url: str, args: argparse.Namespace) -> None:
 
     from vectorstore import ingest
     from vectorstore.embedding import Embedder
-    from vectorstore.models import SearchTuning
+    from vectorstore.models import QueryLog, SearchTuning
     from vectorstore.search import forget_tuning
 
     with psycopg.connect(url, autocommit=True) as c:
         c.execute("TRUNCATE vectorstore_document RESTART IDENTITY")
     SearchTuning.objects.all().delete()
+    # The previous corpus's logged queries would be this one's tuning queries (its load tunes on the log).
+    QueryLog.objects.all().delete()
     forget_tuning()
     report = ingest.load(pq.read_table(corpus.embedded), progress=False, name=corpus.embedded.name)
     vectors = Embedder().encode(corpus.queries(200)).astype(np.float32)

@@ -10,13 +10,16 @@ import gc
 import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+os.environ["VECTORSTORE_SERVED_BY"] = "asgi"  # read by project/settings.py: no sync-only middleware
 
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 from django.core.asgi import get_asgi_application
 
 from vectorstore import conf
 
 conf.serving_asgi()  # before Django loads the URLs: the API's reads as async views
-application = get_asgi_application()
+# The admin's and the API docs' static files, from the apps' folders (WhiteNoise's job under WSGI).
+application = ASGIStaticFilesHandler(get_asgi_application())
 
 if os.environ.get("VECTORSTORE_PRELOAD_MODEL", "1") != "0":
     import torch
