@@ -107,7 +107,7 @@ def server_pids(port: int) -> list[int]:
                 found.append(int(entry.name))
     queue = list(found)
     while queue:
-        kids = children(queue.pop())
+        kids = [k for k in children(queue.pop()) if k not in found]  # gunicorn's workers match both ways
         found += kids
         queue += kids
     return found

@@ -241,7 +241,7 @@ def test_cancelling_an_async_search_cancels_its_query_on_the_server():
 def test_the_async_api_under_uvicorn_answers_as_the_wsgi_api(clean_env, fixture_docs, client):  # noqa: F811
     """`make serve-asgi`'s server (uvicorn, project.asgi): search (vector, filtered, hybrid, MMR),
     similar and their 404 and 422 answers are the WSGI views' answers, sent over the async pool; a
-    search held past the timeout is a 503 with Retry-After."""
+    search held past the timeout is a 503 with Retry-After; the admin's static files are served."""
     some = list(Document.objects.order_by("pk")[:3])
     bodies = [
         {"vector": [float(x) for x in some[0].embedding], "k": 5},
@@ -280,9 +280,12 @@ def test_the_async_api_under_uvicorn_answers_as_the_wsgi_api(clean_env, fixture_
                 locker.rollback()
                 locker.close()
             assert request(port, "POST", "/api/search", bodies[0])[0] == 200
+            # Static files come from the ASGI entry point (no WhiteNoise middleware under ASGI).
+            static_status, static_body = request(port, "GET", "/static/admin/css/base.css")
     finally:
         watcher.close()
     assert [a[0] for a in wsgi] == [200, 200, 200, 200, 422, 422, 200, 404]
     assert asgi == wsgi
     assert pooled >= 1  # the server's searches went over the async pool
     assert status == 503 and headers["Retry-After"] == "1" and "500 ms" in json.loads(payload)["detail"]
+    assert static_status == 200 and len(static_body) > 1000
