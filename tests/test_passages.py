@@ -8,8 +8,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import signal
+import time
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from django.db import connection
@@ -17,7 +20,7 @@ from pgvector.django import CosineDistance
 
 from tests.helpers import ROOT
 from tests.testapp.models import LongArticle
-from vectorstore import passages
+from vectorstore import ingest, passages
 from vectorstore.embedding import Embedder
 from vectorstore.models import Document
 from vectorstore.search import aclose, asearch, embed_query, search
@@ -273,3 +276,83 @@ def test_a_host_model_turns_passages_on_with_one_option_and_a_migration():
     assert hits[0].pk == docs[0].pk
     assert query[:-1] in hits[0].passage["text"]  # the ORM's documents carry their passage too
     assert passages.passage_model(Document) is not None and not passages.enabled(Document)  # the setting
+
+
+def _long_table(texts: list[tuple[str, str]], prefix: str = "bulk-") -> pa.Table:
+    return pa.table(
+        {"external_id": [f"{prefix}{i}" for i in range(len(texts))], "text": [t for _, t in texts]}
+    )
+
+
+def _passage_counts(model) -> dict[str, tuple[int, int]]:
+    """external_id -> (passages, the last one's end) of each stored document."""
+    passage = passages.passage_model(model)
+    out = {}
+    for doc in model.objects.all():
+        stored = list(passage.objects.filter(document=doc).order_by("ordinal"))
+        out[doc.external_id] = (len(stored), stored[-1].end if stored else 0)
+    return out
+
+
+def test_bulk_copy_writes_passages_with_the_load_and_a_rerun_writes_none():
+    """A load of long texts into a model that keeps passages writes every document's passages in the
+    load's transaction; its rerun (on_conflict skip) writes none; an update that changes one text
+    replaces that document's passages and leaves the others'."""
+    texts = _long_texts(3)
+    report = ingest.load(_long_table(texts), model="testapp.LongArticle", progress=False)
+    counts = _passage_counts(LongArticle)
+    assert report.inserted == 3 and report.passages == sum(n for n, _ in counts.values())
+    assert all(n > 10 and end == len(texts[int(k.split("-")[1])][1]) for k, (n, end) in counts.items())
+    again = ingest.load(_long_table(texts), model="testapp.LongArticle", on_conflict="skip", progress=False)
+    assert (again.inserted, again.skipped, again.passages) == (0, 3, 0)
+    assert _passage_counts(LongArticle) == counts
+    changed = [texts[0], (texts[1][0], texts[1][1][: len(texts[1][1]) // 2]), texts[2]]
+    update = ingest.load(
+        _long_table(changed), model="testapp.LongArticle", on_conflict="update", progress=False
+    )
+    after = _passage_counts(LongArticle)
+    assert update.updated == 3 and after["bulk-0"] == counts["bulk-0"] and after["bulk-2"] == counts["bulk-2"]
+    assert after["bulk-1"][1] == len(changed[1][1]) and after["bulk-1"][0] < counts["bulk-1"][0]
+    assert update.passages == after["bulk-1"][0]
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_bulk_copy_killed_while_writing_passages_leaves_no_document_and_its_rerun_is_exact(tmp_path):
+    """bulk_copy into a model that keeps passages, killed (SIGKILL) once its documents are written and it
+    is reading them back for their passages: nothing is stored; run again, every document has its
+    passages, once."""
+    from tests.test_reliability import bulk_copy_process, wait_until_idle
+
+    texts = _long_texts(6)
+    pq.write_table(_long_table(texts), tmp_path / "long.parquet")
+    load = bulk_copy_process(tmp_path / "long.parquet", "--model", "testapp.LongArticle")
+    deadline = time.monotonic() + 180
+    while not _reading_for_passages():
+        assert load.poll() is None, load.stderr.read()
+        assert time.monotonic() < deadline, "the load never reached its passages"
+        time.sleep(0.02)
+    load.send_signal(signal.SIGKILL)
+    load.wait(timeout=10)
+    wait_until_idle()
+    passage = passages.passage_model(LongArticle)
+    assert LongArticle.objects.count() == 0 and passage.objects.count() == 0
+    rerun = bulk_copy_process(tmp_path / "long.parquet", "--model", "testapp.LongArticle")
+    _, err = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, err
+    counts = _passage_counts(LongArticle)
+    assert len(counts) == 6
+    assert all(n > 10 and end == len(texts[int(k.split("-")[1])][1]) for k, (n, end) in counts.items())
+    assert passage.objects.values("document", "ordinal").distinct().count() == passage.objects.count()
+
+
+def _reading_for_passages() -> bool:
+    """Another backend has the load's cursor over documents without passages open (its documents are
+    written; it is embedding their passages)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
+            " AND query LIKE %s AND state = 'idle in transaction'",
+            ["%vectorstore_missing_passages%"],
+        )
+        return cursor.fetchone()[0] > 0

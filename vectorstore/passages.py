@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 from django.db import models
 from pgvector.django import HnswIndex, VectorField
+from psycopg import sql
 
 from vectorstore import conf, pgcopy
 from vectorstore.limits import HNSW_EF_CONSTRUCTION, HNSW_M
@@ -162,3 +163,67 @@ def replace_passages(
         model(document=document, ordinal=p.ordinal, start=p.start, end=p.end, embedding=v)
         for p, v in zip(passages, vectors, strict=True)
     )
+
+
+def drop_changed(conn: Any, document: type[models.Model], stage: str) -> int:
+    """Before a load's merge updates stored documents: delete the passages of those whose text the staged
+    rows change (``fill_missing`` then writes their new ones); returns how many were deleted."""
+    model = passage_model(document)
+    text = document._meta.get_field("text").column
+    statement = sql.SQL(
+        "DELETE FROM {p} p USING {d} d JOIN {s} s ON s.external_id = d.external_id"
+        " WHERE p.{fk} = d.{pk} AND d.{text} IS DISTINCT FROM s.{text}"
+    ).format(
+        p=sql.Identifier(model._meta.db_table),
+        d=sql.Identifier(document._meta.db_table),
+        s=sql.Identifier(stage),
+        fk=sql.Identifier(model._meta.get_field("document").column),
+        pk=sql.Identifier(document._meta.pk.column),
+        text=sql.Identifier(text),
+    )
+    with conn.cursor() as cursor:
+        cursor.execute(statement)
+        return cursor.rowcount
+
+
+def fill_missing(
+    conn: Any,
+    document: type[models.Model],
+    embedder: Any,
+    batch_size: int = 256,
+    on_batch: Callable[[int], None] | None = None,
+) -> int:
+    """Write the passages of every document of the table that has none (a load's new rows, and those
+    whose text it changed), in the caller's transaction; returns how many passages were written.
+
+    Read in batches through a server-side cursor; a text that fits one passage takes its stored vector
+    (only its tokens are counted), a longer one's passages go through the model in one batch."""
+    model = passage_model(document)
+    fields = [document._meta.get_field(name).column for name in ("text", "embedding")]
+    query = sql.SQL(
+        "SELECT d.{pk}, d.{text}, d.{vector} FROM {d} d"
+        " WHERE NOT EXISTS (SELECT FROM {p} p WHERE p.{fk} = d.{pk}) ORDER BY d.{pk}"
+    ).format(
+        pk=sql.Identifier(document._meta.pk.column),
+        text=sql.Identifier(fields[0]),
+        vector=sql.Identifier(fields[1]),
+        d=sql.Identifier(document._meta.db_table),
+        p=sql.Identifier(model._meta.db_table),
+        fk=sql.Identifier(model._meta.get_field("document").column),
+    )
+    written = 0
+    with conn.cursor(name="vectorstore_missing_passages") as cursor:
+        cursor.execute(query)
+        while rows := cursor.fetchmany(batch_size):
+            ids = [r[0] for r in rows]
+            parts = split_texts([r[1] for r in rows], embedder)
+            longer = [p.text for ps in parts if len(ps) > 1 for p in ps]
+            encoded = iter(embedder.encode(longer)) if longer else iter(())
+            vectors = [
+                np.stack([next(encoded) for _ in ps]) if len(ps) > 1 else np.asarray([r[2]], np.float32)
+                for r, ps in zip(rows, parts, strict=True)
+            ]
+            written += copy_passages(conn, document, ids, parts, vectors)
+            if on_batch is not None:
+                on_batch(len(rows))
+    return written
