@@ -356,3 +356,18 @@ def _reading_for_passages() -> bool:
             ["%vectorstore_missing_passages%"],
         )
         return cursor.fetchone()[0] > 0
+
+
+@pytest.mark.parametrize("mode", ["insert", "batch"])
+def test_stream_sim_writes_each_records_passages_in_its_transaction(mode):
+    """stream_sim's writes (one record, or a micro-batch by COPY) carry their passages: every streamed
+    long document has them, once, covering its text."""
+    from vectorstore import stream
+
+    texts = _long_texts(3)
+    records = [stream.Record(f"s-{i}", t, p, {}) for i, (p, t) in enumerate(texts)]
+    report = stream.simulate(mode, records, Embedder.for_model(LongArticle), model=LongArticle, batch_size=2)
+    assert report.count == 3
+    counts = _passage_counts(LongArticle)
+    assert sorted(counts) == ["s-0", "s-1", "s-2"]
+    assert all(n > 10 and end == len(texts[int(k.split("-")[1])][1]) for k, (n, end) in counts.items())

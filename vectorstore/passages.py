@@ -192,18 +192,21 @@ def fill_missing(
     embedder: Any,
     batch_size: int = 256,
     on_batch: Callable[[int], None] | None = None,
+    external_ids: Sequence[str] | None = None,
 ) -> int:
     """Write the passages of every document of the table that has none (a load's new rows, and those
     whose text it changed), in the caller's transaction; returns how many passages were written.
 
     Read in batches through a server-side cursor; a text that fits one passage takes its stored vector
-    (only its tokens are counted), a longer one's passages go through the model in one batch."""
+    (only its tokens are counted), a longer one's passages go through the model in one batch.
+    ``external_ids``: only those documents (a stream's few records, by the unique index)."""
     model = passage_model(document)
     fields = [document._meta.get_field(name).column for name in ("text", "embedding")]
     query = sql.SQL(
         "SELECT d.{pk}, d.{text}, d.{vector} FROM {d} d"
-        " WHERE NOT EXISTS (SELECT FROM {p} p WHERE p.{fk} = d.{pk}) ORDER BY d.{pk}"
+        " WHERE NOT EXISTS (SELECT FROM {p} p WHERE p.{fk} = d.{pk}){only} ORDER BY d.{pk}"
     ).format(
+        only=sql.SQL(" AND d.external_id = ANY(%s)" if external_ids is not None else ""),
         pk=sql.Identifier(document._meta.pk.column),
         text=sql.Identifier(fields[0]),
         vector=sql.Identifier(fields[1]),
@@ -213,7 +216,7 @@ def fill_missing(
     )
     written = 0
     with conn.cursor(name="vectorstore_missing_passages") as cursor:
-        cursor.execute(query)
+        cursor.execute(query, [list(external_ids)] if external_ids is not None else None)
         while rows := cursor.fetchmany(batch_size):
             ids = [r[0] for r in rows]
             parts = split_texts([r[1] for r in rows], embedder)
