@@ -371,3 +371,17 @@ def test_stream_sim_writes_each_records_passages_in_its_transaction(mode):
     counts = _passage_counts(LongArticle)
     assert sorted(counts) == ["s-0", "s-1", "s-2"]
     assert all(n > 10 and end == len(texts[int(k.split("-")[1])][1]) for k, (n, end) in counts.items())
+
+
+def test_the_admins_search_shows_the_matched_passage(articles, admin_client):
+    """The change list's semantic search of a model that keeps passages shows, for each document, the
+    passage that matched (its ordinal and span) and that passage's distance."""
+    doc = articles[1]
+    query = _last_third_sentence(doc.text)
+    best = search(query, k=5).hits[0]
+    response = admin_client.get("/admin/vectorstore/document/", {"q": query})
+    assert response.status_code == 200
+    page = response.content.decode()
+    p = best.passage
+    assert f"[passage {p['ordinal']}, characters {p['start']}-{p['end']}]" in page
+    assert f"{best.distance:.4f}" in page
