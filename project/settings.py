@@ -146,4 +146,6 @@ VECTORSTORE = {
     "REPLICA_MAX_LAG": float(os.environ.get("VECTORSTORE_REPLICA_MAX_LAG", "5")),
     # Seconds a replica that failed or lagged takes no reads before it is asked again.
     "REPLICA_SKIP_SECONDS": float(os.environ.get("VECTORSTORE_REPLICA_SKIP_SECONDS", "5")),
+    # Long texts kept as passages too (README, "Long documents: passages"): VECTORSTORE_PASSAGES=1.
+    "PASSAGES": os.environ.get("VECTORSTORE_PASSAGES", "0") == "1",
 }

@@ -86,6 +86,23 @@ class Note(AbstractDocument):
             *AbstractDocument.Meta.indexes,
             VectorIndex(name="articles_note_half", dimensions=8, quantization="half"),
         ]
+
+
+class Manual(AbstractDocument):
+    keep_passages = True  # long texts: kept as passages too (README, "Long documents: passages")
+"""
+
+# A host's model with passages on: a long text saved, and found by a sentence near its end.
+MANUALS = """
+from articles.models import Manual
+from vectorstore.search import search
+long, other = Manual.objects.create(text={long!r}), Manual.objects.create(text={other!r})
+hit = search({query!r}, k=1, queryset=Manual.objects.all()).hits[0]
+print(json.dumps({{
+    "passages": [long.passages.count(), other.passages.count()],
+    "found": hit.document.pk == long.pk,
+    "passage": hit.passage["text"] if hit.passage else None,
+}}))
 """
 
 SITE_SCRIPT = """
@@ -197,6 +214,7 @@ def test_the_readme_guide_works_in_a_new_site_on_a_fresh_database(tmp_path, fres
     # No dependency on the app's migrations, which a host would otherwise have to add by hand.
     assert re.search(r"\(['\"]vectorstore['\"],", migration) is None
     assert "vectorstore.vector_indexes.VectorIndex(" in migration  # Note's half-precision index
+    assert "name='ManualPassage'" in migration or 'name="ManualPassage"' in migration  # keep_passages
     run(python, "manage.py", "migrate", "--noinput", cwd=site)
 
     bare = site_json(WITHOUT_EMBED)
@@ -222,6 +240,13 @@ def test_the_readme_guide_works_in_a_new_site_on_a_fresh_database(tmp_path, fres
     assert seen["note_search"] == [True, {"rerank": 1, "quantization": "half"}]
     assert seen["loaded_notes"] == ["untagged"]  # bulk_copy filled the plain default
     assert seen["loaded_sizes"] == [8] * 20  # and embedded with the class's own 8-dimension model
+
+    texts = pq.read_table(ROOT / "fixtures" / "sotu.parquet", columns=["text"]).column("text").to_pylist()
+    long, other = "\n\n".join(texts[:12]), "\n\n".join(texts[40:44])
+    query = texts[11].split(". ")[0]
+    manuals = site_json(MANUALS.format(long=long, other=other, query=query))
+    assert manuals["passages"][0] >= 4 and manuals["passages"][1] >= 1
+    assert manuals["found"] and manuals["passage"] in long
 
     if shutil.which(CHROMIUM):
         admin_in_a_browser(python, site, env)

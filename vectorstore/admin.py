@@ -10,7 +10,7 @@ import numpy as np
 from django import forms
 from django.contrib import admin, messages
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db.models import Case, IntegerField, QuerySet, Value, When
+from django.db.models import Case, FloatField, IntegerField, QuerySet, Value, When
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
@@ -109,6 +109,11 @@ class DocumentAdmin(admin.ModelAdmin):
 
     @admin.display(description="text")
     def short_text(self, obj) -> str:
+        start = getattr(obj, "passage_start", None)
+        if start is not None:  # a model that keeps passages: the one that matched, where it lies
+            passage = obj.text[start : obj.passage_end]
+            shown = passage if len(passage) <= 80 else passage[:79] + "…"
+            return f"[passage {obj.passage_ordinal}, characters {start}-{obj.passage_end}] {shown}"
         return obj.text if len(obj.text) <= 80 else obj.text[:79] + "…"
 
     @admin.display(description="distance")
@@ -149,13 +154,24 @@ class DocumentAdmin(admin.ModelAdmin):
         except (search.SearchError, EmbeddingError) as exc:
             messages.warning(request, f"Semantic search: {exc}; showing a plain text search instead.")
             return super().get_search_results(request, queryset, search_term)
-        vector = search.embed_query(search_term, self.model)
         ids = [hit.document.pk for hit in result.hits]
-        # The change list orders before it searches: put the search's own order here (nearest first,
-        # or fused, or MMR's picking order).
-        order = Case(*(When(pk=pk, then=Value(i)) for i, pk in enumerate(ids)), output_field=IntegerField())
+
+        def per_hit(value, field) -> Case:
+            # The change list orders before it searches: the search's own order, distances and matched
+            # passages are carried over as they were found (a passage search's distance is its passage's).
+            whens = [When(pk=h.document.pk, then=Value(value(i, h))) for i, h in enumerate(result.hits)]
+            return Case(*whens, default=Value(None), output_field=field)
+
+        span = {
+            f"passage_{key}": per_hit(
+                lambda i, h, key=key: h.passage[key] if h.passage else None, IntegerField()
+            )
+            for key in ("ordinal", "start", "end")
+        }
         ranked = queryset.filter(pk__in=ids).annotate(
-            distance=search.distance_expression(result.metric, vector), search_rank=order
+            distance=per_hit(lambda i, h: h.distance, FloatField()),
+            search_rank=per_hit(lambda i, h: i, IntegerField()),
+            **span,
         )
         return ranked.order_by("search_rank"), False
 

@@ -159,6 +159,7 @@ def _hit(hit: search.Hit) -> dict:
         "rank": hit.rank,
         "score": hit.score,
         "distance": hit.distance,
+        "passage": hit.passage,
         **{name: v[attname] for name, attname in _EXTRA},
     }
 

@@ -63,6 +63,12 @@ DEFAULTS: dict[str, Any] = {
     # WSGI each async view would run on an event loop of its own). None: when the site's ASGI entry point
     # says so (vectorstore.conf.serving_asgi, which project/asgi.py calls).
     "ASYNC_VIEWS": None,
+    # The app's own Document keeps its long texts as passages (vectorstore.passages): each text is split
+    # into windows the model reads whole, each embedded and searched. A host's document model says so
+    # with its own ``keep_passages = True``.
+    "PASSAGES": False,
+    # Word pieces consecutive passages share (vectorstore.passage_split).
+    "PASSAGE_OVERLAP": 32,
 }
 
 
@@ -154,6 +160,14 @@ def replica_check_seconds() -> float:
 
 def replica_skip_seconds() -> float:
     return float(get("REPLICA_SKIP_SECONDS"))
+
+
+def passages() -> bool:
+    return bool(get("PASSAGES"))
+
+
+def passage_overlap() -> int:
+    return int(get("PASSAGE_OVERLAP"))
 
 
 def async_pool_size() -> int:

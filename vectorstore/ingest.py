@@ -27,7 +27,7 @@ import psycopg
 import pyarrow as pa
 from django.db import models, transaction
 
-from vectorstore import conf, indexes, load_tuning, pgcopy, tuning, twophase
+from vectorstore import conf, indexes, load_tuning, passages, pgcopy, tuning, twophase
 from vectorstore.embedding import Embedder
 from vectorstore.parquet import Source
 from vectorstore.progress import index_progress_bar, make_bar
@@ -135,6 +135,7 @@ class LoadReport:
     tuned: dict[str, Any] | None = None
     index_memory: str | None = None  # maintenance_work_mem of the index builds
     warnings: list[str] = field(default_factory=list)  # a graph that would not fit in memory, say
+    passages: int = 0  # passages written (a model that keeps them)
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -156,6 +157,8 @@ class LoadReport:
             line += f", {self.embedded} embedded"
             if self.truncated:
                 line += f", {self.truncated} truncated at the model's limit"
+        if self.passages:
+            line += f", {self.passages} passages"
         if self.index_strategy == "rebuild":
             line += f", indexes rebuilt in {self.index_seconds:.1f} s"
             if self.index_memory:
@@ -229,6 +232,11 @@ def load(
                 _merge(conn, plan, src, cmap, opts, report, rejects)
             else:
                 report.inserted = written
+            if passages.enabled(cmap.model):  # in the same transaction: no document without them
+                bar = make_bar(report.inserted + report.updated, "passages", enabled=opts.progress)
+                with bar:
+                    embedder = embedder or Embedder.for_model(cmap.model)
+                    report.passages = passages.fill_missing(conn, cmap.model, embedder, on_batch=bar.update)
             if plan.dropped:
                 if tuner is not None:
                     tuner.start()
@@ -328,7 +336,9 @@ def _write(
                 yield from prepared.rows
             bar.update(len(prepared.rows) + len(prepared.rejects))
 
+    # Parallel streams commit apart: a model's passages are written in the load's own transaction.
     parallel = opts.workers > 1 and opts.method == "copy" and not opts.staged and plan.strategy == "keep"
+    parallel = parallel and not passages.enabled(opts.model)
     report.workers = opts.workers if parallel else 1
     with bar:
         if parallel:
@@ -390,6 +400,8 @@ def _merge(
         if opts.on_conflict == "update":
             # Counted before the upsert: rows whose id is stored now are the ones it will update.
             report.updated = pgcopy.count_staged_ids_stored(conn, stage, table)
+            if passages.enabled(cmap.model):  # a changed text's passages are written again
+                passages.drop_changed(conn, cmap.model, stage.table)
     affected = pgcopy.merge_staged(conn, stage, plan.target, opts.on_conflict)
     if opts.on_conflict == "skip":
         # Whatever was not inserted was there already (or arrived from a concurrent load meanwhile).

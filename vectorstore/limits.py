@@ -27,3 +27,7 @@ MAX_PAGE = 100  # documents in one page of GET /api/documents
 
 # The text search configuration of the generated tsvector column, and of queries against it.
 TEXT_SEARCH_CONFIG = "english"
+
+# HNSW build parameters, explicit so that a migration records them (pgvector's defaults).
+HNSW_M = 16
+HNSW_EF_CONSTRUCTION = 64

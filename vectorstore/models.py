@@ -10,16 +10,13 @@ import numpy as np
 from django.conf import settings
 from django.contrib.postgres.indexes import GinIndex
 from django.contrib.postgres.search import SearchVector, SearchVectorField
-from django.db import models
+from django.db import models, router, transaction
+from django.db.models.signals import class_prepared
 from django.utils import timezone
 from pgvector.django import HnswIndex, VectorField
 
-from vectorstore.limits import TEXT_SEARCH_CONFIG
+from vectorstore.limits import HNSW_EF_CONSTRUCTION, HNSW_M, TEXT_SEARCH_CONFIG
 from vectorstore.query import DocumentManager
-
-# HNSW build parameters, explicit so that a migration records them (pgvector's defaults).
-HNSW_M = 16
-HNSW_EF_CONSTRUCTION = 64
 
 
 class _Deferred:
@@ -102,23 +99,57 @@ class AbstractDocument(models.Model):
     # VECTORSTORE MODEL setting. Its output size must be the ``embedding`` field's.
     embedding_model: str | None = None
 
+    # True: long texts are kept as passages too (vectorstore.passages): a passage model <Class>Passage is
+    # made beside this one (makemigrations writes its table), every save of a new or changed text writes
+    # its passages in the same transaction, and searches rank documents by their best passage. None: the
+    # table exists and the PASSAGES setting says whether it is used (the app's own Document).
+    keep_passages: bool | None = False
+
     def __str__(self) -> str:
         label = self.external_id or f"#{self.pk}"
         return f"{label}: {self.text[:60]}"
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         """Save, embedding the text first when ``needs_embedding()`` (so ``objects.create(text=...)`` and an
-        edited text keep their vector right). ``bulk_create`` and ``update()`` do not call this: give them
-        vectors (``vectorstore.embedding.Embedder``) or load with ``bulk_copy``, which embeds on the way."""
+        edited text keep their vector right), and, for a model that keeps passages, writing a new or changed
+        text's passages in the same transaction. ``bulk_create`` and ``update()`` do not call this: give
+        them vectors (``vectorstore.embedding.Embedder``) or load with ``bulk_copy``, which embeds them."""
+        from vectorstore import passages  # the passages module imports this one
+
         update_fields = kwargs.get("update_fields")
-        if self.needs_embedding() and (update_fields is None or "text" in update_fields):
+        writes_text = update_fields is None or "text" in update_fields
+        embed = self.needs_embedding() and writes_text
+        split = passages.enabled(type(self)) and writes_text and self.text_changed()
+        if embed or split:
             from vectorstore.embedding import Embedder  # torch only when a text is embedded
 
-            self.embedding = Embedder.for_model(type(self)).encode([self.text])[0]
-            if update_fields is not None:
-                kwargs["update_fields"] = {*update_fields, "embedding"}
-        super().save(*args, **kwargs)
+            embedder = Embedder.for_model(type(self))
+            parts = passages.split_texts([self.text], embedder)[0] if split else []
+            if embed:
+                # One pass: the text and, when it is longer than one passage, each passage.
+                many = [p.text for p in parts] if len(parts) > 1 else []
+                vectors = embedder.encode([self.text, *many])
+                self.embedding = vectors[0]
+                part_vectors = vectors[1:] if many else vectors[:1]
+                if update_fields is not None:
+                    kwargs["update_fields"] = {*update_fields, "embedding"}
+            elif len(parts) == 1:  # a text that fits: the caller's vector is its passage's
+                part_vectors = np.asarray([self.embedding], dtype=np.float32)
+            else:
+                part_vectors = embedder.encode([p.text for p in parts])
+        using = kwargs.get("using") or router.db_for_write(type(self), instance=self)
+        with transaction.atomic(using=using):
+            super().save(*args, **kwargs)
+            if split:
+                passages.replace_passages(self, parts, part_vectors, using)
         self._remember_loaded()
+
+    def text_changed(self) -> bool:
+        """A text never saved, or changed since it was read (or assigned after being deferred)."""
+        loaded = getattr(self, "_loaded_text", None)
+        if loaded is None:
+            return True
+        return "text" in self.__dict__ and (loaded is _DEFERRED or self.text != loaded)
 
     def _remember_loaded(self, fields: Any = None) -> None:
         """What save() compares against: the text and (by value) the vector as the database has them."""
@@ -158,8 +189,27 @@ class AbstractDocument(models.Model):
         return changed and vector_digest(self.embedding) == loaded_vector
 
 
+def _add_passage_model(sender: type, **kwargs: Any) -> None:
+    """Give a concrete document model that keeps passages its passage model, as Django prepares it."""
+    if (
+        issubclass(sender, AbstractDocument)
+        and not sender._meta.abstract
+        and not sender._meta.proxy
+        and getattr(sender, "keep_passages", False) is not False
+        and "_passage_model" not in sender.__dict__
+    ):
+        from vectorstore.passages import make_passage_model
+
+        sender._passage_model = make_passage_model(sender)
+
+
+class_prepared.connect(_add_passage_model)
+
+
 class Document(AbstractDocument):
     """The app's own document table, with 384-dimensional embeddings (all-MiniLM-L6-v2)."""
+
+    keep_passages = None  # a passage table; the PASSAGES setting turns its use on
 
     class Meta(AbstractDocument.Meta):
         verbose_name = "document"

@@ -100,10 +100,20 @@ class DocumentOut(Schema):
     created_at: datetime
 
 
+class PassageOut(Schema):
+    ordinal: int = Field(description="the passage's place in the document, from 0")
+    start: int = Field(description="where it starts in the document's text (characters)")
+    end: int = Field(description="where it ends: text[start:end] is the passage")
+    text: str | None = None
+
+
 class HitOut(DocumentOut):
     rank: int
     score: float
     distance: float | None
+    passage: PassageOut | None = Field(
+        None, description="a model that keeps passages: the passage that matched (the document's best)"
+    )
 
 
 class SearchOut(Schema):

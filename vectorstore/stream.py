@@ -19,7 +19,7 @@ import psycopg
 from django.db import InterfaceError, OperationalError, connections, models, transaction
 from django.utils import timezone
 
-from vectorstore import conf, pgcopy
+from vectorstore import conf, passages, pgcopy
 from vectorstore.parquet import Source
 from vectorstore.validation import InputError
 from vectorstore.writes import DocumentRows
@@ -138,8 +138,10 @@ class Writer:
         using: str = "default",
         max_outage: float = 60.0,
         on_outage: Callable[[str], Any] | None = None,
+        embedder: Embedder | None = None,
     ) -> None:
         self.model = model
+        self.embedder = embedder  # for a model's passages
         self.on_outage = on_outage  # told once per outage, when its first write fails
         self.using = using
         self.max_outage = max_outage
@@ -156,6 +158,7 @@ class Writer:
         conn = pgcopy.django_connection(self.using)
         with transaction.atomic(using=self.using), conn.cursor() as cursor:
             cursor.executemany(self.insert, [self._row(r, v) for r, v in zip(records, vectors, strict=True)])
+            self._passages(conn, records)
 
     def _copy(self, records: Sequence[Record], vectors: np.ndarray) -> None:
         conn = pgcopy.django_connection(self.using)
@@ -164,6 +167,14 @@ class Writer:
             pgcopy.copy_rows(
                 conn, self.target, (self._row(r, v) for r, v in zip(records, encoded, strict=True))
             )
+            self._passages(conn, records)
+
+    def _passages(self, conn: psycopg.Connection, records: Sequence[Record]) -> None:
+        """A model that keeps passages: the records' passages, in their transaction (a retry writes them
+        for whichever records the retry stored)."""
+        if self.embedder is not None and passages.enabled(self.model):
+            ids = [r.external_id for r in records]
+            passages.fill_missing(conn, self.model, self.embedder, external_ids=ids if all(ids) else None)
 
     def _with_retries(self, first, retry) -> None:
         started = None
@@ -230,7 +241,7 @@ def simulate(
         raise InputError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     if rate is not None and rate <= 0:
         raise InputError(f"rate must be positive, not {rate}")
-    writer = Writer(model or conf.document_model(), using, on_outage=on_outage)
+    writer = Writer(model or conf.document_model(), using, on_outage=on_outage, embedder=embedder)
     embedder.encode(["warm-up"])  # the first call pays for lazy initialisation; keep it out of the figures
     report = StreamReport(mode=mode, batch_size=batch_size if mode == "batch" else 1, rate=rate)
     start = time.perf_counter()

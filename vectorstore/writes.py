@@ -16,7 +16,7 @@ import psycopg
 from django.db import models, transaction
 from django.utils import timezone
 
-from vectorstore import conf, pgcopy
+from vectorstore import conf, passages, pgcopy
 from vectorstore.embedding import Embedder
 from vectorstore.validation import InputError
 
@@ -133,11 +133,14 @@ def insert_documents(
     Items carry AbstractDocument's fields and the model's own (``extra_fields``); a missing one gets
     its default. The ids are drawn from the table's sequence first, so that COPY (which returns
     nothing) can write them and the caller still learns them. One transaction:
-    an id already stored fails the whole call with IntegrityError.
+    an id already stored fails the whole call with IntegrityError. A model that keeps passages gets
+    them in the same transaction (``vectorstore.passages``).
     """
     model = model or conf.document_model()
     embedder = embedder or Embedder.for_model(model)
-    vectors = embedder.encode([item["text"] for item in items])
+    vectors, parts, part_vectors = passages.embed_with_passages(
+        [item["text"] for item in items], embedder, model
+    )
     now = timezone.now()
     with transaction.atomic(using=using):
         conn = pgcopy.django_connection(using)
@@ -151,4 +154,6 @@ def insert_documents(
                 for pk, item, vector in zip(ids, items, pgcopy.encode_vectors(vectors), strict=True)
             ),
         )
+        if parts is not None:
+            passages.copy_passages(conn, model, ids, parts, part_vectors)
     return ids

@@ -13,6 +13,16 @@ class HostDocument(AbstractDocument):
         pass
 
 
+class LongArticle(AbstractDocument):
+    """A host's model of long texts that keeps passages (one option and a migration)."""
+
+    keep_passages = True
+    title = models.CharField(max_length=200, blank=True, default="")
+
+    class Meta(AbstractDocument.Meta):
+        pass
+
+
 class ChainDocument(AbstractDocument):
     """The LangChain and LlamaIndex adapters' test model: the frameworks' fake embeddings' size, and
     fields of its own that a metadata key can fill (and the model's validation can refuse)."""

@@ -20,6 +20,9 @@ class Hit:
     values: dict[str, Any]
     model: type[models.Model] = field(repr=False)
     using: str = field(default="default", repr=False)
+    # Searching a model that keeps passages: the best passage's ordinal, span and text
+    # (``{"ordinal", "start", "end", "text"}``); None otherwise.
+    passage: dict[str, Any] | None = None
 
     @cached_property
     def document(self) -> models.Model:
@@ -27,6 +30,7 @@ class Hit:
         document = self.model.from_db(self.using, list(self.values), list(self.values.values()))
         document.distance = self.distance
         document.score = self.score
+        document.passage = self.passage
         return document
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from django.db import models
 
-from vectorstore import bm25, conf, query_log, replicas, vector_indexes
+from vectorstore import bm25, conf, passages, query_log, replicas, vector_indexes
 from vectorstore.filters import SearchError, build_filter, storable
 from vectorstore.limits import (
     EF_SEARCH_RANGE,
@@ -27,6 +27,7 @@ from vectorstore.limits import (
 from vectorstore.search.distances import METRICS, score_of
 from vectorstore.search.diversity import mmr_hits, mmr_options
 from vectorstore.search.fusion import adaptive_weight, fuse, hybrid_options
+from vectorstore.search.passage_search import passage_rows
 from vectorstore.search.plan import vector_rows
 from vectorstore.search.quantized import plan_for
 from vectorstore.search.query_vector import cached_query_vector, check_vector, embed_query
@@ -190,7 +191,11 @@ def _steps(
     fields = [f.attname for f in model._meta.concrete_fields if f.name not in ("embedding", "search_vector")]
     if lambda_mult is not None:
         fields.append(model._meta.get_field("embedding").attname)
-    table = model._meta.db_table
+    # A model that keeps passages is searched through them (vectorstore.search.passage_search): the
+    # passage table's index, tuning and quantization serve the vector side.
+    passage_model = passages.passage_model(model) if mode != "text" and passages.enabled(model) else None
+    searched = passage_model or model
+    table = searched._meta.db_table
     tuned = Tuned()
     if ef_search is None or probes is None or rerank is None:
         tuned = yield Call(lambda: tuned_settings(table, using), lambda: cached_tuning(table, using))
@@ -198,10 +203,10 @@ def _steps(
     plan = None
     if mode != "text":
         index = yield Call(
-            lambda: vector_indexes.serving(model, metric, using),
-            lambda: vector_indexes.cached_serving(model, metric, using),
+            lambda: vector_indexes.serving(searched, metric, using),
+            lambda: vector_indexes.cached_serving(searched, metric, using),
         )
-        plan = plan_for(model, index, rerank, tuned)
+        plan = plan_for(searched, index, rerank, tuned)
     ranking = None
     if mode != "vector":
         index = yield Call(lambda: bm25.index_for(model, using), lambda: bm25.cached_index_for(model, using))
@@ -220,16 +225,58 @@ def _steps(
                 lambda: embed_query(query, model), lambda: cached_query_vector(query, model), database=False
             )
 
+    spans: dict = {}
+
+    def nearest_documents(wanted: int, also: Sequence[Statement] = ()) -> Steps[tuple]:
+        """The ``wanted`` nearest documents' rows, exact or not, and the rows of ``also``."""
+        if passage_model is None:
+            return (
+                yield from vector_rows(
+                    filtered,
+                    fields,
+                    metric,
+                    wanted,
+                    shape,
+                    settings,
+                    qvector,
+                    using,
+                    bool(filters),
+                    also,
+                    plan,
+                )
+            )
+        rows, exact, rest, found = yield from passage_rows(
+            filtered,
+            passage_model,
+            fields,
+            metric,
+            wanted,
+            settings,
+            qvector,
+            using,
+            bool(filters),
+            also,
+            plan,
+        )
+        spans.update(found)
+        return rows, exact, rest
+
+    pk = model._meta.pk.attname
+
     def hit(rank: int, row: tuple, score: float, distance: float | None) -> Hit:
-        return Hit(rank, score, distance, dict(zip(fields, row, strict=False)), model, using)
+        values = dict(zip(fields, row, strict=False))
+        span = spans.get(values[pk])
+        passage = None
+        if span is not None:
+            passage = {"ordinal": span.ordinal, "start": span.start, "end": span.end}
+            passage["text"] = values["text"][span.start : span.end] if "text" in values else None
+        return Hit(rank, score, distance, values, model, using, passage)
 
     exact = False
     details: dict[str, Any] = {}
     with timeouts():
         if mode == "vector":
-            rows, exact, _ = yield from vector_rows(
-                filtered, fields, metric, k, shape, settings, qvector, using, bool(filters), plan=plan
-            )
+            rows, exact, _ = yield from nearest_documents(k)
             hits = [hit(i + 1, r, score_of(metric, r[-1]), r[-1]) for i, r in enumerate(rows)]
         elif mode == "text":
             text = Statement.compile(text_query_set(filtered, fields, text_query(query), None, k, ranking))
@@ -259,10 +306,7 @@ def _steps(
             also = [text]
             if adaptive and ranking is not None:
                 also.append(all_words_count(filtered, every_word, MATCH_COUNT_CAP))
-            near, exact, rest = yield from vector_rows(
-                filtered, fields, metric, fusion.vector_k, shape, settings, qvector, using, bool(filters),
-                also, plan,
-            )  # fmt: skip
+            near, exact, rest = yield from nearest_documents(fusion.vector_k, also)
             text_rows = rest[0]
             # A text row: its fields, its rank, [its every-word flag,] [the all-words count,] its distance.
             flag = len(fields) + 1 if fusion.partial else None
