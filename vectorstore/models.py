@@ -124,19 +124,13 @@ class AbstractDocument(models.Model):
             from vectorstore.embedding import Embedder  # torch only when a text is embedded
 
             embedder = Embedder.for_model(type(self))
-            parts = passages.split_texts([self.text], embedder)[0] if split else []
             if embed:
-                # One pass: the text and, when it is longer than one passage, each passage.
-                many = [p.text for p in parts] if len(parts) > 1 else []
-                vectors = embedder.encode([self.text, *many])
-                self.embedding = vectors[0]
-                part_vectors = vectors[1:] if many else vectors[:1]
+                self.embedding = embedder.encode([self.text])[0]
                 if update_fields is not None:
                     kwargs["update_fields"] = {*update_fields, "embedding"}
-            elif len(parts) == 1:  # a text that fits: the caller's vector is its passage's
-                part_vectors = np.asarray([self.embedding], dtype=np.float32)
-            else:
-                part_vectors = embedder.encode([p.text for p in parts])
+            if split:  # a text that fits one passage: its vector (the caller's too) is the passage's
+                parts = passages.split_texts([self.text], embedder)[0]
+                (part_vectors,) = passages.passage_vectors([parts], [self.embedding], embedder)
         using = kwargs.get("using") or router.db_for_write(type(self), instance=self)
         with transaction.atomic(using=using):
             super().save(*args, **kwargs)

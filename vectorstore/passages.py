@@ -25,9 +25,6 @@ from vectorstore import conf, pgcopy
 from vectorstore.limits import HNSW_EF_CONSTRUCTION, HNSW_M
 from vectorstore.passage_split import Passage, split
 
-# The split's overlap in word pieces (see vectorstore.passage_split).
-DEFAULT_OVERLAP = 32
-
 
 def _short(name: str, suffix: str, limit: int = 30) -> str:
     """``name_suffix``, shortened with a hash where Django's 30-character limit on names would cut it."""
@@ -110,25 +107,29 @@ def split_texts(texts: Sequence[str], embedder: Any, overlap: int | None = None)
     return [split(text, tokenizer, size, min(overlap, size // 2)) for text in texts]
 
 
+def passage_vectors(
+    parts: Sequence[list[Passage]], doc_vectors: Sequence[Any], embedder: Any
+) -> list[np.ndarray]:
+    """Each text's passage vectors: a text that fits one passage takes its document's vector (the model
+    is not run again); the longer texts' passages go through the model in one batch."""
+    longer = [p.text for ps in parts if len(ps) > 1 for p in ps]
+    encoded = iter(embedder.encode(longer)) if longer else iter(())
+    return [
+        np.stack([next(encoded) for _ in ps]) if len(ps) > 1 else np.asarray([vector], np.float32)[: len(ps)]
+        for ps, vector in zip(parts, doc_vectors, strict=True)
+    ]
+
+
 def embed_with_passages(
     texts: Sequence[str], embedder: Any, document: type[models.Model]
 ) -> tuple[np.ndarray, list[list[Passage]] | None, list[np.ndarray] | None]:
     """The texts' vectors and, for a document model that keeps passages, each text's passages and their
-    vectors: one batch through the model (a text that fits one passage is embedded once)."""
+    vectors (``passage_vectors``)."""
+    vectors = embedder.encode(texts)
     if not enabled(document):
-        return embedder.encode(texts), None, None
+        return vectors, None, None
     parts = split_texts(texts, embedder)
-    extra = [p.text for ps in parts if len(ps) > 1 for p in ps]
-    vectors = embedder.encode([*texts, *extra])
-    doc_vectors, at = vectors[: len(texts)], len(texts)
-    part_vectors = []
-    for i, ps in enumerate(parts):
-        if len(ps) > 1:
-            part_vectors.append(vectors[at : at + len(ps)])
-            at += len(ps)
-        else:
-            part_vectors.append(doc_vectors[i : i + len(ps)])
-    return doc_vectors, parts, part_vectors
+    return vectors, parts, passage_vectors(parts, vectors, embedder)
 
 
 def copy_passages(
@@ -218,15 +219,9 @@ def fill_missing(
     with conn.cursor(name="vectorstore_missing_passages") as cursor:
         cursor.execute(query, [list(external_ids)] if external_ids is not None else None)
         while rows := cursor.fetchmany(batch_size):
-            ids = [r[0] for r in rows]
             parts = split_texts([r[1] for r in rows], embedder)
-            longer = [p.text for ps in parts if len(ps) > 1 for p in ps]
-            encoded = iter(embedder.encode(longer)) if longer else iter(())
-            vectors = [
-                np.stack([next(encoded) for _ in ps]) if len(ps) > 1 else np.asarray([r[2]], np.float32)
-                for r, ps in zip(rows, parts, strict=True)
-            ]
-            written += copy_passages(conn, document, ids, parts, vectors)
+            vectors = passage_vectors(parts, [r[2] for r in rows], embedder)
+            written += copy_passages(conn, document, [r[0] for r in rows], parts, vectors)
             if on_batch is not None:
                 on_batch(len(rows))
     return written
