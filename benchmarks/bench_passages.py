@@ -69,27 +69,38 @@ def quotes(docs: list[tuple[str, str]], count: int, seed: int) -> list[tuple[str
     return out
 
 
-def reset(passages_on: bool, overlap: int) -> None:
+def reset(passages_on: bool, overlap: int, window: int | None = None) -> None:
     from django.conf import settings
     from django.db import connection
 
     from vectorstore.search import forget_tuning
 
-    settings.VECTORSTORE = {**settings.VECTORSTORE, "PASSAGES": passages_on, "PASSAGE_OVERLAP": overlap}
+    settings.VECTORSTORE = {
+        **settings.VECTORSTORE,
+        "PASSAGES": passages_on,
+        "PASSAGE_OVERLAP": overlap,
+        "PASSAGE_WINDOW": window,
+    }
     with connection.cursor() as cursor:
         cursor.execute("TRUNCATE vectorstore_document_passage, vectorstore_document RESTART IDENTITY")
     forget_tuning()
 
 
-def measure(qvectors: np.ndarray, wanted: list[str]) -> tuple[float, float, float]:
-    """(hit rate@10, MRR@10, p50 ms) of the queries through search()."""
+def measure(
+    qvectors: np.ndarray, wanted: list[str], texts: list[str] | None = None, passes: int = 3
+) -> tuple[float, float, float]:
+    """(hit rate@10, MRR@10, p50 ms) of the queries through search(): vector queries, or with ``texts``
+    hybrid ones (the query's text and its vector)."""
     from vectorstore.search import search
 
     hits, reciprocal, times = 0, 0.0, []
-    for rep in range(3):
-        for v, pid in zip(qvectors, wanted, strict=True):
+    for rep in range(passes):
+        for i, (v, pid) in enumerate(zip(qvectors, wanted, strict=True)):
             started = time.perf_counter()
-            result = search(vector=v, k=10, log_query=False)
+            if texts is None:
+                result = search(vector=v, k=10, log_query=False)
+            else:
+                result = search(texts[i], vector=v, k=10, mode="hybrid", log_query=False)
             times.append((time.perf_counter() - started) * 1000)
             if rep == 0:
                 ids = [h.values["external_id"] for h in result.hits]
@@ -112,19 +123,22 @@ def bench(corpus: str, args: argparse.Namespace) -> None:
     qvectors = Embedder().encode([q for _, q in asked])
     wanted = [d for d, _ in asked]
     print(f"\n== {corpus}: {len(docs)} documents, {words:,} words; {len(asked)} quoted queries")
-    runs = [(False, 0)] + [(True, o) for o in args.overlaps]
-    for on, overlap in runs:
-        reset(on, overlap)
+    runs = [(False, 0, None)] + [(True, o, w) for w in args.windows for o in args.overlaps]
+    for on, overlap, size in runs:
+        reset(on, overlap, size)
         started = time.perf_counter()
         report = ingest.load(table, progress=False, tune=False)
         seconds = time.perf_counter() - started
         hit, mrr, p50 = measure(qvectors, wanted)
-        label = f"passages, overlap {overlap}" if on else "truncation (passages off)"
+        label = f"passages, {size or 'model'}/{overlap}" if on else "truncation (passages off)"
         print(
             f"  {label:28} hit@10 {hit:.3f}  MRR {mrr:.3f}  load {seconds / words * 1000:.3f} s per"
             f" 1,000 words ({seconds:.1f} s, {report.passages:,} passages)  search p50 {p50:.2f} ms",
             flush=True,
         )
+        if args.hybrid:
+            hit, mrr, p50 = measure(qvectors, wanted, [q for _, q in asked], passes=1)
+            print(f"  {'  hybrid':28} hit@10 {hit:.3f}  MRR {mrr:.3f}  search p50 {p50:.2f} ms", flush=True)
     # A document search over as many rows as the last passage table.
     model = passage_model(Document)
     rows = list(model.objects.select_related("document").order_by("pk"))
@@ -149,8 +163,14 @@ def main() -> None:
     parser.add_argument("--documents", type=int, default=100, help="sotu: addresses loaded")
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--overlaps", type=int, nargs="+", default=[32])
+    parser.add_argument(
+        "--windows", type=int, nargs="+", default=[0],
+        help="word pieces a passage holds (PASSAGE_WINDOW); 0: the model's limit",
+    )  # fmt: skip
+    parser.add_argument("--hybrid", action="store_true", help="also hybrid queries (text and vector)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    args.windows = [w or None for w in args.windows]
     setup_database("passages")
     for corpus in args.corpus:
         bench(corpus, args)

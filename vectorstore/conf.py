@@ -69,6 +69,8 @@ DEFAULTS: dict[str, Any] = {
     "PASSAGES": False,
     # Word pieces consecutive passages share (vectorstore.passage_split).
     "PASSAGE_OVERLAP": 32,
+    # Word pieces a passage holds at most; None: as many as the model reads (its limit less its own two).
+    "PASSAGE_WINDOW": None,
 }
 
 
@@ -168,6 +170,11 @@ def passages() -> bool:
 
 def passage_overlap() -> int:
     return int(get("PASSAGE_OVERLAP"))
+
+
+def passage_window() -> int | None:
+    value = get("PASSAGE_WINDOW")
+    return None if value is None else int(value)
 
 
 def async_pool_size() -> int:

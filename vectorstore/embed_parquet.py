@@ -15,8 +15,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from vectorstore import passage_files
 from vectorstore.embedding import Embedder
 from vectorstore.parquet import AtomicParquetWriter, Source
+from vectorstore.passages import passage_vectors, split_texts
 from vectorstore.progress import make_bar
 from vectorstore.rows import is_string, prefetch
 from vectorstore.validation import InputError
@@ -28,6 +30,7 @@ class EmbedReport:
     embedded: int = 0
     skipped: int = 0  # null or empty text: not written, as the notebook drops them
     truncated: int = 0
+    passages: int = 0  # passages written beside the vectors (``passages=True``)
     seconds: float = 0.0  # reading, embedding and writing, once the model is loaded
     texts_per_s: float = 0.0
     load_seconds: float = 0.0  # loading the model (once per process)
@@ -47,7 +50,9 @@ class EmbedReport:
             f"{self.embedded} texts embedded in {self.seconds:.2f} s ({self.texts_per_s:,.1f} texts/s on "
             f"{self.device}, {self.model}) -> {self.output}; {self.skipped} rows skipped (null or empty text)"
         )
-        if self.truncated:
+        if self.passages:
+            line += f"; {self.passages} passages (none cut short)"
+        elif self.truncated:
             line += f"; {self.truncated} texts truncated at the model's token limit"
         return line
 
@@ -60,8 +65,13 @@ def embed_parquet(
     embedder: Embedder | None = None,
     read_batch_size: int = 16384,
     progress: bool | None = None,
+    passages: bool = False,
 ) -> EmbedReport:
     """Embed a table's texts into OUTPUT: every input column kept, plus ``embedding`` (float32 lists).
+
+    ``passages``: also each text's passages (``vectorstore.passage_files``: a ``passages`` column, cut
+    by this site's PASSAGE_WINDOW and PASSAGE_OVERLAP), which a load into a model that keeps passages
+    takes as they are.
 
     Reads and writes in batches (memory bounded by the batch); the output appears only once complete.
     Batches are large because sentence-transformers sorts each call's texts by length: the
@@ -76,8 +86,13 @@ def embed_parquet(
     model = embedder.model  # load (and check) before opening the output
     dims = embedder.dimensions
     started = time.perf_counter()
-    fields = [f for f in src.schema if f.name != "embedding"]
-    schema = pa.schema([*fields, pa.field("embedding", pa.list_(pa.float32()))], metadata=src.schema.metadata)
+    fields = [f for f in src.schema if f.name not in ("embedding", passage_files.COLUMN)]
+    added = [pa.field("embedding", pa.list_(pa.float32()))]
+    meta = dict(src.schema.metadata or {})
+    if passages:
+        added.append(pa.field(passage_files.COLUMN, passage_files.COLUMN_TYPE))
+        meta.update(passage_files.metadata(embedder))
+    schema = pa.schema([*fields, *added], metadata=meta or None)
     report = EmbedReport(
         device=str(model.device), model=embedder.label, output=str(output), load_seconds=started - loading
     )
@@ -100,10 +115,14 @@ def embed_parquet(
                 texts = batch.column(text_column).to_pylist()
                 result = embedder.encode_counted(texts)
                 vectors = pa.FixedSizeListArray.from_arrays(pa.array(result.vectors.reshape(-1)), dims)
-                columns = [batch.column(f.name) for f in fields]
-                out = pa.RecordBatch.from_arrays(
-                    [*columns, vectors.cast(pa.list_(pa.float32()))], schema=schema
-                )
+                columns = [*(batch.column(f.name) for f in fields), vectors.cast(pa.list_(pa.float32()))]
+                if passages:
+                    parts = split_texts(texts, embedder)
+                    columns.append(
+                        passage_files.column(parts, passage_vectors(parts, result.vectors, embedder))
+                    )
+                    report.passages += sum(len(ps) for ps in parts)
+                out = pa.RecordBatch.from_arrays(columns, schema=schema)
                 if pending is not None:
                     pending.result()  # one write in flight at most: memory stays bounded
                 pending = pool.submit(writer.write, out)

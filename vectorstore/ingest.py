@@ -5,12 +5,11 @@
     report = load(df, on_conflict="update", method="insert", batch_size=1000)
     embed_parquet("texts.parquet", "embedded.parquet")
 
-``load`` reads the input in batches, checks each row, embeds texts that have no
-vector (in a producer thread, so embedding overlaps the writes), and writes
-with binary COPY (or batched INSERT) in one transaction. On an empty table, or
-a load larger than the table, it drops the table's secondary indexes first and
-builds them after: pgvector's own advice (COPY into an HNSW index is several
-times slower; benchmarks/README.md has the figures).
+``load`` reads the input in batches, checks each row, embeds texts that have no vector (in a producer
+thread, so embedding overlaps the writes), and writes with binary COPY (or batched INSERT) in one
+transaction. On an empty table, or a load larger than the table, it drops the table's secondary indexes
+first and builds them after: pgvector's own advice (COPY into an HNSW index is several times slower;
+benchmarks/README.md has the figures). A model that keeps passages gets them in the same transaction.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ import psycopg
 import pyarrow as pa
 from django.db import models, transaction
 
-from vectorstore import conf, indexes, load_tuning, passages, pgcopy, tuning, twophase
+from vectorstore import conf, indexes, load_tuning, passage_files, passages, pgcopy, tuning, twophase
 from vectorstore.embedding import Embedder
 from vectorstore.parquet import Source
 from vectorstore.progress import index_progress_bar, make_bar
@@ -233,10 +232,18 @@ def load(
             else:
                 report.inserted = written
             if passages.enabled(cmap.model):  # in the same transaction: no document without them
-                bar = make_bar(report.inserted + report.updated, "passages", enabled=opts.progress)
-                with bar:
-                    embedder = embedder or Embedder.for_model(cmap.model)
-                    report.passages = passages.fill_missing(conn, cmap.model, embedder, on_batch=bar.update)
+                embedder = embedder or Embedder.for_model(cmap.model)
+                report.passages = passage_files.write_missing(
+                    conn,
+                    src,
+                    cmap.model,
+                    cmap.text_column,
+                    cmap.passage_column,
+                    embedder,
+                    report.inserted + report.updated,
+                    opts.progress,
+                    report.warnings,
+                )
             if plan.dropped:
                 if tuner is not None:
                     tuner.start()

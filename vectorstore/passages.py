@@ -75,6 +75,7 @@ def make_passage_model(document: type[models.Model]) -> type[models.Model]:
         "__str__": lambda self: f"{self.document_id} #{self.ordinal} [{self.start}:{self.end}]",
     }
     model = type(f"{document.__name__}Passage", (models.Model,), attrs)
+    model._passages_of = document
     # Importable by name from the document's module (pickling, references in the host's code).
     setattr(sys.modules[document.__module__], model.__name__, model)
     return model
@@ -83,6 +84,11 @@ def make_passage_model(document: type[models.Model]) -> type[models.Model]:
 def passage_model(document: type[models.Model]) -> type[models.Model] | None:
     """The passage model of a document model, or None where it has none."""
     return document.__dict__.get("_passage_model")
+
+
+def document_of(model: type[models.Model]) -> type[models.Model] | None:
+    """The document model of a passage model, or None for any other model."""
+    return model.__dict__.get("_passages_of")
 
 
 def enabled(document: type[models.Model]) -> bool:
@@ -95,8 +101,11 @@ def enabled(document: type[models.Model]) -> bool:
 
 
 def window(embedder: Any) -> int:
-    """Word pieces a passage may hold: the model's limit less its own two ([CLS], [SEP])."""
-    return embedder.max_tokens - 2
+    """Word pieces a passage may hold: PASSAGE_WINDOW where set, never more than the model reads (its
+    limit less its own two, [CLS] and [SEP])."""
+    most = embedder.max_tokens - 2
+    wanted = conf.passage_window()
+    return most if wanted is None else max(8, min(wanted, most))
 
 
 def split_texts(texts: Sequence[str], embedder: Any, overlap: int | None = None) -> list[list[Passage]]:

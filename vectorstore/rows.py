@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from django.db import models
 from django.utils import timezone
 
-from vectorstore import pgcopy
+from vectorstore import passage_files, passages, pgcopy
 from vectorstore.parquet import Source
 from vectorstore.validation import InputError
 from vectorstore.writes import FieldDefault, unfed_defaults, writable_fields
@@ -44,6 +44,8 @@ class ColumnMap:
     vector_field: str
     dimensions: int
     created_field: str | None  # filled with the load's time when no column feeds it
+    # embed_parquet --passages' column (vectorstore.passage_files): written to the passage table, not a field
+    passage_column: str | None = None
     defaults: list[FieldDefault] = field(default_factory=list)  # fields no column feeds
 
     @property
@@ -120,10 +122,18 @@ def resolve_columns(
                 f"{src.name}: id column {id_column!r} must hold strings or integers, not {itype}"
             )
 
+    ignored: list[str] = []
     used = {text_column, embedding_column, id_column}
+    passage_column = None
+    if passage_files.COLUMN in src.columns and passage_files.is_passage_column(
+        src.schema.field(passage_files.COLUMN).type
+    ):
+        passage_column = passage_files.COLUMN
+        used.add(passage_column)
+        if not passages.enabled(model):  # said in the report: this model keeps no passages
+            ignored.append(passage_column)
     field_columns: dict[str, str] = {}
     metadata_columns: list[str] = []
-    ignored: list[str] = []
     has_metadata = isinstance(concrete.get("metadata"), models.JSONField)
     created_field = "created_at" if "created_at" in concrete else None
     for column in src.columns:
@@ -156,6 +166,7 @@ def resolve_columns(
         vector_field=vector_field,
         dimensions=dims,
         created_field=created_field,
+        passage_column=passage_column if passages.enabled(model) else None,
         defaults=defaults,
     )
 

@@ -30,7 +30,7 @@ from django.db import models, transaction
 from psycopg import sql
 from psycopg.types.string import ByteaBinaryLoader
 
-from vectorstore import conf, pgcopy, query_log
+from vectorstore import conf, passages, pgcopy, query_log
 
 QUERY_MODELS = ("log", "pseudo", "noise")
 # Pseudo-queries: runs of 3 to 12 words from a random place. On all three benchmark corpora they are
@@ -107,10 +107,23 @@ def pseudo_queries(model: type[models.Model], using: str, n: int, rows: int, see
     from vectorstore.embedding import Embedder
 
     conn = pgcopy.django_connection(using)
-    text = model._meta.get_field("text").column
-    expr = sql.SQL("left({}, {})").format(sql.Identifier(text), sql.Literal(TEXT_CHARS)).as_string(conn)
+    document = passages.document_of(model)
+    if document is None:
+        text = sql.Identifier(model._meta.get_field("text").column)
+    else:  # a passage table: each sampled passage's own text, its span of its document's text
+        text = sql.SQL(
+            '(SELECT substr(d.{text}, {p}."start" + 1, {p}."end" - {p}."start") FROM {d} d'
+            " WHERE d.{pk} = {p}.{fk})"
+        ).format(
+            text=sql.Identifier(document._meta.get_field("text").column),
+            p=sql.Identifier(model._meta.db_table),
+            d=sql.Identifier(document._meta.db_table),
+            pk=sql.Identifier(document._meta.pk.column),
+            fk=sql.Identifier(model._meta.get_field("document").column),
+        )
+    expr = sql.SQL("left({}, {})").format(text, sql.Literal(TEXT_CHARS)).as_string(conn)
     texts = [r[0] for r in sample_rows(conn, model._meta.db_table, [expr], n, rows, seed)]
-    return from_texts(model, texts, n, seed, Embedder)
+    return from_texts(document or model, texts, n, seed, Embedder)
 
 
 def from_texts(
@@ -140,7 +153,9 @@ def noisy_queries(model: type[models.Model], using: str, n: int, rows: int, seed
 
 
 def logged_queries(model: type[models.Model], using: str, n: int, seed: int = 0) -> Queries | None:
-    """The logged queries (up to n), or None while the table has fewer than TUNE_MIN_LOGGED."""
+    """The logged queries (up to n), or None while the table has fewer than TUNE_MIN_LOGGED. A passage
+    table's are its documents' (what is searched through it)."""
+    model = passages.document_of(model) or model
     if query_log.recent(model, using).count() < max(1, conf.tune_min_logged()):
         return None
     return Queries("log", query_log.vectors(model, n, seed, using))

@@ -46,16 +46,24 @@ class ServiceCommand(BaseCommand):
 
         return CommandError(_PARAMETER.sub(flag, str(exc)))
 
-    def document_model(self, label: str | None) -> type:
-        """``--model app_label.Model``, else the configured document model; a CommandError naming the flag."""
+    def document_model(self, label: str | None, passages: bool = False) -> type:
+        """``--model app_label.Model``, else the configured document model; with ``passages``, its passage
+        model (``--passages``); a CommandError naming the flag."""
         from django.apps import apps
 
         from vectorstore import conf
+        from vectorstore import passages as passages_mod
 
         try:
-            return apps.get_model(label) if label else conf.document_model()
+            model = apps.get_model(label) if label else conf.document_model()
         except (LookupError, ValueError) as exc:
             raise CommandError(f"--model: {exc}") from exc
+        if not passages:
+            return model
+        found = passages_mod.passage_model(model)
+        if found is None:
+            raise CommandError(f"--passages: {model._meta.label} keeps no passages (keep_passages = True)")
+        return found
 
     def emit(self, summary: str, data: dict[str, Any], as_json: bool) -> None:
         self.stdout.write(summary)

@@ -24,6 +24,12 @@ class Command(ServiceCommand):
             "--embedding-model",
             help="a sentence-transformers path or name (default: bundled all-MiniLM-L6-v2)",
         )
+        parser.add_argument(
+            "--passages",
+            action="store_true",
+            help="also each text's passages and their vectors (a `passages` column bulk_copy takes for a"
+            " model that keeps passages; cut by PASSAGE_WINDOW and PASSAGE_OVERLAP)",
+        )
         # --model means the Django model in every other command; here it was the embedding model.
         parser.add_argument("--model", dest="old_model", help="deprecated: use --embedding-model")
 
@@ -33,7 +39,13 @@ class Command(ServiceCommand):
         try:
             model = o["embedding_model"] or o["old_model"]
             embedder = Embedder(model=model, device=o["device"], batch_size=o["batch_size"])
-            report = embed_parquet(o["input"], o["output"], text_column=o["text_column"], embedder=embedder)
+            report = embed_parquet(
+                o["input"],
+                o["output"],
+                text_column=o["text_column"],
+                embedder=embedder,
+                passages=o["passages"],
+            )
         except (InputError, EmbeddingError) as exc:
             raise self.error(exc) from exc
         self.emit(report.summary(), report.as_dict(), o["json"])

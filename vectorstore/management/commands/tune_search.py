@@ -40,9 +40,12 @@ class Command(ServiceCommand):
             "--if-stale", action="store_true", help="only when the stored tuning is out of date"
         )
         parser.add_argument("--model", help="app_label.Model (default: VECTORSTORE DOCUMENT_MODEL)")
+        parser.add_argument(
+            "--passages", action="store_true", help="the model's passage table (a model that keeps passages)"
+        )
 
     def handle(self, *args, **o) -> None:
-        model = self.document_model(o["model"])
+        model = self.document_model(o["model"], passages=o["passages"])
         if o["if_stale"]:
             reason = tuning.staleness(model)
             if reason is None:

@@ -23,6 +23,9 @@ class Command(ServiceCommand):
         super().add_arguments(parser)
         parser.add_argument("action", nargs="?", default="list", choices=["list", "create"])
         parser.add_argument("--model", help="app_label.Model (default: VECTORSTORE DOCUMENT_MODEL)")
+        parser.add_argument(
+            "--passages", action="store_true", help="the model's passage table (a model that keeps passages)"
+        )
         parser.add_argument("--method", default="hnsw", choices=vector_indexes.METHODS)
         parser.add_argument(
             "--quantization",
@@ -53,7 +56,7 @@ class Command(ServiceCommand):
         parser.add_argument("--no-tune", action="store_true", help="do not measure recall and store settings")
 
     def handle(self, *args, **o) -> None:
-        model = self.document_model(o["model"])
+        model = self.document_model(o["model"], passages=o["passages"])
         if o["action"] == "list":
             return self.list(model, o["json"])
         quantization = None if o["quantization"] == "full" else o["quantization"]
