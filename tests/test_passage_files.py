@@ -67,7 +67,17 @@ def test_bulk_copy_takes_the_files_passages_without_running_the_model(embedded, 
         patched.setattr(Embedder, "encode", no_model)
         report = ingest.load(path, model="testapp.LongArticle", progress=False)
     assert report.inserted == 4 and report.passages == sum(len(c) for c in cut) and not report.warnings
-    assert report.ignored_columns == []
+    assert report.ignored_columns == [] and report.index_strategy == "rebuild"
+    # A first load builds the passage table's indexes after its rows, as the document table's.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT i.indexrelid::regclass::text FROM pg_index i WHERE i.indrelid = %s::regclass"
+            " AND i.indisvalid AND pg_get_indexdef(i.indexrelid) LIKE '%%USING hnsw%%'",
+            [passages.passage_model(LongArticle)._meta.db_table],
+        )
+        assert [r[0] for r in cursor.fetchall()] == [
+            passages.passage_model(LongArticle)._meta.indexes[0].name
+        ]
 
     from_file = _stored(LongArticle)
     LongArticle.objects.all().delete()
@@ -181,3 +191,45 @@ def test_vector_index_and_tune_search_serve_the_passage_table(capsys):
         vector_indexes.forget()
     with pytest.raises(CommandError, match=r"--passages: testapp\.HostDocument keeps no passages"):
         call_command("vector_index", "list", "--model", "testapp.HostDocument", "--passages")
+
+
+def test_the_adapters_write_passages_and_answer_with_the_matched_one():
+    """LangChain's add_texts and LlamaIndex's add (bulk upserts, no save()) into a model that keeps
+    passages write them in their transaction, so the documents are found by their last third; the
+    matched passage is in the results' metadata; adding an unchanged text again keeps its passages, a
+    changed one's are replaced."""
+    from llama_index.core.schema import TextNode
+    from llama_index.core.vector_stores.types import VectorStoreQuery
+
+    from vectorstore.integrations.langchain import DjangoVectorStore
+    from vectorstore.integrations.llama_index import DjangoVectorStore as LlamaStore
+
+    texts = _long_texts(3)
+    store = DjangoVectorStore(LongArticle)
+    store.add_texts([t for _, t in texts[:2]], [{"by": p} for p, _ in texts[:2]], ids=["lc-0", "lc-1"])
+    embedder = Embedder.for_model(LongArticle)
+    node = TextNode(id_="li-2", text=texts[2][1], embedding=embedder.encode([texts[2][1]])[0].tolist())
+    LlamaStore(LongArticle).add([node])
+    counts = _passage_counts(LongArticle)
+    assert sorted(counts) == ["lc-0", "lc-1", "li-2"] and all(n > 10 for n, _ in counts.values())
+    assert [counts[k][1] for k in ("lc-0", "lc-1", "li-2")] == [len(t) for _, t in texts]
+
+    for i, key in enumerate(["lc-0", "lc-1", "li-2"]):
+        query = " ".join(texts[i][1][-1200:].split()[:80])
+        (found,) = store.similarity_search(query, k=1)
+        assert found.id == key and found.metadata["passage"]["ordinal"] > 3
+        assert (
+            found.metadata["passage"]["text"]
+            == texts[i][1][found.metadata["passage"]["start"] :][: len(found.metadata["passage"]["text"])]
+        )
+    vector = embedder.encode([" ".join(texts[2][1][-1200:].split()[:80])])[0].tolist()
+    result = LlamaStore(LongArticle).query(VectorStoreQuery(query_embedding=vector, similarity_top_k=1))
+    assert result.ids == ["li-2"] and result.nodes[0].metadata["passage"]["ordinal"] > 3
+
+    passage = passages.passage_model(LongArticle)
+    before = dict(passage.objects.filter(document__external_id="lc-0").values_list("ordinal", "pk"))
+    shorter = texts[1][1][: len(texts[1][1]) // 3]
+    store.add_texts([texts[0][1], shorter], ids=["lc-0", "lc-1"])
+    assert dict(passage.objects.filter(document__external_id="lc-0").values_list("ordinal", "pk")) == before
+    after = _passage_counts(LongArticle)
+    assert after["lc-1"][1] == len(shorter) and after["lc-1"][0] < counts["lc-1"][0]

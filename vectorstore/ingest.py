@@ -216,7 +216,12 @@ def load(
     report = LoadReport(
         method=opts.method, table=cmap.model._meta.db_table, ignored_columns=cmap.ignored_columns
     )
-    _recover_dead_loads(report, opts.using)
+    # A parallel load that died among its COMMIT PREPAREDs left prepared transactions holding locks this
+    # load would wait on forever: finish them first.
+    recovery = twophase.recover_prepared_loads(opts.using)
+    report.recovered_committed, report.recovered_rolled_back = map(
+        len, (recovery.committed, recovery.rolled_back)
+    )
     rejects = RejectLog(src, opts.batch_size)
     try:
         with transaction.atomic(using=opts.using):
@@ -233,7 +238,7 @@ def load(
                 report.inserted = written
             if passages.enabled(cmap.model):  # in the same transaction: no document without them
                 embedder = embedder or Embedder.for_model(cmap.model)
-                report.passages = passage_files.write_missing(
+                report.passages, seconds = passage_files.write_missing(
                     conn,
                     src,
                     cmap.model,
@@ -241,9 +246,11 @@ def load(
                     cmap.passage_column,
                     embedder,
                     report.inserted + report.updated,
-                    opts.progress,
+                    opts,
+                    plan.strategy == "rebuild",
                     report.warnings,
                 )
+                report.index_seconds += seconds
             if plan.dropped:
                 if tuner is not None:
                     tuner.start()
@@ -281,14 +288,6 @@ def _embedder_for(cmap: ColumnMap, embedder: Embedder | None) -> Embedder | None
     if embedder.expected_dimensions is None:
         embedder.expected_dimensions = cmap.dimensions
     return embedder
-
-
-def _recover_dead_loads(report: LoadReport, using: str) -> None:
-    # A parallel load that died among its COMMIT PREPAREDs left prepared transactions holding
-    # locks this load would wait on forever: finish them first.
-    recovery = twophase.recover_prepared_loads(using)
-    report.recovered_committed = len(recovery.committed)
-    report.recovered_rolled_back = len(recovery.rolled_back)
 
 
 def _plan(conn: psycopg.Connection, src: Source, cmap: ColumnMap, opts: LoadOptions) -> _Plan:

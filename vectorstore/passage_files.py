@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from django.db import models
 from psycopg import sql
 
-from vectorstore import conf, pgcopy
+from vectorstore import conf, indexes, pgcopy
 from vectorstore import passages as passages_mod
 from vectorstore.parquet import Source
 from vectorstore.passage_split import Passage
@@ -200,14 +200,24 @@ def write_missing(
     passage_column: str | None,
     embedder: Any,
     changed: int,
-    progress: bool | None,
+    opts: Any,
+    rebuild: bool,
     warnings: list[str],
-) -> int:
+) -> tuple[int, float]:
     """A load's last step for a model that keeps passages: the passages of the documents that have none,
     the file's own (``passage_column``) where it has them for their text, the rest cut and embedded
-    here (``passages.fill_missing``; ``changed``, the documents the load wrote, sizes its progress bar);
-    returns how many were written. A file cut otherwise than this site
-    would cut is taken as it is, and said in ``warnings``."""
+    here (``passages.fill_missing``; ``changed``, the documents the load wrote, sizes its progress bar).
+    ``opts``: the load's (``using``, ``progress``). With ``rebuild`` (the load's index strategy) and an
+    empty passage table, its vector and other secondary indexes are dropped first and built after the
+    rows, as the document table's are. Returns how many passages were written and the seconds spent
+    building indexes. A file cut otherwise than this site would cut is taken as it is, and said in
+    ``warnings``."""
+    model = passages_mod.passage_model(document)
+    table = model._meta.db_table
+    dropped = []
+    if rebuild and not pgcopy.table_size_at_least(conn, table, 1):
+        dropped = indexes.rebuildable_indexes(conn, table)
+        indexes.drop_indexes(conn, dropped)
     written = 0
     if passage_column:
         cut = described(src) or {}
@@ -217,8 +227,37 @@ def write_missing(
         ]
         if differ:
             warnings.append(f"{src.name}: its passages were cut with {', '.join(differ)}; taken as they are")
-        with make_bar(src.num_rows, "passages from file", enabled=progress) as bar:
+        with make_bar(src.num_rows, "passages from file", enabled=opts.progress) as bar:
             written = copy_file_passages(conn, document, src, text_column, on_batch=bar.update)
     total = None if passage_column else changed  # how many the file left is not known
-    with make_bar(total, "passages", unit="documents", enabled=progress) as bar:
-        return written + passages_mod.fill_missing(conn, document, embedder, on_batch=bar.update)
+    with make_bar(total, "passages", unit="documents", enabled=opts.progress) as bar:
+        written += passages_mod.fill_missing(conn, document, embedder, on_batch=bar.update)
+    if not dropped:
+        return written, 0.0
+    memory = indexes.size_build(conn, table, dropped, model, opts.using, opts.maintenance_work_mem)
+    if memory.warning():
+        warnings.append(memory.warning())
+    notices: list[str] = []
+    # The passages' foreign key is checked at commit (Django's are DEFERRABLE INITIALLY DEFERRED), and
+    # PostgreSQL builds no index on a table with checks pending: they are run now, then deferred again.
+    deferred = sql.SQL(", ").join(
+        sql.Identifier(name)
+        for (name,) in conn.execute(
+            "SELECT conname FROM pg_constraint WHERE conrelid = to_regclass(%s) AND condeferred",
+            [sql.Identifier(table).as_string(conn)],
+        ).fetchall()
+    )
+    if deferred.as_string(conn):
+        conn.execute(sql.SQL("SET CONSTRAINTS {} IMMEDIATE").format(deferred))
+    seconds = indexes.build_indexes(
+        conn,
+        dropped,
+        using=opts.using,
+        maintenance_work_mem=memory.setting,
+        parallel_workers=indexes.parallel_workers(opts.using),
+        notices=notices,
+    )
+    if deferred.as_string(conn):
+        conn.execute(sql.SQL("SET CONSTRAINTS {} DEFERRED").format(deferred))
+    warnings.extend(indexes.spill_warnings(notices))
+    return written, seconds

@@ -10,6 +10,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import models, router, transaction
 
+from vectorstore import passages, pgcopy
 from vectorstore.validation import storable_json, storable_text
 from vectorstore.writes import writable_fields
 
@@ -77,10 +78,27 @@ def write_rows(
     update = [name for name in writable if name != "external_id" and (name != "created_at" or name in given)]
     db = write_db(model, using)
     with transaction.atomic(using=db):
+        keeps_passages = passages.enabled(model)
+        if keeps_passages:  # what each stored id holds now: an unchanged text keeps its passages
+            stored = dict(
+                model._default_manager.db_manager(db)
+                .filter(external_id__in=list(latest))
+                .values_list("external_id", "text")
+            )
         model._default_manager.db_manager(db).bulk_create(
             list(latest.values()),
             update_conflicts=True,
             unique_fields=["external_id"],
             update_fields=update,
         )
+        if keeps_passages:  # bulk_create runs no save(): the passages are written here, in its transaction
+            from vectorstore.embedding import Embedder
+
+            changed = [i for i, instance in latest.items() if i in stored and stored[i] != instance.text]
+            passages.passage_model(model)._default_manager.db_manager(db).filter(
+                document__external_id__in=changed
+            ).delete()
+            passages.fill_missing(
+                pgcopy.django_connection(db), model, Embedder.for_model(model), external_ids=list(latest)
+            )
     return [id_ for id_, _, _ in rows]

@@ -241,10 +241,12 @@ class DjangoVectorStore(VectorStore):
     def _fields(self) -> list[str]:
         return ["external_id", "text", "metadata", *self.metadata_fields]
 
-    def _document(self, values: dict[str, Any]) -> Document:
+    def _document(self, values: dict[str, Any], passage: dict[str, Any] | None = None) -> Document:
         metadata = dict(values.get("metadata") or {})
         for name in self.metadata_fields:
             metadata.setdefault(name, values[self.model._meta.get_field(name).attname])
+        if passage is not None:  # a model that keeps passages: the one that matched (ordinal, span, text)
+            metadata["passage"] = passage
         return Document(page_content=values["text"], metadata=metadata, id=values.get("external_id"))
 
     async def _asearch(
@@ -287,4 +289,4 @@ class DjangoVectorStore(VectorStore):
             using=self.using,
             **options,
         )
-        return [(self._document(hit.values), hit.distance) for hit in result.hits]
+        return [(self._document(hit.values, hit.passage), hit.distance) for hit in result.hits]

@@ -268,7 +268,10 @@ class DjangoVectorStore(BasePydanticVectorStore):
             raise ValueError(str(exc)) from None
         nodes, similarities, ids = [], [], []
         for hit in result.hits:
-            nodes.append(metadata_dict_to_node(hit.values["metadata"], text=hit.values["text"]))
+            node = metadata_dict_to_node(hit.values["metadata"], text=hit.values["text"])
+            if hit.passage is not None:  # a model that keeps passages: the one that matched
+                node.metadata["passage"] = hit.passage
+            nodes.append(node)
             similarities.append(hit.score)
             ids.append(hit.values["external_id"])
         return VectorStoreQueryResult(nodes=nodes, similarities=similarities, ids=ids)

@@ -6,7 +6,9 @@ A document's distance is its best passage's (the usual rule: a long document is 
 part; the other common one, a sum over its passages, favours long documents for their length). Passages
 of one document crowd the top of the ranking (a 3,000-word text has about twenty), so the passages are
 read ``PASSAGE_FANOUT`` times k at a time, four times as many again while fewer than k documents are
-among them and more passages remain, up to ``MAX_PASSAGES``.
+among them and more passages remain, up to ``MAX_PASSAGES``. The passages, their best per document and
+the documents' fields are one statement (``as_documents``): a search is one round trip, as a document
+search is, unless it has to read wider.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from django.db import models
 
+from vectorstore.search import statements
 from vectorstore.search.plan import vector_rows
 from vectorstore.search.quantized import Rerank
 from vectorstore.search.statements import Statement
@@ -35,6 +38,27 @@ class Span:
     end: int
 
 
+def as_documents(candidates: Statement, documents: Statement, pk: str, k: int) -> Statement:
+    """The statement of the nearest passages (document, ordinal, start, end, distance), answered as the
+    k nearest documents: each document's best passage (DISTINCT ON), joined to the document's fields
+    (``documents``: the fields of every document, which the join reads by primary key), nearest first.
+    Rows: the fields, the passage's ordinal, start and end, how many passages were read, the distance.
+    Django has no DISTINCT ON over a subquery in FROM, so the compiled SQL is wrapped as text (no input
+    in it: columns and table come from the models, k is an int)."""
+    if candidates.empty:
+        return candidates
+    sql = (
+        f"WITH candidates AS MATERIALIZED ({candidates.sql})"
+        ' SELECT documents.*, best.ordinal, best."start", best."end",'
+        " (SELECT count(*) FROM candidates) AS passages_read, best.distance FROM"
+        ' (SELECT DISTINCT ON (document_id) document_id, ordinal, "start", "end", distance FROM candidates'
+        " ORDER BY document_id, distance) AS best"
+        f' JOIN ({documents.sql}) AS documents ON documents."{pk}" = best.document_id'
+        f" ORDER BY best.distance LIMIT {int(k)}"
+    )
+    return Statement(sql, candidates.params + documents.params, documents.converters)
+
+
 def passage_rows(
     filtered: models.QuerySet,
     passages: type[models.Model],
@@ -50,12 +74,20 @@ def passage_rows(
 ) -> Generator[Run, list[list[tuple]], tuple[list[tuple], bool, list[list[tuple]], dict]]:
     """Steps giving the k nearest documents' rows (``fields``, then their best passage's distance), nearest
     first; whether an exact scan found the passages; the rows of ``also`` (sent with the first read);
-    and each document's best passage (``Span``) by primary key."""
+    and each document's best passage (``Span``) by primary key. One statement a round trip: the passages,
+    their best per document and the documents' fields (``as_documents``)."""
     candidates = passages._default_manager.all()
     if has_filter:
         # The filters are the documents': a passage qualifies when its document does (a semi-join the
         # iterative index scan checks as it goes, or the exact scan of a rare filter's passages).
         candidates = candidates.filter(document__in=filtered.values("pk"))
+    model = filtered.model
+    pk = model._meta.pk
+    documents = statements.statement_cache.get(
+        ("passage documents", model._meta.label, using, tuple(fields)),
+        lambda: model._base_manager.using(using).values_list(*fields),
+    )
+    n = len(fields)
     columns = ["document_id", "ordinal", "start", "end"]
     fetch = min(MAX_PASSAGES, k * PASSAGE_FANOUT)
     rest: list[list[tuple]] | None = None
@@ -63,23 +95,14 @@ def passage_rows(
         rows, exact, more = yield from vector_rows(
             candidates, columns, metric, fetch, None, settings, qvector, using, has_filter,
             also if rest is None else (), plan,
+            wrap=lambda statement: as_documents(statement, documents, pk.column, k),
+            read=lambda found: found[0][n + 3] if found else 0,
         )  # fmt: skip
         rest = more if rest is None else rest
-        best: dict[object, tuple[float, Span]] = {}
-        for document, ordinal, start, end, distance in rows:  # nearest first
-            best.setdefault(document, (distance, Span(ordinal, start, end)))
-        if len(best) >= k or len(rows) < fetch or fetch >= MAX_PASSAGES:
+        read = rows[0][n + 3] if rows else 0
+        if len(rows) >= k or read < fetch or fetch >= MAX_PASSAGES:
             break
         fetch = min(MAX_PASSAGES, fetch * 4)
-    chosen = sorted(best.items(), key=lambda item: item[1][0])[:k]
-    if not chosen:
-        return [], exact, rest, {}
-    pk = filtered.model._meta.pk
-    wanted = [document for document, _ in chosen]
-    (documents,) = yield Run(
-        using, settings, [Statement.compile(filtered.filter(pk__in=wanted).values_list(*fields))], None
-    )
     column = fields.index(pk.attname)
-    by_pk = {row[column]: row for row in documents}
-    out = [(*by_pk[d], distance) for d, (distance, _) in chosen if d in by_pk]
-    return out, exact, rest, {d: span for d, (_, span) in chosen}
+    spans = {row[column]: Span(*row[n : n + 3]) for row in rows}
+    return [(*row[:n], row[-1]) for row in rows], exact, rest, spans

@@ -13,7 +13,7 @@ rows match.
 from __future__ import annotations
 
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 
 import numpy as np
 from django.db import models
@@ -41,6 +41,8 @@ def vector_rows(
     has_filter: bool,
     also: Sequence[Statement] = (),
     plan: Rerank | None = None,
+    wrap: Callable[[Statement], Statement] | None = None,
+    read: Callable[[list[tuple]], int] = len,
 ) -> Generator[Run, list[list[tuple]], tuple[list[tuple], bool, list[list[tuple]]]]:
     """Steps (``steps.Run``) giving the k nearest rows (fields, then distance), whether an exact scan of
     the filter's matches found them, and the rows of each of ``also`` (hybrid's text side), sent in the
@@ -48,31 +50,37 @@ def vector_rows(
 
     Through a quantized index (``plan``) the index's order picks k x factor candidates, re-ranked by the
     full distance; the graph search keeps at least that many (``hnsw.ef_search``).
+
+    ``wrap``: each statement of the k nearest is sent inside another (passage search's, which answers
+    with documents; its rows still end with their distance), and ``read`` tells from its rows how many
+    of the k it read.
     """
     started = time.perf_counter()
     extra = list(also)
+    wrap = wrap or (lambda statement: statement)
     limit = conf.exact_search_rows()
     if plan is not None:
         settings = widened(settings, k, plan)
     if not has_filter or limit <= 0:
         rows, *rest = yield Run(
-            using, settings, [nearest(filtered, fields, metric, k, shape, plan), *extra], qvector
+            using, settings, [wrap(nearest(filtered, fields, metric, k, shape, plan)), *extra], qvector
         )
         exact = False
     else:
+        probe, few, broad = planned(filtered, fields, metric, k, limit, plan)
         probe, few, broad, *rest = yield Run(
-            using, settings, [*planned(filtered, fields, metric, k, limit, plan), *extra], qvector
+            using, settings, [probe, wrap(few), wrap(broad), *extra], qvector
         )
         exact = not probe or probe[0][0] == "on"
         rows = few if exact else broad
-    if has_filter and not exact and len(rows) < k:
+    if has_filter and not exact and read(rows) < k:
         # The iterative scan ran out (max_scan_tuples) before k matches: search them all exactly.
         # The search as a whole stays within the timeout: this second round trip gets what is left.
         timeout = conf.search_timeout_ms()
         left = timeout - round((time.perf_counter() - started) * 1000)
         if left <= 0:
             raise SearchTimeout(timeout)
-        exact_statement = Statement.compile(nearest_query(filtered, fields, metric, k, exact=True))
+        exact_statement = wrap(Statement.compile(nearest_query(filtered, fields, metric, k, exact=True)))
         (rows,) = yield Run(using, {**settings, "statement_timeout": str(left)}, [exact_statement], qvector)
         exact = True
     # relaxed_order may hand rows back slightly out of order
