@@ -3,6 +3,8 @@ was chosen on.
 
     .venv/bin/python -m benchmarks.bench_passages                       # pydocs and sotu, overlap 32
     .venv/bin/python -m benchmarks.bench_passages --corpus pydocs --overlaps 0 32 64
+    .venv/bin/python -m benchmarks.bench_passages --corpus sotu --documents 60 --windows 0 128 192 --hybrid
+    .venv/bin/python -m benchmarks.bench_passages --windows 128 --fanouts 4 8 16 --from-file /tmp/p.parquet
 
 Corpora (public, licence-clear, in the repository; see fixtures/README.md):
 
@@ -121,6 +123,49 @@ def measure(
     return hits / len(wanted), reciprocal / len(wanted), statistics.median(times)
 
 
+def fanouts(qvectors: np.ndarray, wanted: list[str], values: list[int]) -> None:
+    """Vector searches with each PASSAGE_FANOUT (passages read first, per document wanted), twice over."""
+    from vectorstore.search import passage_search
+
+    chosen = passage_search.PASSAGE_FANOUT
+    try:
+        for rep in range(2):
+            for fanout in values:
+                passage_search.PASSAGE_FANOUT = fanout
+                hit, mrr, p50 = measure(qvectors, wanted)
+                print(
+                    f"    fanout {fanout:3} (pass {rep + 1}): hit@10 {hit:.3f}  MRR {mrr:.3f}"
+                    f"  p50 {p50:.2f} ms, {ROUNDS[1]:.2f} passage reads a search",
+                    flush=True,
+                )
+    finally:
+        passage_search.PASSAGE_FANOUT = chosen
+
+
+def from_file(table: pa.Table, words: int, path: str) -> None:
+    """The same documents through ``embed_parquet --passages`` into ``path``, then loaded from it (the
+    model not run by the load): the two times, against the load that embedded."""
+    from django.db import connection
+
+    from vectorstore import ingest
+    from vectorstore.embed_parquet import embed_parquet
+
+    started = time.perf_counter()
+    embedded = embed_parquet(table, path, passages=True, progress=False)
+    embedding = time.perf_counter() - started
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE vectorstore_document_passage, vectorstore_document RESTART IDENTITY")
+    started = time.perf_counter()
+    report = ingest.load(path, progress=False, tune=False)
+    seconds = time.perf_counter() - started
+    print(
+        f"    embed_parquet --passages {embedding:.1f} s ({embedded.passages:,} passages), then the load"
+        f" from its file {seconds:.1f} s ({seconds / words * 1000:.4f} s per 1,000 words; indexes"
+        f" {report.index_seconds:.2f} s)",
+        flush=True,
+    )
+
+
 def bench(corpus: str, args: argparse.Namespace) -> None:
     from vectorstore import ingest
     from vectorstore.embedding import Embedder
@@ -151,6 +196,10 @@ def bench(corpus: str, args: argparse.Namespace) -> None:
         if args.hybrid:
             hit, mrr, p50 = measure(qvectors, wanted, [q for _, q in asked], passes=1)
             print(f"  {'  hybrid':28} hit@10 {hit:.3f}  MRR {mrr:.3f}  search p50 {p50:.2f} ms", flush=True)
+        if on and args.fanouts:
+            fanouts(qvectors, wanted, args.fanouts)
+        if on and args.from_file:
+            from_file(table, words, args.from_file)
     # A document search over as many rows as the last passage table.
     model = passage_model(Document)
     rows = list(model.objects.select_related("document").order_by("pk"))
@@ -180,6 +229,10 @@ def main() -> None:
         help="word pieces a passage holds (PASSAGE_WINDOW); 0: the model's limit",
     )  # fmt: skip
     parser.add_argument("--hybrid", action="store_true", help="also hybrid queries (text and vector)")
+    parser.add_argument("--fanouts", type=int, nargs="*", help="also vector searches at each PASSAGE_FANOUT")
+    parser.add_argument(
+        "--from-file", metavar="PATH", help="also embed_parquet --passages into PATH, then a load from it"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     args.windows = [w or None for w in args.windows]

@@ -254,7 +254,7 @@ def load(
             if plan.dropped:
                 if tuner is not None:
                     tuner.start()
-                report.index_seconds = _build_indexes(conn, plan, opts, report)
+                report.index_seconds += _build_indexes(conn, plan, opts, report)
     except twophase.ParallelCopyUnavailable as exc:
         raise InputError(str(exc)) from exc
     except psycopg.errors.UniqueViolation as exc:
