@@ -233,3 +233,18 @@ def test_the_adapters_write_passages_and_answer_with_the_matched_one():
     assert dict(passage.objects.filter(document__external_id="lc-0").values_list("ordinal", "pk")) == before
     after = _passage_counts(LongArticle)
     assert after["lc-1"][1] == len(shorter) and after["lc-1"][0] < counts["lc-1"][0]
+
+
+def test_a_querysets_own_narrowing_holds_in_passage_search():
+    """Without ``filters``, what the queryset itself narrows (the ORM helpers' filter(), similar()'s
+    exclusion of the document itself) still holds: the passages of other documents are not answered."""
+    texts = _long_texts(3)
+    ingest.load(_long_table(texts), model="testapp.LongArticle", progress=False)
+    query = " ".join(texts[1][1][-1200:].split()[:80])
+    assert LongArticle.objects.nearest(query, k=1)[0].external_id == "bulk-1"
+    only = LongArticle.objects.filter(external_id__in=["bulk-0", "bulk-2"]).nearest(query, k=3)
+    assert sorted(d.external_id for d in only) == ["bulk-0", "bulk-2"]
+    document = LongArticle.objects.get(external_id="bulk-1")
+    similar = LongArticle.objects.similar_to(document, k=3)
+    assert sorted(d.external_id for d in similar) == ["bulk-0", "bulk-2"]
+    assert all(d.passage is not None for d in similar)

@@ -77,9 +77,12 @@ def passage_rows(
     and each document's best passage (``Span``) by primary key. One statement a round trip: the passages,
     their best per document and the documents' fields (``as_documents``)."""
     candidates = passages._default_manager.all()
+    # The filters, and whatever else narrows the documents (a queryset's own filter, similar()'s
+    # exclusion of the document itself, a manager's), are the documents': a passage qualifies when its
+    # document does (a semi-join the iterative index scan checks as it goes, or the exact scan of a
+    # rare filter's passages).
+    has_filter = has_filter or bool(filtered.query.where)
     if has_filter:
-        # The filters are the documents': a passage qualifies when its document does (a semi-join the
-        # iterative index scan checks as it goes, or the exact scan of a rare filter's passages).
         candidates = candidates.filter(document__in=filtered.values("pk"))
     model = filtered.model
     pk = model._meta.pk
@@ -89,11 +92,13 @@ def passage_rows(
     )
     n = len(fields)
     columns = ["document_id", "ordinal", "start", "end"]
+    # Unfiltered, the passages' statement depends only on its shape: Django compiles it once.
+    shape = None if has_filter else ("passages", passages._meta.label, using, tuple(columns), metric, plan)
     fetch = min(MAX_PASSAGES, k * PASSAGE_FANOUT)
     rest: list[list[tuple]] | None = None
     while True:
         rows, exact, more = yield from vector_rows(
-            candidates, columns, metric, fetch, None, settings, qvector, using, has_filter,
+            candidates, columns, metric, fetch, shape, settings, qvector, using, has_filter,
             also if rest is None else (), plan,
             wrap=lambda statement: as_documents(statement, documents, pk.column, k),
             read=lambda found: found[0][n + 3] if found else 0,
