@@ -260,6 +260,28 @@ def test_under_uvicorn_the_async_views_read_the_replica_and_a_writer_its_own_wri
         asgi.replay_caught_up()
 
 
+def test_passages_are_written_on_the_primary_and_searched_on_the_replica(cluster):
+    """With passages on (``VECTORSTORE_PASSAGES=1``): a long document posted to the primary is written
+    with its passages, and a search about its last third, answered by the replica, finds it through the
+    replica's passage table, with the matched passage."""
+    from tests.test_passages import _long_texts
+
+    ((_, text),) = _long_texts(1)
+    with serve(
+        cluster.primary_url, workers=1, env={**cluster.server_env, "VECTORSTORE_PASSAGES": "1"}
+    ) as port:
+        site = dataclasses.replace(cluster, port=port)
+        status, _, payload = site.call(
+            "POST", "/api/documents", {"text": text, "external_id": "long-on-replica"}, site.token
+        )
+        assert status == 201, payload
+        site.replay_caught_up()
+        query = " ".join(text[-1500:].split()[:80])
+        (hit,) = _from_replica(site, "POST", "/api/search", {"query": query, "k": 1})["results"]
+    assert hit["external_id"] == "long-on-replica" and hit["passage"]["ordinal"] > 3
+    assert hit["passage"]["text"] == text[hit["passage"]["start"] : hit["passage"]["end"]]
+
+
 def test_a_client_reads_its_own_writes_though_the_replica_lags(cluster):
     """The replica applies WAL a second late (recovery_min_apply_delay), within the lag bound: a read
     right after a write finds it on the replica for nobody, but the writer's reads find it every time."""
