@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from django.db import models, transaction
 
 from vectorstore import conf, indexes, load_tuning, passage_files, passages, pgcopy, tuning, twophase
 from vectorstore.embedding import Embedder
+from vectorstore.load_report import LoadReport
 from vectorstore.parquet import Source
 from vectorstore.progress import index_progress_bar, make_bar
 from vectorstore.rejects import (
@@ -108,77 +109,6 @@ def resolve_model(model: type[models.Model] | str | None) -> type[models.Model]:
 
 
 @dataclass
-class LoadReport:
-    """What a load did. ``rows = inserted + updated + skipped + rejected``."""
-
-    rows: int = 0
-    inserted: int = 0
-    updated: int = 0
-    skipped: int = 0
-    rejected: int = 0
-    seconds: float = 0.0
-    rows_per_s: float = 0.0
-    method: str = "copy"
-    table: str = ""
-    embedded: int = 0
-    truncated: int = 0
-    index_strategy: str = "keep"
-    index_seconds: float = 0.0
-    workers: int = 1
-    rejects_path: str | None = None
-    ignored_columns: list[str] = field(default_factory=list)
-    # Prepared transactions of earlier parallel loads that died, finished before this one began.
-    recovered_committed: int = 0
-    recovered_rolled_back: int = 0
-    # What tuning.retune() stored after the load (None: the change was too small to tune again).
-    tuned: dict[str, Any] | None = None
-    index_memory: str | None = None  # maintenance_work_mem of the index builds
-    warnings: list[str] = field(default_factory=list)  # a graph that would not fit in memory, say
-    passages: int = 0  # passages written (a model that keeps them)
-
-    def as_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["seconds"] = round(self.seconds, 3)
-        out["rows_per_s"] = round(self.rows_per_s, 1)
-        out["index_seconds"] = round(self.index_seconds, 3)
-        return out
-
-    def summary(self) -> str:
-        parts = [f"{self.rows} rows", f"{self.inserted} inserted"]
-        if self.updated:
-            parts.append(f"{self.updated} updated")
-        parts += [f"{self.skipped} skipped", f"{self.rejected} rejected"]
-        line = (
-            f"{', '.join(parts)} into {self.table} in {self.seconds:.2f} s ({self.rows_per_s:,.0f} rows/s, "
-            f"{self.method}"
-        )
-        if self.embedded:
-            line += f", {self.embedded} embedded"
-            if self.truncated:
-                line += f", {self.truncated} truncated at the model's limit"
-        if self.passages:
-            line += f", {self.passages} passages"
-        if self.index_strategy == "rebuild":
-            line += f", indexes rebuilt in {self.index_seconds:.1f} s"
-            if self.index_memory:
-                line += f" with maintenance_work_mem {self.index_memory}"
-        line += ")"
-        if self.rejects_path:
-            line += f"; rejects: {self.rejects_path}"
-        if self.tuned:
-            line += (
-                f"; search tuned: {self.tuned['setting']} {self.tuned['value']} for recall@{self.tuned['k']}"
-                f" {self.tuned['recall']:.3f} ({self.tuned['seconds']:.1f} s)"
-            )
-        if self.recovered_committed or self.recovered_rolled_back:
-            line += (
-                f"; first finished an interrupted parallel load: {self.recovered_committed} streams"
-                f" committed, {self.recovered_rolled_back} rolled back"
-            )
-        return line
-
-
-@dataclass
 class _Plan:
     """Where a load writes, decided inside its transaction."""
 
@@ -238,7 +168,7 @@ def load(
                 report.inserted = written
             if passages.enabled(cmap.model):  # in the same transaction: no document without them
                 embedder = embedder or Embedder.for_model(cmap.model)
-                report.passages, seconds = passage_files.write_missing(
+                report.passages, rebuilt = passage_files.write_missing(
                     conn,
                     src,
                     cmap.model,
@@ -246,15 +176,17 @@ def load(
                     cmap.passage_column,
                     embedder,
                     report.inserted + report.updated,
-                    opts,
+                    opts.progress,
                     plan.strategy == "rebuild",
                     report.warnings,
                 )
-                report.index_seconds += seconds
+                if rebuilt:  # the passage table's indexes, dropped while its rows were written
+                    model = passages.passage_model(cmap.model)
+                    report.index_seconds += _build_indexes(conn, model, rebuilt, opts, report)
             if plan.dropped:
                 if tuner is not None:
                     tuner.start()
-                report.index_seconds += _build_indexes(conn, plan, opts, report)
+                report.index_seconds += _build_indexes(conn, cmap.model, plan.dropped, opts, report)
     except twophase.ParallelCopyUnavailable as exc:
         raise InputError(str(exc)) from exc
     except psycopg.errors.UniqueViolation as exc:
@@ -421,11 +353,17 @@ def _merge(
     rejects.add_rows(found)
 
 
-def _build_indexes(conn: psycopg.Connection, plan: _Plan, opts: LoadOptions, report: LoadReport) -> float:
-    """Build the dropped indexes with maintenance_work_mem sized for the largest graph; a graph that will
-    not fit, and pgvector's notice if a build spilled to disk, become the report's warnings."""
+def _build_indexes(
+    conn: psycopg.Connection,
+    model: type[models.Model],
+    dropped: list[indexes.IndexDef],
+    opts: LoadOptions,
+    report: LoadReport,
+) -> float:
+    """Build the model's dropped indexes with maintenance_work_mem sized for the largest graph; a graph
+    that will not fit, and pgvector's notice if a build spilled to disk, become the report's warnings."""
     memory = indexes.size_build(
-        conn, plan.target.table, plan.dropped, opts.model, opts.using, opts.maintenance_work_mem
+        conn, model._meta.db_table, dropped, model, opts.using, opts.maintenance_work_mem
     )
     report.index_memory = memory.setting
     if memory.warning():
@@ -436,7 +374,7 @@ def _build_indexes(conn: psycopg.Connection, plan: _Plan, opts: LoadOptions, rep
     with index_bar:
         seconds = indexes.build_indexes(
             conn,
-            plan.dropped,
+            dropped,
             using=opts.using,
             maintenance_work_mem=memory.setting,
             parallel_workers=indexes.parallel_workers(opts.using),

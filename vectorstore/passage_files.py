@@ -71,8 +71,7 @@ def column(parts: Sequence[list[Passage]], vectors: Sequence[np.ndarray]) -> pa.
 
 def metadata(embedder: Any) -> dict[bytes, bytes]:
     """The schema metadata recording how the file's passages were cut."""
-    size = passages_mod.window(embedder)
-    overlap = min(conf.passage_overlap(), size // 2)
+    size, overlap = passages_mod.cut(embedder)
     described = {"window": size, "overlap": overlap, "model": embedder.label}
     return {METADATA_KEY: json.dumps(described).encode()}
 
@@ -90,7 +89,7 @@ def _stage_rows(
     src: Source, batch: pa.RecordBatch, text_column: str, first_row: int, dims: int
 ) -> list[tuple[bytes, int, int, int, bytes]]:
     """(digest, ordinal, start, end, vector) of a batch's passages, checked against their texts. Rows
-    with no text or no passages are left to the load (it embeds them)."""
+    with no passages are left to the load (it embeds them)."""
     texts = batch.column(text_column).to_pylist()
     lists = batch.column(COLUMN)
     counts = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False)
@@ -108,22 +107,13 @@ def _stage_rows(
             if lengths[item + ordinal] != dims:
                 got = "no vector" if lengths[item + ordinal] < 0 else f"{lengths[item + ordinal]} numbers"
                 raise InputError(f"{where}: passage {ordinal} has {got}, not {dims} numbers")
-        if text and count:
+        if count:  # (a row with passages and no text was refused above)
             digest = hashlib.md5(text.encode()).digest()  # a key, not a secret
             out += [(digest, o, int(starts[item + o]), int(ends[item + o]), None) for o in range(count)]
         item += count
     if out:
         values = vectors.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dims)
-        # Only the rows kept: those of rows without text were skipped above.
-        kept = np.concatenate(
-            [
-                np.arange(o, o + c)
-                for o, c, t in zip(np.cumsum(counts) - counts, counts, texts, strict=True)
-                if t and c
-            ]
-        )
-        encoded = pgcopy.encode_vectors(values[kept])
-        out = [(*row[:4], vector) for row, vector in zip(out, encoded, strict=True)]
+        out = [(*row[:4], vector) for row, vector in zip(out, pgcopy.encode_vectors(values), strict=True)]
     return out
 
 
@@ -200,20 +190,18 @@ def write_missing(
     passage_column: str | None,
     embedder: Any,
     changed: int,
-    opts: Any,
+    progress: bool | None,
     rebuild: bool,
     warnings: list[str],
-) -> tuple[int, float]:
+) -> tuple[int, list[indexes.IndexDef]]:
     """A load's last step for a model that keeps passages: the passages of the documents that have none,
     the file's own (``passage_column``) where it has them for their text, the rest cut and embedded
     here (``passages.fill_missing``; ``changed``, the documents the load wrote, sizes its progress bar).
-    ``opts``: the load's (``using``, ``progress``). With ``rebuild`` (the load's index strategy) and an
-    empty passage table, its vector and other secondary indexes are dropped first and built after the
-    rows, as the document table's are. Returns how many passages were written and the seconds spent
-    building indexes. A file cut otherwise than this site would cut is taken as it is, and said in
-    ``warnings``."""
-    model = passages_mod.passage_model(document)
-    table = model._meta.db_table
+    With ``rebuild`` (the load's index strategy) and an empty passage table, its vector and other
+    secondary indexes are dropped first, for the load to build after the rows, as the document table's.
+    Returns how many passages were written and the indexes dropped. A file cut otherwise than this site
+    would cut is taken as it is, and said in ``warnings``."""
+    table = passages_mod.passage_model(document)._meta.db_table
     dropped = []
     if rebuild and not pgcopy.table_size_at_least(conn, table, 1):
         dropped = indexes.rebuildable_indexes(conn, table)
@@ -227,37 +215,19 @@ def write_missing(
         ]
         if differ:
             warnings.append(f"{src.name}: its passages were cut with {', '.join(differ)}; taken as they are")
-        with make_bar(src.num_rows, "passages from file", enabled=opts.progress) as bar:
+        with make_bar(src.num_rows, "passages from file", enabled=progress) as bar:
             written = copy_file_passages(conn, document, src, text_column, on_batch=bar.update)
     total = None if passage_column else changed  # how many the file left is not known
-    with make_bar(total, "passages", unit="documents", enabled=opts.progress) as bar:
+    with make_bar(total, "passages", unit="documents", enabled=progress) as bar:
         written += passages_mod.fill_missing(conn, document, embedder, on_batch=bar.update)
-    if not dropped:
-        return written, 0.0
-    memory = indexes.size_build(conn, table, dropped, model, opts.using, opts.maintenance_work_mem)
-    if memory.warning():
-        warnings.append(memory.warning())
-    notices: list[str] = []
-    # The passages' foreign key is checked at commit (Django's are DEFERRABLE INITIALLY DEFERRED), and
-    # PostgreSQL builds no index on a table with checks pending: they are run now, then deferred again.
-    deferred = sql.SQL(", ").join(
-        sql.Identifier(name)
+    if dropped:
+        # The passages' foreign key is checked at commit (Django's are DEFERRABLE INITIALLY DEFERRED),
+        # and PostgreSQL builds no index on a table with checks pending: switching the constraint to
+        # IMMEDIATE runs them now, and back to DEFERRED leaves none pending.
         for (name,) in conn.execute(
             "SELECT conname FROM pg_constraint WHERE conrelid = to_regclass(%s) AND condeferred",
             [sql.Identifier(table).as_string(conn)],
-        ).fetchall()
-    )
-    if deferred.as_string(conn):
-        conn.execute(sql.SQL("SET CONSTRAINTS {} IMMEDIATE").format(deferred))
-    seconds = indexes.build_indexes(
-        conn,
-        dropped,
-        using=opts.using,
-        maintenance_work_mem=memory.setting,
-        parallel_workers=indexes.parallel_workers(opts.using),
-        notices=notices,
-    )
-    if deferred.as_string(conn):
-        conn.execute(sql.SQL("SET CONSTRAINTS {} DEFERRED").format(deferred))
-    warnings.extend(indexes.spill_warnings(notices))
-    return written, seconds
+        ).fetchall():
+            for mode in ("IMMEDIATE", "DEFERRED"):
+                conn.execute(sql.SQL("SET CONSTRAINTS {} {}").format(sql.Identifier(name), sql.SQL(mode)))
+    return written, dropped

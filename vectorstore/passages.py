@@ -108,12 +108,17 @@ def window(embedder: Any) -> int:
     return most if wanted is None else max(8, min(wanted, most))
 
 
+def cut(embedder: Any, overlap: int | None = None) -> tuple[int, int]:
+    """(window, overlap) of this site's passages; the overlap PASSAGE_OVERLAP (or ``overlap``), at most
+    half the window."""
+    size = window(embedder)
+    return size, min(conf.passage_overlap() if overlap is None else overlap, size // 2)
+
+
 def split_texts(texts: Sequence[str], embedder: Any, overlap: int | None = None) -> list[list[Passage]]:
     """Each text's passages, by the embedder's own tokenizer."""
-    tokenizer = embedder.model.tokenizer
-    size = window(embedder)
-    overlap = conf.passage_overlap() if overlap is None else overlap
-    return [split(text, tokenizer, size, min(overlap, size // 2)) for text in texts]
+    size, overlap = cut(embedder, overlap)
+    return [split(text, embedder.model.tokenizer, size, overlap) for text in texts]
 
 
 def passage_vectors(

@@ -91,6 +91,11 @@ def passage_rows(
         lambda: model._base_manager.using(using).values_list(*fields),
     )
     n = len(fields)
+
+    def passages_read(found: list[tuple]) -> int:
+        """How many passages the statement read (as_documents' column after the span)."""
+        return found[0][n + 3] if found else 0
+
     columns = ["document_id", "ordinal", "start", "end"]
     # Unfiltered, the passages' statement depends only on its shape: Django compiles it once.
     shape = None if has_filter else ("passages", passages._meta.label, using, tuple(columns), metric, plan)
@@ -100,12 +105,10 @@ def passage_rows(
         rows, exact, more = yield from vector_rows(
             candidates, columns, metric, fetch, shape, settings, qvector, using, has_filter,
             also if rest is None else (), plan,
-            wrap=lambda statement: as_documents(statement, documents, pk.column, k),
-            read=lambda found: found[0][n + 3] if found else 0,
+            wrap=lambda statement: as_documents(statement, documents, pk.column, k), read=passages_read,
         )  # fmt: skip
         rest = more if rest is None else rest
-        read = rows[0][n + 3] if rows else 0
-        if len(rows) >= k or read < fetch or fetch >= MAX_PASSAGES:
+        if len(rows) >= k or passages_read(rows) < fetch or fetch >= MAX_PASSAGES:
             break
         fetch = min(MAX_PASSAGES, fetch * 4)
     column = fields.index(pk.attname)
