@@ -233,3 +233,73 @@ def test_an_edited_text_gets_a_new_vector_however_the_instance_was_refreshed_or_
     theirs.text, theirs.embedding = "something of theirs", given
     theirs.save()
     assert np.allclose(Document.objects.get(pk=a.pk).embedding, given, atol=1e-6)
+
+
+@pytest.mark.parametrize("how", ["embedded", "list", "numpy", "pgvector", "loaded"])
+def test_full_clean_after_every_way_a_vector_arrives(how):
+    """full_clean() (what forms and serializers run) passes after each way an instance gets its vector,
+    and leaves it a list of the same numbers."""
+    from pgvector import Vector
+
+    vector = unit_vectors(1, 384, seed=3)[0]
+    given = {"embedded": None, "list": vector.tolist(), "numpy": vector, "pgvector": Vector(vector)}
+    doc = Document(text="validated after saving", embedding=given.get(how))
+    doc.save()
+    if how == "loaded":
+        doc = Document.objects.get(pk=doc.pk)
+    before = np.asarray(Document.objects.get(pk=doc.pk).embedding, dtype=np.float32)
+    doc.full_clean()
+    assert isinstance(doc.embedding, list)
+    assert np.array_equal(np.asarray(doc.embedding, dtype=np.float32), before)
+    doc.text = "validated after saving, then edited"
+    doc.save()  # the cleaned list is still the read vector: an edited text is embedded again
+    assert not np.array_equal(np.asarray(doc.embedding, dtype=np.float32), before)
+
+
+def test_full_clean_names_a_wrong_vector_by_field():
+    """A vector of the wrong size, or with NaN, is a ValidationError on the field, not a 500."""
+    from django.core.exceptions import ValidationError
+
+    doc = Document(text="bad vectors", embedding=np.ones(3, dtype=np.float32))
+    with pytest.raises(ValidationError) as exc:
+        doc.full_clean()
+    assert exc.value.message_dict == {"embedding": ["expected 384 dimensions, got 3"]}
+    vector = unit_vectors(1, 384)[0]
+    vector[5] = np.nan
+    doc.embedding = vector
+    with pytest.raises(ValidationError, match="NaN or infinity"):
+        doc.full_clean()
+
+
+def test_full_clean_of_passages_and_a_form_after_saving(settings):
+    """A passage (made by save()) and a model form over a saved document validate too."""
+    from django import forms
+
+    from tests.testapp.models import LongArticle
+
+    article = LongArticle(text=" ".join(["passage words"] * 400))
+    article.save()
+    passage = article.passages.first()
+    passage.embedding = np.asarray(passage.embedding, dtype=np.float32)
+    passage.full_clean()
+    Form = forms.modelform_factory(LongArticle, fields=["text", "category", "embedding"])
+    typed = "[" + ", ".join(str(float(x)) for x in article.embedding) + "]"
+    form = Form(data={"text": article.text, "category": "x", "embedding": typed}, instance=article)
+    assert form.is_valid(), form.errors
+    for bad, message in (("", "This field is required."), ("[1, two]", "not a vector")):
+        form = Form(instance=article, data={"text": "short", "category": "y", "embedding": bad})
+        assert not form.is_valid()
+        assert message in form.errors["embedding"][0]
+
+
+def test_half_and_bit_values_normalised():
+    """The other vector field kinds take numpy arrays and pgvector objects in validation."""
+    from pgvector import HalfVector
+    from pgvector.django import BitField, HalfVectorField
+
+    from vectorstore.models import python_vector
+
+    half = HalfVectorField(dimensions=3)
+    assert half.to_python(python_vector(half, np.array([1, 2, 3], dtype=np.float16))) == [1.0, 2.0, 3.0]
+    assert python_vector(half, HalfVector([1, 2, 3])) == [1.0, 2.0, 3.0]
+    assert python_vector(BitField(length=4), np.array([True, False, True, True])) == "1011"

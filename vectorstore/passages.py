@@ -74,7 +74,9 @@ def make_passage_model(document: type[models.Model]) -> type[models.Model]:
         "embedding": VectorField(dimensions=document._meta.get_field("embedding").dimensions),
         "__str__": lambda self: f"{self.document_id} #{self.ordinal} [{self.start}:{self.end}]",
     }
-    model = type(f"{document.__name__}Passage", (models.Model,), attrs)
+    from vectorstore.models import VectorValues  # the models module imports this one's users
+
+    model = type(f"{document.__name__}Passage", (VectorValues,), attrs)
     model._passages_of = document
     # Importable by name from the document's module (pickling, references in the host's code).
     setattr(sys.modules[document.__module__], model.__name__, model)
