@@ -1,6 +1,7 @@
 """tune_search against the real index: the queries it measures on (the query log, pseudo-queries from the
-documents' text, noise), the estimate and its bound, the rule below pgvector's default, the stored
-setting used by every search that sets none, and the re-tune of loads and of --if-stale."""
+documents' text; noise only where benchmarks compare), the estimate and its bound, the rule below
+pgvector's default, the stored setting used by every search that sets none, the re-tune of loads and
+of --if-stale, and what a load stores where nothing can be measured."""
 
 import json
 from datetime import timedelta
@@ -54,10 +55,15 @@ def _emit(capsys) -> dict:
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
+def _noise(n: int, rows: int) -> tuning.Prepared:
+    """Noise queries (benchmarks' comparison model; never chosen by the tuner itself) and their truth."""
+    return tuning.prepare(Document, "default", "cosine", 10, n, rows, query_model="noise")
+
+
 def test_the_walk_stores_the_smallest_setting_whose_bound_reaches_the_target(random_corpus, capsys):
     """On noise queries: the stored ef_search is the first whose estimate's lower bound reached the target,
     the step below it (measured) did not, and nothing below pgvector's default was tried."""
-    report = tuning.tune(query_model="noise", queries=60)
+    report = tuning.tune(prepared=_noise(60, 4000))
     assert report.index == "vectorstore_document_hnsw" and report.setting == "hnsw.ef_search"
     assert report.query_model == "noise" and report.queries == 60 and report.reached
     tried = {value: (recall, low) for value, recall, low in report.tried}
@@ -69,9 +75,12 @@ def test_the_walk_stores_the_smallest_setting_whose_bound_reaches_the_target(ran
     stored = SearchTuning.objects.get(index_name="vectorstore_document_hnsw")
     assert (stored.ef_search, stored.rows, stored.k, stored.query_model) == (report.value, 4000, 10, "noise")
     assert stored.recall_low == pytest.approx(report.recall_low)
-    call_command("tune_search", "--query-model", "noise", "--queries", "60", "--json")  # the same, by command
+    call_command("tune_search", "--query-model", "pseudo", "--queries", "60", "--json")  # by command
     summary = _emit(capsys)
-    assert (summary["value"], summary["query_model"], summary["queries"]) == (report.value, "noise", 60)
+    assert (summary["query_model"], summary["queries"]) == ("pseudo", 60)
+    assert SearchTuning.objects.get().query_model == "pseudo"
+    with pytest.raises(CommandError, match="invalid choice: 'noise'"):
+        call_command("tune_search", "--query-model", "noise")
 
 
 def test_a_setting_below_the_default_is_stored_only_on_evidence(settings):
@@ -93,7 +102,7 @@ def test_a_setting_below_the_default_is_stored_only_on_evidence(settings):
     assert report.value < 40 and report.recall_low >= 0.95 + tuning.BELOW_DEFAULT_MARGIN
     margin = 0.95 + tuning.BELOW_DEFAULT_MARGIN
     assert all(low >= margin for value, _, low in report.tried if report.value <= value < 40)
-    noisy = tuning.tune(queries=40, query_model="noise")
+    noisy = tuning.tune(prepared=_noise(40, 3000))
     assert noisy.value >= 40 and min(v for v, _, _ in noisy.tried) >= 40
 
 
@@ -262,27 +271,33 @@ def test_the_stored_estimate_is_shown_with_its_query_model(random_corpus, capsys
 
     from vectorstore.api import router
 
-    tuning.tune(queries=30, query_model="noise")
+    tuning.tune(queries=30, query_model="pseudo")
     call_command("vector_index", "list", "--json")
     out = capsys.readouterr().out
-    assert "tuned: hnsw.ef_search" in out and "noise queries" in out
+    assert "tuned: hnsw.ef_search" in out and "30 pseudo queries" in out
     (index,) = json.loads(out.strip().splitlines()[-1])["indexes"]
-    assert index["tuning"]["query_model"] == "noise" and index["tuning"]["queries"] == 30
+    assert index["tuning"]["query_model"] == "pseudo" and index["tuning"]["queries"] == 30
     health = TestClient(router).get("/health").json()
     (estimate,) = health["tuning"]
-    assert estimate["query_model"] == "noise" and estimate["recall_estimate"] >= estimate["recall_low"]
+    assert estimate["query_model"] == "pseudo" and estimate["recall_estimate"] >= estimate["recall_low"]
+    tuning.store_unmeasured(Document, "the model stack is not installed")
+    call_command("vector_index", "list", "--json")
+    out = capsys.readouterr().out
+    assert f"hnsw.ef_search {tuning.UNMEASURED_EF_SEARCH}: no recall measured on this table" in out
+    (estimate,) = TestClient(router).get("/health").json()["tuning"]
+    assert estimate["query_model"] == "none" and estimate["recall_estimate"] is None
 
 
 def test_if_stale_tunes_only_when_the_table_or_its_queries_changed(random_corpus, capsys):
-    """tune_search --if-stale: never tuned, tunes; tuned on a load's noise queries, tunes again (pseudo-
-    queries measure better); then current, does nothing; after 30% more rows, tunes."""
-    call_command("tune_search", "--if-stale", "--query-model", "noise", "--queries", "30", "--json")
-    assert _emit(capsys)["tuned"] is True
-    assert "noise queries" in tuning.staleness(Document)
+    """tune_search --if-stale: never tuned, tunes; a setting stored unmeasured (a load without the model
+    stack), tunes (pseudo-queries can measure it); then current, does nothing; after 30% more rows, tunes."""
+    assert tuning.staleness(Document) == "never tuned"
+    tuning.store_unmeasured(Document, "the model stack is not installed")
+    assert "no recall measured on this table" in tuning.staleness(Document)
     call_command("tune_search", "--if-stale", "--queries", "30", "--json")
     captured = capsys.readouterr()
     assert json.loads(captured.out.strip().splitlines()[-1])["query_model"] == "pseudo"
-    assert "tuned on noise queries" in captured.err
+    assert "no recall measured" in captured.err
     call_command("tune_search", "--if-stale", "--json")
     assert _emit(capsys) == {"tuned": False}
     assert tuning.staleness(Document) is None
@@ -384,3 +399,63 @@ def test_a_first_loads_truth_is_the_written_vectors_kept_or_read_again(monkeypat
         "default", "vectorstore_document", "embedding", "cosine", prepared.queries.vectors, 10
     )
     assert np.allclose(prepared.kth, truth, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_notebooks_first_load_tunes_on_pseudo_queries_and_says_so(tmp_path, capsys):
+    """The seed's path (embed_parquet, then bulk_copy of the file with vectors) in a process that never
+    embedded anything: the load loads the table's model in the background, measures on pseudo-queries cut
+    from the file's texts, stores what they reach and names them in its status line and JSON."""
+    from vectorstore import embedding
+
+    texts = [
+        f"{a} {b} report number {i}"
+        for i, (a, b) in enumerate(
+            (a, b)
+            for a in ("tariff", "railroad", "navy", "treasury", "harbor", "canal", "mint", "census")
+            for b in ("increase", "debate", "treaty", "budget", "survey", "reform", "loan", "court")
+        )
+    ] * 20
+    vectors = embedding.Embedder().encode(texts[:64])
+    vectors = np.concatenate([vectors] * 20) + 0.01 * unit_vectors(1280, 384, seed=8)
+    path = tmp_path / "embedded.parquet"
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(
+        pa.table({"text": texts, "embedding": pa.array(list(vectors), pa.list_(pa.float32(), 384))}), path
+    )
+    embedding._models.clear()  # as in a fresh `manage.py bulk_copy`: no model loaded yet
+    call_command("bulk_copy", str(path))
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "on 200 pseudo queries" in line and "no recall measured" not in line
+    stored = SearchTuning.objects.get(index_name="vectorstore_document_hnsw")
+    assert stored.query_model == "pseudo" and stored.queries == 200 and stored.recall_low >= 0.95
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE vectorstore_document, vectorstore_searchtuning CASCADE")
+    call_command("bulk_copy", str(path), "--json")
+    tuned = _emit(capsys)["tuned"]
+    assert tuned["query_model"] == "pseudo" and tuned["model_seconds"] is not None
+    assert tuned["prepare_seconds"] >= tuned["model_seconds"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_without_the_model_stack_a_load_stores_the_measured_default_and_no_estimate(
+    tmp_path, capsys, monkeypatch
+):
+    """Where no query can be made like a real one (no log, no model stack), a first load stores
+    UNMEASURED_EF_SEARCH, prints no recall and says why; tune_search refuses to measure."""
+    monkeypatch.setattr(tuning_queries, "model_stack_installed", lambda: False)
+    vectors = unit_vectors(1200, 384, seed=9)
+    call_command("bulk_copy", _parquet(tmp_path / "a.parquet", vectors))
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert f"search tuned: hnsw.ef_search {tuning.UNMEASURED_EF_SEARCH}, no recall measured" in line
+    assert "the model stack is not installed" in line and "~" not in line.split("search tuned")[1]
+    stored = SearchTuning.objects.get(index_name="vectorstore_document_hnsw")
+    assert (stored.ef_search, stored.recall, stored.query_model) == (
+        tuning.UNMEASURED_EF_SEARCH,
+        None,
+        "none",
+    )
+    with pytest.raises(CommandError, match="no queries to measure recall with"):
+        call_command("tune_search")

@@ -106,9 +106,11 @@ class TuningOut(Schema):
     setting: str = Field(description="hnsw.ef_search, ivfflat.probes or rerank")
     value: int
     k: int
-    recall_estimate: float = Field(description="recall@k measured at the setting: an estimate")
+    recall_estimate: float | None = Field(
+        description="recall@k measured at the setting: an estimate (null: none was measured on this table)"
+    )
     recall_low: float | None = Field(None, description="the estimate's 90% lower bound")
-    query_model: str = Field(description="the queries it was measured on: log, pseudo or noise")
+    query_model: str = Field(description="the queries it was measured on: log or pseudo; none: not measured")
     queries: int
     target_recall: float
     rows: int

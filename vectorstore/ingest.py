@@ -204,6 +204,8 @@ def load(
         changed = None if plan.strategy == "rebuild" else report.inserted + report.updated
         prepared = tuner.result() if tuner is not None else None
         tuned = tuning.retune(cmap.model, changed=changed, using=opts.using, prepared=prepared)
+        if tuned is not None and prepared is not None:
+            tuned.model_seconds, tuned.prepare_seconds = tuner.model_seconds, tuner.prepare_seconds
         report.tuned = tuned.as_dict() if tuned else None
     report.seconds = time.perf_counter() - started
     report.rows_per_s = report.rows / report.seconds if report.seconds else 0.0

@@ -58,7 +58,10 @@ class CreateReport:
             line += f"; replaced {', '.join(self.dropped)}"
         if self.tuned:
             tuned = self.tuned
-            line += f"; search tuned: {tuned['setting']} {tuned['value']} (recall {tuned['recall']:.3f})"
+            measured = "no recall measured" if tuned["recall"] is None else f"recall ~{tuned['recall']:.3f}"
+            line += (
+                f"; search tuned: {tuned['setting']} {tuned['value']} ({measured}, {tuned['query_model']})"
+            )
         return line
 
 

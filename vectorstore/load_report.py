@@ -66,10 +66,13 @@ class LoadReport:
         if self.rejects_path:
             line += f"; rejects: {self.rejects_path}"
         if self.tuned:
-            line += (
-                f"; search tuned: {self.tuned['setting']} {self.tuned['value']} for recall@{self.tuned['k']}"
-                f" {self.tuned['recall']:.3f} ({self.tuned['seconds']:.1f} s)"
+            t = self.tuned
+            measured = (
+                f"no recall measured ({t['note'].split(';')[0]})"
+                if t["recall"] is None
+                else f"recall@{t['k']} ~{t['recall']:.3f} on {t['queries']} {t['query_model']} queries"
             )
+            line += f"; search tuned: {t['setting']} {t['value']}, {measured} ({t['seconds']:.1f} s)"
         if self.recovered_committed or self.recovered_rolled_back:
             line += (
                 f"; first finished an interrupted parallel load: {self.recovered_committed} streams"

@@ -1,7 +1,7 @@
-"""A first load's tuning, prepared while its indexes build: the queries (pseudo-queries cut from the
-input's texts and embedded, or noise on its vectors) and their exact answers (one pass over the
-input's vectors) need no index, so they are made in a thread during the build, and only the
-measurement through the new index is left for after it.
+"""A first load's tuning, prepared while its indexes build: the queries (the query log's, or pseudo-
+queries cut from the input's texts and embedded with the table's model, which the thread loads) and
+their exact answers (one pass over the input's vectors) need no index, so they are made in a thread
+during the build, and only the measurement through the new index is left for after it.
 
 It applies to a load into an empty table that rebuilds the vector index: the table then holds exactly
 the rows the load wrote, whose vectors the load hands over batch by batch (``feed``, up to KEEP_BYTES;
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -40,10 +41,9 @@ class LoadTuning:
     def __init__(self, model: type[models.Model], src: Source, cmap: ColumnMap, query_model: str) -> None:
         self.model, self.src, self.cmap, self.query_model = model, src, cmap, query_model
         self.metric = conf.distance()
-        # Noise queries only decide whether pgvector's default is enough (they never lower it): half as
-        # many do, and the load's own share of two busy cores stays small (a niced thread was worse: it
-        # held the GIL while descheduled).
-        self.n = tuning.DEFAULT_QUERIES if query_model != "noise" else tuning.DEFAULT_QUERIES // 2
+        self.n = tuning.DEFAULT_QUERIES
+        self.model_seconds: float | None = None  # loading the model, in the thread
+        self.prepare_seconds: float | None = None  # the whole preparation, the model's loading included
         self._thread: threading.Thread | None = None
         self._result: Prepared | None = None
         self._error: BaseException | None = None
@@ -56,7 +56,8 @@ class LoadTuning:
         cls, conn: Any, src: Source, cmap: ColumnMap, dropped: list, tune: bool
     ) -> LoadTuning | None:
         """The preparation a load can overlap with its index build, or None (the table is not empty, the
-        input has no vectors, it is too small to tune, or no HNSW/IVFFlat index is rebuilt)."""
+        input has no vectors, it is too small to tune, no HNSW/IVFFlat index is rebuilt, or there is
+        nothing to measure with: no query log and no model stack)."""
         if not tune or src.num_rows < tuning.AUTO_TUNE_MIN_ROWS:
             return None
         column = cmap.model._meta.get_field(cmap.vector_field).column
@@ -67,6 +68,8 @@ class LoadTuning:
         if conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(table)).fetchone()[0]:
             return None
         query_model = tuning.load_query_model(cmap.model)
+        if query_model is None:
+            return None
         prepared = cls(cmap.model, src, cmap, query_model)
         if query_model == "log":  # read here, on the load's connection's thread, not in the worker
             prepared._logged = query_log.vectors(cmap.model, prepared.n)
@@ -97,10 +100,12 @@ class LoadTuning:
         return self._result
 
     def _run(self) -> None:
+        started = time.perf_counter()
         try:
             self._result = self._prepare()
         except BaseException as exc:  # reported by result(); the load goes on
             self._error = exc
+        self.prepare_seconds = time.perf_counter() - started
 
     def _rows(self, positions: np.ndarray, column: str) -> list:
         """The values of ``column`` at the given (sorted) row positions of the input."""
@@ -129,34 +134,17 @@ class LoadTuning:
             yield flat.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dims)
 
     def _queries(self) -> Queries:
-        rng = np.random.default_rng(0)
-        positions = np.sort(rng.choice(self.src.num_rows, size=min(self.n, self.src.num_rows), replace=False))
         if self.query_model == "log" and self._logged is not None:
             return Queries("log", self._logged)
-        if self.query_model == "pseudo":
-            from vectorstore.embedding import Embedder
+        from vectorstore.embedding import Embedder
 
-            texts = [
-                t[: tuning_queries.TEXT_CHARS] for t in self._rows(positions, self.cmap.text_column) if t
-            ]
-            return tuning_queries.from_texts(self.model, texts, self.n, 0, Embedder)
-        if self._kept:
-            offsets = np.cumsum([0, *(len(m) for m in self._kept)])
-            picked = np.sort(rng.choice(offsets[-1], size=min(self.n, int(offsets[-1])), replace=False))
-            batch = np.searchsorted(offsets, picked, side="right") - 1
-            stored = [self._kept[b][i - offsets[b]] for i, b in zip(picked, batch, strict=True)]
-        else:
-            stored = [v for v in self._rows(positions, self.cmap.embedding_column) if v is not None]
-        vectors = []
-        for v in stored:
-            v = np.asarray(v, dtype=np.float32)
-            if len(v) != self.cmap.dimensions or not np.isfinite(v).all():
-                continue
-            noise = rng.standard_normal(v.shape).astype(np.float32)
-            scale = tuning_queries.NOISE * float(np.linalg.norm(v)) / float(np.linalg.norm(noise))
-            vectors.append(v + noise * scale)
-        dims = self.cmap.dimensions
-        return Queries("noise", np.stack(vectors) if vectors else np.empty((0, dims), dtype=np.float32))
+        started = time.perf_counter()
+        Embedder.for_model(self.model).model  # noqa: B018 (loaded here, timed on its own)
+        self.model_seconds = time.perf_counter() - started
+        rng = np.random.default_rng(0)
+        positions = np.sort(rng.choice(self.src.num_rows, size=min(self.n, self.src.num_rows), replace=False))
+        texts = [t[: tuning_queries.TEXT_CHARS] for t in self._rows(positions, self.cmap.text_column) if t]
+        return tuning_queries.from_texts(self.model, texts, self.n, 0, Embedder)
 
     def _prepare(self) -> Prepared:
         queries = self._queries()

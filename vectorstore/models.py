@@ -345,7 +345,11 @@ class SearchTuning(models.Model):
     rerank = models.PositiveIntegerField(
         null=True, blank=True, help_text="binary-quantized index: candidates re-ranked, as a multiple of k"
     )
-    recall = models.FloatField(help_text="recall@k measured at these settings: an estimate")
+    recall = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="recall@k measured at these settings: an estimate (none: not measured)",
+    )
     recall_low = models.FloatField(
         null=True,
         blank=True,
@@ -353,8 +357,9 @@ class SearchTuning(models.Model):
     )
     query_model = models.CharField(
         max_length=16,
-        default="noise",
-        help_text="the queries measured: log, pseudo or noise",
+        default="none",
+        help_text="the queries measured: log or pseudo (noise: stored by an earlier version); none: the"
+        " setting was not measured on this table",
     )
     target_recall = models.FloatField()
     k = models.PositiveSmallIntegerField()
@@ -369,6 +374,8 @@ class SearchTuning(models.Model):
         setting = f"ef_search {self.ef_search}" if self.method == "hnsw" else f"probes {self.probes}"
         if self.rerank:
             setting = f"rerank {self.rerank}"
+        if self.recall is None:
+            return f"{self.index_name}: {setting} (no recall measured on this table)"
         return (
             f"{self.index_name}: {setting} (recall@{self.k} ~{self.recall:.3f}, {self.query_model} queries)"
         )

@@ -6,11 +6,13 @@ re-rank factor) that reaches a target, for every search that sets none.
     report = tune(target_recall=0.95)        # manage.py tune_search --target-recall 0.95
 
 The queries (``tuning_queries``): the query log once it is large enough, else pseudo-queries cut from
-the documents' text and embedded with the table's model, else stored vectors with noise. The recall
-is an estimate: its spread over the queries (a bootstrap) gives a lower bound, and a setting is chosen
-only where that bound reaches the target. Below pgvector's own default (ef_search 40; a binary index's
-RERANK) a setting is stored only on the evidence of real or pseudo queries, with a further margin;
-noise queries, which are easier than real ones, can only raise it.
+the documents' text and embedded with the table's model. The recall is an estimate: its spread over
+the queries (a bootstrap) gives a lower bound, and a setting is chosen only where that bound reaches the
+target; below pgvector's own default (ef_search 40; a binary index's RERANK) with a further margin.
+Where neither can be had (no log yet, and the model stack not installed), nothing is measured: a load
+stores UNMEASURED_EF_SEARCH, a setting that met the target on the real queries of every benchmark
+corpus, and says that no recall was measured (stored vectors moved by noise, the old fallback, are
+easier than real queries: a table tuned on them said "~0.97" where real queries got 0.92).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from django.db import connections, models, transaction
 from django.utils import timezone
 
 from vectorstore import conf, pgcopy, query_log, tuning_queries, vector_indexes
+from vectorstore.embedding import EmbeddingError
 from vectorstore.models import SearchTuning
 from vectorstore.search import forget_tuning, plan, quantized, settings
 from vectorstore.tuning_queries import Queries
@@ -48,6 +51,9 @@ BOOTSTRAP = 500
 AUTO_TUNE_MIN_ROWS = 1000
 AUTO_TUNE_CHANGE = 0.2
 STALE_DAYS = 7.0  # tune_search --if-stale re-tunes a table tuned longer ago than this
+# hnsw.ef_search stored where no recall can be measured: real queries' recall@10 reached 0.95 at it on
+# every corpus measured (benchmarks/README.md, bench_tuning --unmeasured).
+UNMEASURED_EF_SEARCH = 100
 
 
 @dataclass
@@ -60,27 +66,45 @@ class TuneReport:
     metric: str
     setting: str  # hnsw.ef_search | ivfflat.probes | rerank
     value: int
-    recall: float  # the estimate at the stored value
-    recall_low: float  # the lower end of its CONFIDENCE interval
+    recall: float | None  # the estimate at the stored value (None: not measured)
+    recall_low: float | None  # the lower end of its CONFIDENCE interval
     target_recall: float
     reached: bool
     k: int
     queries: int
-    query_model: str  # log | pseudo | noise
+    query_model: str  # log | pseudo | none (not measured)
     rows: int
     seconds: float = 0.0
     tried: list[tuple[int, float, float]] = field(default_factory=list)  # (value, recall, lower bound)
     note: str = ""
+    # A first load's preparation, made while its indexes built: the model's loading, then the queries
+    # and their exact answers (off the load's critical path where the build took longer).
+    model_seconds: float | None = None
+    prepare_seconds: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out["seconds"] = round(self.seconds, 3)
-        out["recall"] = round(self.recall, 4)
-        out["recall_low"] = round(self.recall_low, 4)
+        for name in ("seconds", "model_seconds", "prepare_seconds"):
+            out[name] = None if out[name] is None else round(out[name], 3)
+        for name in ("recall", "recall_low"):
+            out[name] = None if out[name] is None else round(out[name], 4)
         out["tried"] = [(v, round(r, 4), round(lo, 4)) for v, r, lo in self.tried]
         return out
 
+    def measured(self) -> str:
+        """The recall as the user is told it: the estimate and the queries it was measured on, or that
+        none was measured."""
+        if self.recall is None:
+            return "no recall measured"
+        return f"recall@{self.k} ~{self.recall:.3f} on {self.queries} {self.query_model} queries"
+
     def summary(self) -> str:
+        if self.recall is None:
+            line = (
+                f"{self.index} ({self.method}, {self.metric}, {self.rows:,} rows): {self.setting} ="
+                f" {self.value}, no recall measured"
+            )
+            return f"{line}; {self.note}" if self.note else line
         verdict = "reached" if self.reached else "NOT reached (the largest setting tried is stored)"
         line = (
             f"{self.index} ({self.method}, {self.metric}, {self.rows:,} rows): {self.setting} = {self.value},"
@@ -197,8 +221,8 @@ def tune(
     margin: float | None = None,
 ) -> TuneReport:
     """Find, store and return the smallest setting whose recall@k estimate reaches ``target_recall`` with
-    CONFIDENCE (see the module docstring). ``query_model``: auto | log | pseudo | noise. ``prepared``:
-    queries and truth made already (a load's). ``margin`` replaces BELOW_DEFAULT_MARGIN."""
+    CONFIDENCE (see the module docstring). ``query_model``: auto | log | pseudo. ``prepared``: queries
+    and truth made already (a load's). ``margin`` replaces BELOW_DEFAULT_MARGIN."""
     started = time.perf_counter()
     if not 0 < target_recall <= 1:
         raise InputError(f"target_recall={target_recall}: must be above 0 and at most 1")
@@ -211,6 +235,12 @@ def tune(
             f"query_model={query_model!r}: expected auto, {', '.join(tuning_queries.QUERY_MODELS)}"
         )
     model = model or conf.document_model()
+    if prepared is None and query_model == "auto" and not tuning_queries.measurable(model, using):
+        raise InputError(
+            f"{model._meta.db_table}: no queries to measure recall with: the query log holds fewer than"
+            f" {conf.tune_min_logged()} and pseudo-queries need the model stack"
+            " (pip install 'vectorstore[embed]')"
+        )
     table = model._meta.db_table
     conn = pgcopy.django_connection(using)
     index, metric = _vector_index(model, using, conf.distance())
@@ -239,6 +269,7 @@ def tune(
         prepared.queries.model, rows,
     )  # fmt: skip
     margin = BELOW_DEFAULT_MARGIN if margin is None else margin
+    # Noise queries (benchmarks only) are easier than real ones: never evidence for a lower setting.
     trusted = prepared.queries.model in ("log", "pseudo")
     cache: dict[int, tuple[float, float]] = {}
 
@@ -269,44 +300,64 @@ def tune(
                 break
     report.value = candidates[i]
     report.recall, report.recall_low = measured(report.value)
-    if prepared.queries.model == "noise":
-        report.note = "noise queries: no setting below pgvector's default is stored on their evidence"
+    _store(report, knob, using)
+    query_log.prune(model, using)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _store(report: TuneReport, knob: str, using: str) -> None:
     SearchTuning.objects.using(using).update_or_create(
-        index_name=index.name,
+        index_name=report.index,
         defaults={
-            "db_table": table,
-            "method": index.method,
+            "db_table": report.table,
+            "method": report.method,
             "ef_search": report.value if knob == "ef_search" else None,
             "probes": report.value if knob == "probes" else None,
             "rerank": report.value if knob == "rerank" else None,
             "recall": report.recall,
             "recall_low": report.recall_low,
-            "query_model": prepared.queries.model,
-            "target_recall": target_recall,
-            "k": k,
-            "queries": n,
-            "rows": rows,
+            "query_model": report.query_model,
+            "target_recall": report.target_recall,
+            "k": report.k,
+            "queries": report.queries,
+            "rows": report.rows,
         },
     )
-    query_log.prune(model, using)
     forget_tuning()
-    report.seconds = time.perf_counter() - started
+
+
+def store_unmeasured(
+    model: type[models.Model],
+    reason: str,
+    using: str = "default",
+    target_recall: float = DEFAULT_TARGET_RECALL,
+) -> TuneReport | None:
+    """Where recall cannot be measured (``reason``): an HNSW index gets UNMEASURED_EF_SEARCH, said to be
+    unmeasured; other kinds keep pgvector's defaults (None)."""
+    index, metric = _vector_index(model, using, conf.distance())
+    if index.method != "hnsw" or index.quantization == "binary":
+        return None
+    rows = pgcopy.count_rows(pgcopy.django_connection(using), model._meta.db_table)
+    report = TuneReport(
+        model._meta.db_table, index.name, index.method, metric, "hnsw.ef_search", UNMEASURED_EF_SEARCH,
+        None, None, target_recall, False, 10, 0, "none", rows,
+        note=f"{reason}; {UNMEASURED_EF_SEARCH} met recall@10 >= 0.95 on the real queries of every corpus"
+        " measured (benchmarks/README.md); tune_search measures this table's once it can",
+    )  # fmt: skip
+    _store(report, "ef_search", using)
     return report
 
 
-def load_query_model(model: type[models.Model]) -> str:
-    """The queries a load's own tuning uses: the log when it is large enough; pseudo-queries when the
-    load has the model loaded already (it embedded the texts); else noise, which only raises the setting,
-    and ``tune_search --if-stale`` (``staleness``) measures on pseudo-queries later. Loading the model
-    for them cost a first load of 50,000 passages a third of its speed on two cores (benchmarks/README.md)."""
-    from vectorstore import embedding
-
-    if tuning_queries.logged_queries(model, "default", 1) is not None:
+def load_query_model(model: type[models.Model], using: str = "default") -> str | None:
+    """The queries a load's own tuning uses: the log when it is large enough; else pseudo-queries where
+    the model stack is installed (a first load loads the model while its indexes build); else None:
+    nothing to measure with (``store_unmeasured``)."""
+    if tuning_queries.logged_queries(model, using, 1) is not None:
         return "log"
-    name = getattr(model, "embedding_model", None) or conf.model_name()
-    if tuning_queries.model_stack_installed() and embedding.is_loaded(name):
+    if tuning_queries.model_stack_installed():
         return "pseudo"
-    return "noise"
+    return None
 
 
 def retune(
@@ -327,7 +378,7 @@ def retune(
     table = model._meta.db_table
     conn = pgcopy.django_connection(using)
     try:
-        index, _ = _vector_index(model, using, conf.distance())
+        index, metric = _vector_index(model, using, conf.distance())
     except InputError:
         return None
     if index.quantization == "binary":
@@ -340,14 +391,17 @@ def retune(
     stored = SearchTuning.objects.using(using).filter(index_name=index.name).first()
     if stored is not None and changed is not None and changed < AUTO_TUNE_CHANGE * stored.rows:
         return None
-    return tune(
-        model,
-        target_recall=stored.target_recall if stored else DEFAULT_TARGET_RECALL,
-        k=min(stored.k if stored else 10, rows),
-        using=using,
-        query_model="auto" if prepared is not None else load_query_model(model),
-        prepared=prepared,
-    )
+    target = stored.target_recall if stored else DEFAULT_TARGET_RECALL
+    k = min(stored.k if stored else 10, rows)
+    if prepared is None:
+        query_model = load_query_model(model, using)
+        if query_model is None:
+            return store_unmeasured(model, "the model stack is not installed", using, target)
+        try:
+            prepared = prepare(model, using, metric, k, DEFAULT_QUERIES, rows, 0, query_model)
+        except EmbeddingError as exc:
+            return store_unmeasured(model, f"the table's model could not be loaded ({exc})", using, target)
+    return tune(model, target_recall=target, k=k, using=using, prepared=prepared)
 
 
 def staleness(model: type[models.Model], using: str = "default") -> str | None:
@@ -365,9 +419,13 @@ def staleness(model: type[models.Model], using: str = "default") -> str | None:
     if abs(rows - stored.rows) >= AUTO_TUNE_CHANGE * max(stored.rows, 1):
         return f"the table holds {rows:,} rows, {stored.rows:,} when tuned"
     logged = query_log.recent(model, using).count()
-    noise = stored.query_model == "noise" and logged < conf.tune_min_logged()
-    if noise and tuning_queries.model_stack_installed():
-        return "tuned on noise queries (a load's); pseudo-queries from the documents measure better"
+    unmeasured = stored.query_model in ("none", "noise") and logged < conf.tune_min_logged()
+    if unmeasured and tuning_queries.model_stack_installed():
+        return (
+            "no recall measured on this table (tuned on noise queries by an earlier version)"
+            if stored.query_model == "noise"
+            else "no recall measured on this table; pseudo-queries from the documents can measure it"
+        )
     if logged >= conf.tune_min_logged() and stored.query_model != "log":
         return f"{logged} logged queries now, tuned on {stored.query_model} queries"
     if stored.query_model == "log" and logged >= 2 * stored.queries:
@@ -395,7 +453,7 @@ def stored_estimates(model: type[models.Model], using: str = "default") -> list[
                 "setting": setting,
                 "value": value,
                 "k": t.k,
-                "recall_estimate": round(t.recall, 4),
+                "recall_estimate": None if t.recall is None else round(t.recall, 4),
                 "recall_low": None if t.recall_low is None else round(t.recall_low, 4),
                 "query_model": t.query_model,
                 "queries": t.queries,
@@ -410,6 +468,11 @@ def stored_estimates(model: type[models.Model], using: str = "default") -> list[
 def describe(estimate: dict[str, Any]) -> str:
     """One line for a stored estimate: the setting, the recall estimate and what it was measured on."""
     e = estimate
+    if e["recall_estimate"] is None:
+        return (
+            f"{e['setting']} {e['value']}: no recall measured on this table ({e['rows']:,} rows,"
+            f" {e['tuned_at'][:10]})"
+        )
     low = f", >= {e['recall_low']:.3f}" if e["recall_low"] is not None else ""
     return (
         f"{e['setting']} {e['value']}: recall@{e['k']} ~{e['recall_estimate']:.3f}"

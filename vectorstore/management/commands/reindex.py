@@ -63,7 +63,7 @@ class Command(ServiceCommand):
         table = model._meta.db_table
         line = f"rebuilt {', '.join(names) or 'no index'} on {table} concurrently in {seconds:.1f} s"
         if tuned:
-            line += f"; search tuned: {tuned.setting} {tuned.value} for recall@{tuned.k} {tuned.recall:.3f}"
+            line += f"; search tuned: {tuned.setting} {tuned.value}, {tuned.measured()}"
         self.emit(
             line,
             {

@@ -11,7 +11,7 @@ class Command(ServiceCommand):
     help = (
         "Measure recall@k of the document table's vector index against exact search, on queries like the "
         "ones users send (the query log once it holds enough, else spans of the documents' text embedded "
-        "with the table's model, else stored vectors with noise), and store the smallest hnsw.ef_search "
+        "with the table's model), and store the smallest hnsw.ef_search "
         "(ivfflat.probes, a binary index's re-rank) whose estimate reaches the target; every search that "
         "sets neither then uses it. --if-stale (for cron) tunes only when the table or its queries changed."
     )
@@ -27,7 +27,7 @@ class Command(ServiceCommand):
             "--query-model",
             default="auto",
             choices=["auto", *tuning_queries.QUERY_MODELS],
-            help="auto: log, else pseudo, else noise",
+            help="auto: log, else pseudo",
         )
         parser.add_argument(
             "--margin",
