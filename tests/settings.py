@@ -61,4 +61,7 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 VECTORSTORE = {
     "DIMENSIONS": 384,
     "STREAM_SOURCE": BASE_DIR / "fixtures" / "sotu.parquet",
+    # Off but where a test turns it on: a re-tune in a thread of its own would hold a connection to the
+    # test database across tests.
+    "AUTO_TUNE": False,
 }

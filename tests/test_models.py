@@ -297,7 +297,7 @@ def test_half_and_bit_values_normalised():
     from pgvector import HalfVector
     from pgvector.django import BitField, HalfVectorField
 
-    from vectorstore.models import python_vector
+    from vectorstore.vector_values import python_vector
 
     half = HalfVectorField(dimensions=3)
     assert half.to_python(python_vector(half, np.array([1, 2, 3], dtype=np.float16))) == [1.0, 2.0, 3.0]

@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from tests.helpers import unit_vectors
 from tests.testapp.models import HostDocument
-from vectorstore import query_log, search, tuning, tuning_queries
+from vectorstore import query_log, search, tuning, tuning_queries, tuning_status
 from vectorstore.models import Document, QueryLog, SearchTuning
 
 pytestmark = pytest.mark.django_db
@@ -291,20 +291,20 @@ def test_the_stored_estimate_is_shown_with_its_query_model(random_corpus, capsys
 def test_if_stale_tunes_only_when_the_table_or_its_queries_changed(random_corpus, capsys):
     """tune_search --if-stale: never tuned, tunes; a setting stored unmeasured (a load without the model
     stack), tunes (pseudo-queries can measure it); then current, does nothing; after 30% more rows, tunes."""
-    assert tuning.staleness(Document) == "never tuned"
+    assert tuning_status.staleness(Document) == "never tuned"
     tuning.store_unmeasured(Document, "the model stack is not installed")
-    assert "no recall measured on this table" in tuning.staleness(Document)
+    assert "no recall measured on this table" in tuning_status.staleness(Document)
     call_command("tune_search", "--if-stale", "--queries", "30", "--json")
     captured = capsys.readouterr()
     assert json.loads(captured.out.strip().splitlines()[-1])["query_model"] == "pseudo"
     assert "no recall measured" in captured.err
     call_command("tune_search", "--if-stale", "--json")
     assert _emit(capsys) == {"tuned": False}
-    assert tuning.staleness(Document) is None
+    assert tuning_status.staleness(Document) is None
     Document.objects.bulk_create(
         Document(text=f"more {i}", embedding=v) for i, v in enumerate(unit_vectors(1300, 384, seed=2))
     )
-    assert "5,300 rows" in tuning.staleness(Document)
+    assert "5,300 rows" in tuning_status.staleness(Document)
     call_command("tune_search", "--if-stale", "--queries", "30", "--json")
     captured = capsys.readouterr()
     assert json.loads(captured.out.strip().splitlines()[-1])["rows"] == 5300
@@ -459,3 +459,42 @@ def test_without_the_model_stack_a_load_stores_the_measured_default_and_no_estim
     )
     with pytest.raises(CommandError, match="no queries to measure recall with"):
         call_command("tune_search")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_searches_retune_their_table_on_the_log_by_themselves(random_corpus, settings):
+    """Once the query log holds TUNE_MIN_LOGGED queries, the process serving searches re-tunes the table
+    on it in a thread after a flush (no cron, the search never waits); another process holding the lock
+    makes it leave the work; a current tuning is left alone."""
+    import psycopg
+
+    from tests.helpers import database_url
+    from vectorstore import autotune
+
+    settings.VECTORSTORE = {**settings.VECTORSTORE, "AUTO_TUNE": True, "TUNE_MIN_LOGGED": 30}
+    tuning.store_unmeasured(Document, "the model stack is not installed")
+    autotune.forget()
+    query_log.forget()
+    assert tuning_status.log_staleness(Document) is None  # nothing logged yet
+    rng = np.random.default_rng(3)
+    for vector in unit_vectors(29, 384, seed=4):
+        search.search(vector=vector + 0.1 * rng.standard_normal(384).astype(np.float32), k=10)
+    query_log.flush()
+    assert autotune.wait(120) and SearchTuning.objects.get().query_model == "none"  # 29 < 30
+
+    autotune.forget()
+    with psycopg.connect(database_url(connection.settings_dict), autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", [autotune.LOCK_KEY])  # another process tuning
+        search.search(vector=unit_vectors(1, 384, seed=5)[0], k=10)
+        query_log.flush()
+        assert autotune.wait(120)
+        assert SearchTuning.objects.get().query_model == "none"  # left to the lock's holder
+    assert tuning_status.log_staleness(Document) == "30 logged queries now, no recall measured when tuned"
+
+    autotune.forget()
+    search.search(vector=unit_vectors(1, 384, seed=6)[0], k=10)
+    query_log.flush()
+    assert autotune.wait(120)
+    stored = SearchTuning.objects.get()
+    assert stored.query_model == "log" and stored.queries == 31 and stored.recall_low is not None
+    assert tuning_status.log_staleness(Document) is None

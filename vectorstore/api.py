@@ -26,7 +26,7 @@ from ninja import Field, Query, Router, Schema, Status
 from ninja.errors import HttpError
 from ninja.security import HttpBearer, SessionAuth
 
-from vectorstore import conf, replicas, routers, search, tuning
+from vectorstore import conf, replicas, routers, search, tuning_status
 from vectorstore.embedding import ModelStackMissing
 from vectorstore.limits import MAX_BATCH, MAX_PAGE
 from vectorstore.models import ApiToken
@@ -131,7 +131,11 @@ def health(request):
     """Answers 200 with PostgreSQL's and pgvector's versions (and each replica's state, where there are
     replicas: one down is reported, not an outage), or 503 when the primary cannot be reached."""
     try:
-        body = {"status": "ok", **server_status(), "tuning": tuning.stored_estimates(conf.document_model())}
+        body = {
+            "status": "ok",
+            **server_status(),
+            "tuning": tuning_status.stored_estimates(conf.document_model()),
+        }
     except DatabaseError as exc:
         return Status(503, {"status": "unavailable", "error": str(exc).strip().splitlines()[0]})
     if replicas.configured():

@@ -70,7 +70,10 @@ class VectorstoreConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from vectorstore import checks  # noqa: F401  (registers the system checks)
+        from vectorstore import autotune, checks, query_log  # noqa: F401  (checks registers the system checks)
+
+        if autotune.after_flush not in query_log.after_flush:
+            query_log.after_flush.append(autotune.after_flush)
 
         pre_migrate.connect(_vector_extension, sender=self, dispatch_uid="vectorstore.vector_extension")
         post_migrate.connect(_declared_key_indexes, sender=self, dispatch_uid="vectorstore.metadata_keys")

@@ -47,6 +47,10 @@ DEFAULTS: dict[str, Any] = {
     # random logs of 25 real queries led to settings from 10 to 400, and some to recall 0.93; of 100, to
     # 10-40 and never below 0.96 (benchmarks/README.md); until then on pseudo-queries.
     "TUNE_MIN_LOGGED": 100,
+    # Processes that serve searches re-tune a table on its query log by themselves (vectorstore.autotune):
+    # once the log holds TUNE_MIN_LOGGED queries and the stored tuning was measured on others, or as many
+    # queries were logged since as it was measured on. False: only tune_search does.
+    "AUTO_TUNE": True,
     # Database aliases of streaming replicas of "default": with vectorstore.routers.ReplicaRouter in
     # DATABASE_ROUTERS (and its middleware), reads of document models in requests go to them.
     "REPLICAS": [],
@@ -149,6 +153,10 @@ def query_log_days() -> float:
 
 def tune_min_logged() -> int:
     return int(get("TUNE_MIN_LOGGED"))
+
+
+def auto_tune() -> bool:
+    return bool(get("AUTO_TUNE"))
 
 
 def replicas() -> list[str]:

@@ -24,6 +24,7 @@ from psycopg import sql
 from vectorstore import conf, pgcopy
 from vectorstore.limits import HNSW_EF_CONSTRUCTION, HNSW_M
 from vectorstore.passage_split import Passage, split
+from vectorstore.vector_values import VectorValues
 
 
 def _short(name: str, suffix: str, limit: int = 30) -> str:
@@ -74,8 +75,6 @@ def make_passage_model(document: type[models.Model]) -> type[models.Model]:
         "embedding": VectorField(dimensions=document._meta.get_field("embedding").dimensions),
         "__str__": lambda self: f"{self.document_id} #{self.ordinal} [{self.start}:{self.end}]",
     }
-    from vectorstore.models import VectorValues  # the models module imports this one's users
-
     model = type(f"{document.__name__}Passage", (VectorValues,), attrs)
     model._passages_of = document
     # Importable by name from the document's module (pickling, references in the host's code).

@@ -26,6 +26,7 @@ import atexit
 import logging
 import random
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from threading import Lock
 
@@ -41,6 +42,9 @@ logger = logging.getLogger(__name__)
 
 FLUSH_BATCH = 100
 FLUSH_SECONDS = 10.0
+# Called with the tables whose samples a flush wrote (vectorstore.autotune registers itself at start):
+# this module sits below tuning, which it must not import.
+after_flush: list[Callable[[set[str]], None]] = []
 
 _seen: dict[str, int] = {}
 _lock = Lock()
@@ -135,6 +139,12 @@ def flush() -> int:
     except (DatabaseError, psycopg.Error) as exc:
         logger.debug("query log: %d samples not kept (%s)", len(batch), exc)
         return 0
+    tables = {table for (table, _), _ in batch}
+    for hook in after_flush:
+        try:
+            hook(tables)
+        except Exception:  # a hook's failure never fails the search that flushed
+            logger.warning("query log: a hook after the flush failed", exc_info=True)
     return len(batch)
 
 

@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
 from typing import Any
 
 import numpy as np
 import psycopg
 from django.db import connections, models, transaction
-from django.utils import timezone
 
 from vectorstore import conf, pgcopy, query_log, tuning_queries, vector_indexes
 from vectorstore.embedding import EmbeddingError
@@ -50,7 +48,6 @@ BOOTSTRAP = 500
 # at least this share of it: below a thousand rows the graph is searched nearly whole at any setting.
 AUTO_TUNE_MIN_ROWS = 1000
 AUTO_TUNE_CHANGE = 0.2
-STALE_DAYS = 7.0  # tune_search --if-stale re-tunes a table tuned longer ago than this
 # hnsw.ef_search stored where no recall can be measured: real queries' recall@10 reached 0.95 at it on
 # every corpus measured (benchmarks/README.md, bench_tuning --unmeasured).
 UNMEASURED_EF_SEARCH = 100
@@ -402,80 +399,3 @@ def retune(
         except EmbeddingError as exc:
             return store_unmeasured(model, f"the table's model could not be loaded ({exc})", using, target)
     return tune(model, target_recall=target, k=k, using=using, prepared=prepared)
-
-
-def staleness(model: type[models.Model], using: str = "default") -> str | None:
-    """Why the table's stored tuning is out of date (never tuned; the table changed by AUTO_TUNE_CHANGE;
-    the query log is now large enough and the tuning used none, or has doubled since; older than
-    STALE_DAYS), or None when it is current."""
-    try:
-        index, _ = _vector_index(model, using, conf.distance())
-    except InputError:
-        return None
-    stored = SearchTuning.objects.using(using).filter(index_name=index.name).first()
-    if stored is None:
-        return "never tuned"
-    rows = pgcopy.count_rows(pgcopy.django_connection(using), model._meta.db_table)
-    if abs(rows - stored.rows) >= AUTO_TUNE_CHANGE * max(stored.rows, 1):
-        return f"the table holds {rows:,} rows, {stored.rows:,} when tuned"
-    logged = query_log.recent(model, using).count()
-    unmeasured = stored.query_model in ("none", "noise") and logged < conf.tune_min_logged()
-    if unmeasured and tuning_queries.model_stack_installed():
-        return (
-            "no recall measured on this table (tuned on noise queries by an earlier version)"
-            if stored.query_model == "noise"
-            else "no recall measured on this table; pseudo-queries from the documents can measure it"
-        )
-    if logged >= conf.tune_min_logged() and stored.query_model != "log":
-        return f"{logged} logged queries now, tuned on {stored.query_model} queries"
-    if stored.query_model == "log" and logged >= 2 * stored.queries:
-        return f"{logged} logged queries now, {stored.queries} when tuned"
-    if timezone.now() - stored.tuned_at > timedelta(days=STALE_DAYS):
-        return f"tuned {stored.tuned_at:%Y-%m-%d}, more than {STALE_DAYS:.0f} days ago"
-    return None
-
-
-def stored_estimates(model: type[models.Model], using: str = "default") -> list[dict[str, Any]]:
-    """What tune_search stored for the model's table, each recall an estimate beside its query model (for
-    ``vector_index list`` and ``/api/health``)."""
-    out = []
-    for t in SearchTuning.objects.using(using).filter(db_table=model._meta.db_table).order_by("index_name"):
-        setting, value = (
-            ("rerank", t.rerank)
-            if t.rerank
-            else ("hnsw.ef_search", t.ef_search)
-            if t.method == "hnsw"
-            else ("ivfflat.probes", t.probes)
-        )
-        out.append(
-            {
-                "index": t.index_name,
-                "setting": setting,
-                "value": value,
-                "k": t.k,
-                "recall_estimate": None if t.recall is None else round(t.recall, 4),
-                "recall_low": None if t.recall_low is None else round(t.recall_low, 4),
-                "query_model": t.query_model,
-                "queries": t.queries,
-                "target_recall": t.target_recall,
-                "rows": t.rows,
-                "tuned_at": t.tuned_at.isoformat(),
-            }
-        )
-    return out
-
-
-def describe(estimate: dict[str, Any]) -> str:
-    """One line for a stored estimate: the setting, the recall estimate and what it was measured on."""
-    e = estimate
-    if e["recall_estimate"] is None:
-        return (
-            f"{e['setting']} {e['value']}: no recall measured on this table ({e['rows']:,} rows,"
-            f" {e['tuned_at'][:10]})"
-        )
-    low = f", >= {e['recall_low']:.3f}" if e["recall_low"] is not None else ""
-    return (
-        f"{e['setting']} {e['value']}: recall@{e['k']} ~{e['recall_estimate']:.3f}"
-        f"{low} (an estimate on {e['queries']} {e['query_model']} queries, {e['rows']:,} rows,"
-        f" {e['tuned_at'][:10]})"
-    )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vectorstore import tuning, tuning_queries
+from vectorstore import tuning, tuning_queries, tuning_status
 from vectorstore.management.commands._base import ServiceCommand
 from vectorstore.validation import InputError
 
@@ -47,7 +47,7 @@ class Command(ServiceCommand):
     def handle(self, *args, **o) -> None:
         model = self.document_model(o["model"], passages=o["passages"])
         if o["if_stale"]:
-            reason = tuning.staleness(model)
+            reason = tuning_status.staleness(model)
             if reason is None:
                 return self.emit(
                     f"{model._meta.db_table}: the stored tuning is current", {"tuned": False}, o["json"]

@@ -6,7 +6,7 @@ import psycopg
 from django.core.management.base import CommandError
 from django.db import DatabaseError
 
-from vectorstore import build_memory, conf, live_index, tuning, vector_indexes
+from vectorstore import build_memory, conf, live_index, tuning_status, vector_indexes
 from vectorstore.management.commands._base import ServiceCommand
 from vectorstore.operations import ivfflat_lists
 from vectorstore.progress import index_progress_bar
@@ -100,7 +100,7 @@ class Command(ServiceCommand):
         serving = vector_indexes.serving(model, conf.distance())
         lines = [f"{model._meta.db_table}: {len(found)} vector index(es)"]
         rows = []
-        estimates = {e["index"]: e for e in tuning.stored_estimates(model)}
+        estimates = {e["index"]: e for e in tuning_status.stored_estimates(model)}
         for index in found:
             used = serving is not None and index.name == serving.name
             lines.append(
@@ -109,7 +109,7 @@ class Command(ServiceCommand):
                 f"{', used by searches' if used else ''}"
             )
             if index.name in estimates:
-                lines.append(f"    tuned: {tuning.describe(estimates[index.name])}")
+                lines.append(f"    tuned: {tuning_status.describe(estimates[index.name])}")
             rows.append(
                 {
                     "name": index.name,
