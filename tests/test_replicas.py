@@ -456,8 +456,10 @@ def test_a_lagging_replica_is_skipped_then_used_again(cluster):
 
         _wait(lagging, what="the health check to report the lag")
         for n in range(10):
-            status, payload = cluster.search(cluster.vectors[n], external_id="during-pause")
+            body = {"vector": cluster.vectors[n].tolist(), "k": 5, "filters": {"external_id": "during-pause"}}
+            status, headers, payload = cluster.call("POST", "/api/search", body)
             assert status == 200 and payload["database"] == "default"
+            assert headers["X-Vectorstore-Read-Reason"].startswith("lag (replica1: ")
             assert [h["external_id"] for h in payload["results"]] == ["during-pause"]
     finally:
         cluster.sql(cluster.replica_url, "SELECT pg_wal_replay_resume()")
@@ -514,15 +516,21 @@ def test_lag_in_seconds_is_bounded_by_the_samples_and_the_replayed_transaction()
     """The bound without a server: samples of the primary's position at known times."""
     from vectorstore import replicas
 
+    P = replicas.Position
     replicas.forget()
     try:
-        for at, lsn in ((100.0, 1000), (101.0, 2000), (102.0, 3000)):
-            replicas._primary_samples.append((at, lsn))
-        assert replicas._lag_seconds(103.0, 3000, 50.0) == 0.0  # all replayed: no lag, however old
-        assert replicas._lag_seconds(103.0, 2000, 50.0) == 2.0  # lacks what came after 101.0
-        assert replicas._lag_seconds(103.0, 2000, 0.5) == 0.5  # its last replayed commit is younger
-        assert replicas._lag_seconds(103.0, 500, 50.0) == 50.0  # older than every sample
-        assert replicas._lag_seconds(103.0, 500, None) is None  # unknown: not used
+        for at, lsn, xmax in ((100.0, 1000, 10), (101.0, 2000, 12), (102.0, 3000, 15)):
+            replicas._primary_samples.append((at, P(lsn, 9, xmax)))
+        assert replicas._lag_seconds(103.0, P(3000, 9, 15), 50.0) == 0.0  # all replayed: no lag, however old
+        assert replicas._lag_seconds(103.0, P(2000, 9, 12), 50.0) == 2.0  # lacks what came after 101.0
+        assert replicas._lag_seconds(103.0, P(2000, 9, 12), 0.5) == 0.5  # its last replayed commit is younger
+        assert replicas._lag_seconds(103.0, P(500, 9, 9), 50.0) == 50.0  # older than every sample
+        assert replicas._lag_seconds(103.0, P(500, 9, 9), None) is None  # unknown: not used
+        # Short of the newest position by WAL that completed no transaction (hint bits' page images, a
+        # record half-written on the primary): its snapshot is the primary's, so it lags by nothing.
+        assert replicas._lag_seconds(103.0, P(2990, 9, 15), 50.0) == 0.0
+        # Its snapshot as new, but a transaction still open here that completed there: it lags.
+        assert replicas._lag_seconds(103.0, P(2990, 8, 15), 50.0) == 2.0
     finally:
         replicas.forget()
 
@@ -538,3 +546,32 @@ def test_replica_commands_refuse_a_bad_name_and_an_external_server(tmp_path, cle
     refused = subprocess.run(run, cwd=ROOT, env=external, capture_output=True, text=True)
     assert refused.returncode == 2 and "DATABASE_REPLICA_URLS" in refused.stderr
     assert not (tmp_path / "primary").exists() and not (tmp_path / "primary-replicas").exists()
+
+
+def test_a_fresh_server_reads_the_replica_from_its_first_search(cluster):
+    """A server started after a load (its rows' hint bits not yet set: the first reads on the primary write
+    WAL, full-page images under data checksums) and a quiet spell (the replica's last replayed commit older
+    than REPLICA_MAX_LAG) sends its very first searches to the replica, which replays that WAL within
+    milliseconds; a read on the primary says why in X-Vectorstore-Read-Reason."""
+    for attempt in range(2):
+        cluster.sql(
+            cluster.primary_url,
+            "INSERT INTO vectorstore_document (text, embedding, category, metadata, created_at)"
+            " SELECT 'fresh ' || i, (SELECT embedding FROM vectorstore_document LIMIT 1), 'c0', '{}', now()"
+            " FROM generate_series(1, 20000) i",
+        )
+        cluster.sql(cluster.primary_url, "CHECKPOINT")
+        cluster.replay_caught_up()
+        age = "SELECT extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())"
+        _wait(lambda: cluster.sql(cluster.replica_url, age)[0][0] > MAX_LAG, what="a quiet spell")
+        with serve(cluster.primary_url, workers=2, env=cluster.server_env) as port:
+            first = Cluster(**{**dataclasses.asdict(cluster), "port": port})
+            answers = [
+                first.call("POST", "/api/search", {"vector": v.tolist(), "k": 3})
+                for v in cluster.vectors[:30]
+            ]
+        cluster.sql(cluster.primary_url, "DELETE FROM vectorstore_document WHERE text LIKE 'fresh %%'")
+        databases = Counter(headers.get("X-Vectorstore-Database") for _, headers, _ in answers)
+        reasons = Counter(headers.get("X-Vectorstore-Read-Reason") for _, headers, _ in answers)
+        assert all(status == 200 for status, _, _ in answers)
+        assert databases == {"replica1": 30}, (attempt, databases, reasons)

@@ -26,7 +26,8 @@ What goes where:
   recovery conflict cancelled it) is run again on the primary, once. No request fails because a
   replica is gone.
 - The response says which database answered reads: ``X-Vectorstore-Database`` (and search
-  responses' ``database`` field).
+  responses' ``database`` field); where the primary answered a read a replica could have taken,
+  ``X-Vectorstore-Read-Reason`` says why (read-your-writes, lag, unreachable, a failure, a write).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ logger = logging.getLogger(__name__)
 PRIMARY = "default"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 HEADER = "X-Vectorstore-Database"
+REASON_HEADER = "X-Vectorstore-Read-Reason"
 
 
 @dataclass
@@ -63,13 +65,17 @@ class ReadState:
     alias: str | None = None  # the database its document reads went to, once chosen
     failed_over: bool = False
     read_only: bool = False  # a view marked replica_reads: no write to record
+    reason: str | None = None  # why the primary answered reads, where it did
 
     def read_alias(self) -> str:
         if not self.replica_reads:
+            if self.alias is None:
+                self.reason = "a request that writes reads the primary"
             return PRIMARY
         if self.alias is None:
             min_lsn = replicas.written_lsn(self.client) if self.client else None
-            self.alias = replicas.choose(min_lsn) or PRIMARY
+            alias, self.reason = replicas.pick(min_lsn)
+            self.alias = alias or PRIMARY
         return self.alias
 
 
@@ -124,6 +130,7 @@ def _fail_over(state: ReadState, exc: BaseException) -> bool:
     if state.alias in (None, PRIMARY) or state.failed_over:
         return False
     replicas.failed(state.alias, exc)
+    state.reason = f"failed over ({state.alias}: {replicas.first_line(exc)})"
     state.alias = PRIMARY
     state.failed_over = True
     return True
@@ -219,6 +226,8 @@ class ReplicaMiddleware:
             response = self.get_response(request)
         if state.alias is not None:
             response[HEADER] = state.alias
+        if state.alias == PRIMARY and state.reason:
+            response[REASON_HEADER] = state.reason
         if not safe and not state.read_only and response.status_code < 400:
             client = client_key(request, after=True)
             if client:
