@@ -127,7 +127,7 @@ def rankings(corpus: Corpus, url: str) -> dict:
     from vectorstore.search import embed_query, forget_tuning, search
 
     with psycopg.connect(url, autocommit=True) as c:
-        c.execute("TRUNCATE vectorstore_document RESTART IDENTITY")
+        c.execute("TRUNCATE vectorstore_document RESTART IDENTITY CASCADE")
     SearchTuning.objects.all().delete()
     forget_tuning()
     report = ingest.load(pq.read_table(corpus.embedded), progress=False, name=corpus.embedded.name)
@@ -141,6 +141,7 @@ def rankings(corpus: Corpus, url: str) -> dict:
     kinds = {
         "needs": needs(corpus, rows),
         "short": needs(corpus, rows, "_short"),
+        "rare": needs(corpus, rows, "_rare"),
         "known": known_items(texts, KNOWN_ITEMS),
     }
     answering = np.mean([len(r) for _, r in kinds["needs"]])
@@ -149,18 +150,37 @@ def rankings(corpus: Corpus, url: str) -> dict:
         f"{len(kinds['needs'])} needs (answered by {answering:,.0f} texts on average), "
         f"{len(kinds['short'])} short needs, {len(kinds['known'])} known items (e.g. {examples})"
     )
-    out: dict = {"needs": [], "short": [], "known": []}
+    out: dict = {kind: [] for kind in kinds}
     with psycopg.connect(url) as c:
         for kind, queries in kinds.items():
             for q, relevant in queries:
-                vector = [h.values["id"] for h in search(vector=embed_query(q), k=SIDE, log_query=False).hits]
+                query_vector = embed_query(q)
+                near = search(vector=query_vector, k=SIDE, log_query=False).hits
+                vector = [h.values["id"] for h in near]
                 text = [h.values["id"] for h in search(q, k=SIDE, mode="text").hits]
+                # Each side's distances to the query (what the fusion sees of the text side's matches).
+                far = dict(
+                    c.execute(
+                        "SELECT id, embedding <=> %s::vector FROM vectorstore_document WHERE id = ANY(%s)",
+                        [str(list(map(float, query_vector))), text],
+                    ).fetchall()
+                )
                 (matches,) = c.execute(
                     "SELECT count(*) FROM (SELECT 1 FROM vectorstore_document"
                     " WHERE search_vector @@ websearch_to_tsquery('english', %s) LIMIT %s) m",
                     [q, COUNT_CAP],
                 ).fetchone()
-                out[kind].append({"q": q, "relevant": relevant, "vector": vector, "text": text, "n": matches})
+                out[kind].append(
+                    {
+                        "q": q,
+                        "relevant": relevant,
+                        "vector": vector,
+                        "text": text,
+                        "n": matches,
+                        "vector_distance": [h.distance for h in near],
+                        "text_distance": [far[pk] for pk in text],
+                    }
+                )
     return out
 
 
@@ -171,7 +191,7 @@ def evaluate(data: dict, rule: tuple) -> tuple[float, float, float]:
         return fused(x["vector"], x["text"], weight(rule, x["n"]))
 
     p = np.mean([precision(ranked(x), x["relevant"]) for x in data["needs"]])
-    short = np.mean([precision(ranked(x), x["relevant"]) for x in data["short"]])
+    short = np.mean([precision(ranked(x), x["relevant"]) for x in data["short"] + data["rare"]])
     m = np.mean([reciprocal_rank(ranked(x), x["relevant"]) for x in data["known"]])
     return float(p), float(short), float(m)
 
@@ -232,6 +252,11 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--corpus", nargs="+", choices=sorted(CORPORA), default=["sotu", "debian", "pydocs"])
+    parser.add_argument(
+        "--rankings-only",
+        action="store_true",
+        help="only read each query's two rankings into benchmarks/.cache/hybrid-rankings-<corpus>.json",
+    )
     args = parser.parse_args()
     corpora = [CORPORA[name] for name in args.corpus]
     for corpus in corpora:
@@ -242,6 +267,11 @@ def main() -> None:
         print(f"\n== corpus {corpus.name} ==", flush=True)
         data[corpus.name] = rankings(corpus, url)
         d = data[corpus.name]
+        CACHE.mkdir(parents=True, exist_ok=True)
+        dump = {kind: [{**x, "relevant": sorted(x["relevant"])} for x in xs] for kind, xs in d.items()}
+        (CACHE / f"hybrid-rankings-{corpus.name}.json").write_text(json.dumps(dump))
+        if args.rankings_only:
+            continue
         vector_p = np.mean([precision(x["vector"][:10], x["relevant"]) for x in d["needs"]])
         vector_s = np.mean([precision(x["vector"][:10], x["relevant"]) for x in d["short"]])
         vector_m = np.mean([reciprocal_rank(x["vector"][:10], x["relevant"]) for x in d["known"]])
@@ -269,7 +299,7 @@ def main() -> None:
         print("the default search() applies now, through search() (the corpus is loaded):")
         through_search(corpus, url, d)
     names = [c.name for c in corpora]
-    if len(names) >= 3:
+    if len(names) >= 3 and not args.rankings_only:
         print("\n== rotation: the rule chosen on two corpora, reported on the third ==")
         for held in names:
             train = [n for n in names if n != held]

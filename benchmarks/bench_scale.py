@@ -110,7 +110,7 @@ def reset(kind: str) -> None:
     from vectorstore.pgcopy import django_connection
 
     conn = django_connection()
-    conn.execute("TRUNCATE vectorstore_document")
+    conn.execute("TRUNCATE vectorstore_document CASCADE")
     SearchTuning.objects.all().delete()
     quantization = "full" if kind == "full" else kind
     with open(os.devnull, "w") as quiet:

@@ -199,7 +199,7 @@ def bench(corpus: Corpus, url: str, args: argparse.Namespace) -> None:
     from vectorstore.search import forget_tuning, index_settings, search, tuned_settings
 
     with psycopg.connect(url, autocommit=True) as c:  # the previous corpus out, its tuning too
-        c.execute("TRUNCATE vectorstore_document RESTART IDENTITY")
+        c.execute("TRUNCATE vectorstore_document RESTART IDENTITY CASCADE")
     SearchTuning.objects.all().delete()
     forget_tuning()
     data = pq.read_table(corpus.embedded)

@@ -312,7 +312,7 @@ def bench(corpus: Corpus, url: str, args: argparse.Namespace) -> None:
     from vectorstore.search import forget_tuning
 
     with psycopg.connect(url, autocommit=True) as c:
-        c.execute("TRUNCATE vectorstore_document RESTART IDENTITY")
+        c.execute("TRUNCATE vectorstore_document RESTART IDENTITY CASCADE")
     SearchTuning.objects.all().delete()
     # The previous corpus's logged queries would be this one's tuning queries (its load tunes on the log).
     QueryLog.objects.all().delete()

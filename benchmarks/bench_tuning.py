@@ -104,7 +104,7 @@ def bench(corpus: Corpus, url: str, loads: int) -> dict:
     from vectorstore.tuning_queries import Queries
 
     with psycopg.connect(url, autocommit=True) as c:
-        c.execute("TRUNCATE vectorstore_document RESTART IDENTITY")
+        c.execute("TRUNCATE vectorstore_document RESTART IDENTITY CASCADE")
     SearchTuning.objects.all().delete()
     forget_tuning()
     report = ingest.load(pq.read_table(corpus.embedded), progress=False, tune=False)
@@ -274,7 +274,7 @@ def first_load(corpus: Corpus, url: str, runs: int = 3) -> None:
 
     def reset(with_indexes: bool) -> None:
         with psycopg.connect(url, autocommit=True) as c:
-            c.execute("TRUNCATE vectorstore_document RESTART IDENTITY")
+            c.execute("TRUNCATE vectorstore_document RESTART IDENTITY CASCADE")
             c.execute("DELETE FROM vectorstore_searchtuning")
             c.execute("DELETE FROM vectorstore_querylog")
             for name in [d.split(" INDEX ")[1].split(" ON ")[0] for d in definitions]:

@@ -553,6 +553,7 @@ def test_a_fresh_server_reads_the_replica_from_its_first_search(cluster):
     WAL, full-page images under data checksums) and a quiet spell (the replica's last replayed commit older
     than REPLICA_MAX_LAG) sends its very first searches to the replica, which replays that WAL within
     milliseconds; a read on the primary says why in X-Vectorstore-Read-Reason."""
+    age = "SELECT extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())"
     for attempt in range(2):
         cluster.sql(
             cluster.primary_url,
@@ -562,7 +563,6 @@ def test_a_fresh_server_reads_the_replica_from_its_first_search(cluster):
         )
         cluster.sql(cluster.primary_url, "CHECKPOINT")
         cluster.replay_caught_up()
-        age = "SELECT extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())"
         _wait(lambda: cluster.sql(cluster.replica_url, age)[0][0] > MAX_LAG, what="a quiet spell")
         with serve(cluster.primary_url, workers=2, env=cluster.server_env) as port:
             first = Cluster(**{**dataclasses.asdict(cluster), "port": port})

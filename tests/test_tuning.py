@@ -283,7 +283,7 @@ def test_the_stored_estimate_is_shown_with_its_query_model(random_corpus, capsys
     tuning.store_unmeasured(Document, "the model stack is not installed")
     call_command("vector_index", "list", "--json")
     out = capsys.readouterr().out
-    assert f"hnsw.ef_search {tuning.UNMEASURED_EF_SEARCH}: no recall measured on this table" in out
+    assert f"hnsw.ef_search {tuning.unmeasured_ef_search(4000)}: no recall measured on this table" in out
     (estimate,) = TestClient(router).get("/health").json()["tuning"]
     assert estimate["query_model"] == "none" and estimate["recall_estimate"] is None
 
@@ -444,19 +444,17 @@ def test_without_the_model_stack_a_load_stores_the_measured_default_and_no_estim
     tmp_path, capsys, monkeypatch
 ):
     """Where no query can be made like a real one (no log, no model stack), a first load stores
-    UNMEASURED_EF_SEARCH, prints no recall and says why; tune_search refuses to measure."""
+    the unmeasured setting for its size, prints no recall and says why; tune_search refuses to measure."""
     monkeypatch.setattr(tuning_queries, "model_stack_installed", lambda: False)
     vectors = unit_vectors(1200, 384, seed=9)
     call_command("bulk_copy", _parquet(tmp_path / "a.parquet", vectors))
     line = capsys.readouterr().out.strip().splitlines()[-1]
-    assert f"search tuned: hnsw.ef_search {tuning.UNMEASURED_EF_SEARCH}, no recall measured" in line
+    assert f"search tuned: hnsw.ef_search {tuning.unmeasured_ef_search(1200)}, no recall measured" in line
     assert "the model stack is not installed" in line and "~" not in line.split("search tuned")[1]
     stored = SearchTuning.objects.get(index_name="vectorstore_document_hnsw")
-    assert (stored.ef_search, stored.recall, stored.query_model) == (
-        tuning.UNMEASURED_EF_SEARCH,
-        None,
-        "none",
-    )
+    assert (stored.ef_search, stored.recall, stored.query_model) == (100, None, "none")
+    sizes = (1200, 250_000, 1_999_999, 5_000_000)
+    assert [tuning.unmeasured_ef_search(n) for n in sizes] == [100, 200, 200, 400]
     with pytest.raises(CommandError, match="no queries to measure recall with"):
         call_command("tune_search")
 
