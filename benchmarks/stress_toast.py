@@ -160,6 +160,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=300)
     parser.add_argument("--variant", choices=VARIANTS, nargs="+", default=list(VARIANTS))
     parser.add_argument("--no-burn", action="store_true", help="leave the CPUs to the stress alone")
+    parser.add_argument(
+        "--parallel",
+        action="store_true",
+        help="every index build with a parallel worker (the table's parallel_workers = 1): PostgreSQL 18"
+        " builds GIN indexes in parallel, but only over tables past min_parallel_table_scan_size otherwise",
+    )
     args = parser.parse_args()
     import tempfile
 
@@ -170,6 +176,8 @@ def main() -> None:
         conn.execute(
             "ALTER TABLE vectorstore_document ADD CONSTRAINT stress_poison CHECK (category <> 'poison')"
         )
+        if args.parallel:
+            conn.execute("ALTER TABLE vectorstore_document SET (parallel_workers = 1)")
     texts = pq.read_table(ROOT / "fixtures" / "sotu.parquet", columns=["text"]).column("text").to_pylist()
     stop_burn = multiprocessing.Event()
     burners = (

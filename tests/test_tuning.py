@@ -343,7 +343,7 @@ def test_loads_and_rebuilds_tune_again_when_they_change_the_table_substantially(
     vectors = unit_vectors(1600, 384, seed=5)
     load_tuning.LoadTuning._prepare = spy
     try:
-        call_command("bulk_copy", _parquet(tmp_path / "a.parquet", vectors[:1200]), "--json")
+        call_command("bulk_copy", _parquet(tmp_path / "a.parquet", vectors[:1200]), "--tune", "now", "--json")
     finally:
         load_tuning.LoadTuning._prepare = real
     first = _emit(capsys)["tuned"]
@@ -392,7 +392,7 @@ def test_a_first_loads_truth_is_the_written_vectors_kept_or_read_again(monkeypat
             "embedding": pa.array(list(vectors), pa.list_(pa.float32())),
         }
     )
-    report = ingest.load(table, progress=False)
+    report = ingest.load(table, progress=False, tune="now")
     (prepared,) = made
     assert report.tuned["query_model"] == prepared.queries.model
     truth = tuning_queries.kth_distances(
@@ -401,11 +401,11 @@ def test_a_first_loads_truth_is_the_written_vectors_kept_or_read_again(monkeypat
     assert np.allclose(prepared.kth, truth, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.django_db(transaction=True)
-def test_the_notebooks_first_load_tunes_on_pseudo_queries_and_says_so(tmp_path, capsys):
-    """The seed's path (embed_parquet, then bulk_copy of the file with vectors) in a process that never
-    embedded anything: the load loads the table's model in the background, measures on pseudo-queries cut
-    from the file's texts, stores what they reach and names them in its status line and JSON."""
+def _notebook_file(tmp_path):
+    """The seed's path: texts embedded beforehand (embed_parquet), the file with vectors loaded."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     from vectorstore import embedding
 
     texts = [
@@ -419,24 +419,45 @@ def test_the_notebooks_first_load_tunes_on_pseudo_queries_and_says_so(tmp_path, 
     vectors = embedding.Embedder().encode(texts[:64])
     vectors = np.concatenate([vectors] * 20) + 0.01 * unit_vectors(1280, 384, seed=8)
     path = tmp_path / "embedded.parquet"
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     pq.write_table(
         pa.table({"text": texts, "embedding": pa.array(list(vectors), pa.list_(pa.float32(), 384))}), path
     )
+    return path
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_notebooks_first_load_leaves_measuring_to_the_site_and_says_so(tmp_path, capsys, settings):
+    """The seed's path in a process that never embedded anything: the load stores the setting for an
+    unmeasured table of its size and says that no recall was measured (loading the model would cost the
+    load a third of its speed); the site, once it serves searches, measures it on pseudo-queries by
+    itself; --tune now measures during the load instead, and names its queries."""
+    from vectorstore import autotune, embedding
+
+    path = _notebook_file(tmp_path)
     embedding._models.clear()  # as in a fresh `manage.py bulk_copy`: no model loaded yet
     call_command("bulk_copy", str(path))
     line = capsys.readouterr().out.strip().splitlines()[-1]
-    assert "on 200 pseudo queries" in line and "no recall measured" not in line
+    assert "search tuned: hnsw.ef_search 100, no recall measured (to be measured on pseudo-queries" in line
+    assert not embedding._models  # the load never loaded the model
+    stored = SearchTuning.objects.get(index_name="vectorstore_document_hnsw")
+    assert (stored.query_model, stored.recall) == ("none", None)
+
+    settings.VECTORSTORE = {**settings.VECTORSTORE, "AUTO_TUNE": True}
+    autotune.forget()
+    query_log.forget()
+    search.search("the navy budget debate", k=10)  # a site's first search, then its log's flush
+    query_log.flush()
+    assert autotune.wait(300)
     stored = SearchTuning.objects.get(index_name="vectorstore_document_hnsw")
     assert stored.query_model == "pseudo" and stored.queries == 200 and stored.recall_low >= 0.95
+
     with connection.cursor() as cursor:
         cursor.execute("TRUNCATE vectorstore_document, vectorstore_searchtuning CASCADE")
-    call_command("bulk_copy", str(path), "--json")
+    embedding._models.clear()
+    call_command("bulk_copy", str(path), "--tune", "now", "--json")
     tuned = _emit(capsys)["tuned"]
-    assert tuned["query_model"] == "pseudo" and tuned["model_seconds"] is not None
-    assert tuned["prepare_seconds"] >= tuned["model_seconds"]
+    assert tuned["query_model"] == "pseudo" and tuned["queries"] == 200 and tuned["recall_low"] >= 0.95
+    assert tuned["prepare_seconds"] >= tuned["model_seconds"] > 0
 
 
 @pytest.mark.django_db(transaction=True)
@@ -470,15 +491,15 @@ def test_searches_retune_their_table_on_the_log_by_themselves(random_corpus, set
     from vectorstore import autotune
 
     settings.VECTORSTORE = {**settings.VECTORSTORE, "AUTO_TUNE": True, "TUNE_MIN_LOGGED": 30}
-    tuning.store_unmeasured(Document, "the model stack is not installed")
+    tuning.tune(queries=30, query_model="pseudo")
     autotune.forget()
     query_log.forget()
-    assert tuning_status.log_staleness(Document) is None  # nothing logged yet
+    assert tuning_status.serving_staleness(Document) is None  # measured, nothing logged yet
     rng = np.random.default_rng(3)
     for vector in unit_vectors(29, 384, seed=4):
         search.search(vector=vector + 0.1 * rng.standard_normal(384).astype(np.float32), k=10)
     query_log.flush()
-    assert autotune.wait(120) and SearchTuning.objects.get().query_model == "none"  # 29 < 30
+    assert autotune.wait(120) and SearchTuning.objects.get().query_model == "pseudo"  # 29 < 30
 
     autotune.forget()
     with psycopg.connect(database_url(connection.settings_dict), autocommit=True) as other:
@@ -486,8 +507,8 @@ def test_searches_retune_their_table_on_the_log_by_themselves(random_corpus, set
         search.search(vector=unit_vectors(1, 384, seed=5)[0], k=10)
         query_log.flush()
         assert autotune.wait(120)
-        assert SearchTuning.objects.get().query_model == "none"  # left to the lock's holder
-    assert tuning_status.log_staleness(Document) == "30 logged queries now, no recall measured when tuned"
+        assert SearchTuning.objects.get().query_model == "pseudo"  # left to the lock's holder
+    assert tuning_status.serving_staleness(Document) == "30 logged queries now, tuned on pseudo queries"
 
     autotune.forget()
     search.search(vector=unit_vectors(1, 384, seed=6)[0], k=10)
@@ -495,4 +516,4 @@ def test_searches_retune_their_table_on_the_log_by_themselves(random_corpus, set
     assert autotune.wait(120)
     stored = SearchTuning.objects.get()
     assert stored.query_model == "log" and stored.queries == 31 and stored.recall_low is not None
-    assert tuning_status.log_staleness(Document) is None
+    assert tuning_status.serving_staleness(Document) is None

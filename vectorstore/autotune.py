@@ -1,16 +1,17 @@
-"""Re-tuning on the query log by the processes that serve searches, so that no cron job is needed.
+"""Tuning by the processes that serve searches, so that neither a load nor a cron job has to.
 
 After a flush of the query log (``query_log.after_flush``), a process looks at each table it flushed at
-most every CHECK_SECONDS; where the log holds TUNE_MIN_LOGGED queries and the stored tuning is out of
-date (``tuning_status.log_staleness``: measured on other queries, or as many queries logged since as
-it was measured on, or the table changed by AUTO_TUNE_CHANGE since), a background thread tunes it on
-the log.
-The search that flushed never waits.
+most every CHECK_SECONDS; where the stored tuning is out of date for a serving process
+(``tuning_status.serving_staleness``: no recall measured yet, which a load leaves to the site; the query
+log now holds TUNE_MIN_LOGGED queries and the tuning was measured on others, or as many queries were
+logged since as it was measured on; the table changed by AUTO_TUNE_CHANGE since), a background thread
+tunes it: on the log once it holds enough, else on pseudo-queries with the table's model, which a
+serving process has loaded for its text queries. The search that flushed never waits.
 
 Never concurrent with itself: one thread a process, and across processes and machines a PostgreSQL
 advisory lock, taken without waiting (a process that finds it held leaves the work to its holder).
-Bounded in cost: ``tuning.DEFAULT_QUERIES`` logged queries, one exact pass over the table and a few
-rounds of those queries through the index, at most once a CHECK_SECONDS per table and process.
+Bounded in cost: ``tuning.DEFAULT_QUERIES`` queries, one exact pass over the table and a few rounds of
+those queries through the index, at most once a CHECK_SECONDS per table and process.
 """
 
 from __future__ import annotations
@@ -44,19 +45,19 @@ def _model_for(table: str) -> type[models.Model] | None:
 
 
 def tune_if_due(model: type[models.Model], using: str = "default") -> tuning.TuneReport | None:
-    """Tune the table on its log when ``tuning_status.log_staleness`` gives a reason and no other
-    process is tuning (the advisory lock); None when nothing was done."""
+    """Tune the table when ``tuning_status.serving_staleness`` gives a reason and no other process is
+    tuning (the advisory lock); None when nothing was done."""
     connection = connections[using]
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_lock(%s)", [LOCK_KEY])
         if not cursor.fetchone()[0]:
             return None
     try:
-        reason = tuning_status.log_staleness(model, using)
+        reason = tuning_status.serving_staleness(model, using)
         if reason is None:
             return None
-        report = tuning.tune(model, query_model="log", using=using)
-        logger.info("re-tuned %s on its query log (%s): %s", model._meta.db_table, reason, report.summary())
+        report = tuning.tune(model, using=using)  # the log once it holds enough, else pseudo-queries
+        logger.info("re-tuned %s (%s): %s", model._meta.db_table, reason, report.summary())
         return report
     finally:
         with connection.cursor() as cursor:

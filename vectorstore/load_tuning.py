@@ -52,13 +52,12 @@ class LoadTuning:
         self._kept_bytes = 0
 
     @classmethod
-    def for_load(
-        cls, conn: Any, src: Source, cmap: ColumnMap, dropped: list, tune: bool
-    ) -> LoadTuning | None:
+    def for_load(cls, conn: Any, src: Source, cmap: ColumnMap, dropped: list, tune: str) -> LoadTuning | None:
         """The preparation a load can overlap with its index build, or None (the table is not empty, the
         input has no vectors, it is too small to tune, no HNSW/IVFFlat index is rebuilt, or there is
-        nothing to measure with: no query log and no model stack)."""
-        if not tune or src.num_rows < tuning.AUTO_TUNE_MIN_ROWS:
+        nothing to measure with that costs the load nothing: ``tune="auto"`` measures on the query log,
+        or on pseudo-queries where this process has the table's model loaded; ``"now"`` loads it)."""
+        if tune == "off" or src.num_rows < tuning.AUTO_TUNE_MIN_ROWS:
             return None
         column = cmap.model._meta.get_field(cmap.vector_field).column
         kinds = [vector_indexes.kind_from_definition(i.definition, column) for i in dropped]
@@ -67,7 +66,7 @@ class LoadTuning:
         table = sql.Identifier(cmap.model._meta.db_table)
         if conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(table)).fetchone()[0]:
             return None
-        query_model = tuning.load_query_model(cmap.model)
+        query_model = tuning.load_query_model(cmap.model, later=tune == "auto")
         if query_model is None:
             return None
         prepared = cls(cmap.model, src, cmap, query_model)

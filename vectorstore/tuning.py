@@ -354,15 +354,23 @@ def store_unmeasured(
     return report
 
 
-def load_query_model(model: type[models.Model], using: str = "default") -> str | None:
+def load_query_model(model: type[models.Model], using: str = "default", later: bool = False) -> str | None:
     """The queries a load's own tuning uses: the log when it is large enough; else pseudo-queries where
-    the model stack is installed (a first load loads the model while its indexes build); else None:
-    nothing to measure with (``store_unmeasured``)."""
+    the model stack is installed (``later``: only where this process has the table's model loaded
+    already, as a load that embedded its texts has); else None: nothing measured now."""
     if tuning_queries.logged_queries(model, using, 1) is not None:
         return "log"
-    if tuning_queries.model_stack_installed():
-        return "pseudo"
-    return None
+    if not tuning_queries.model_stack_installed():
+        return None
+    if later:
+        from vectorstore import embedding
+
+        return (
+            "pseudo"
+            if embedding.is_loaded(getattr(model, "embedding_model", None) or conf.model_name())
+            else None
+        )
+    return "pseudo"
 
 
 def retune(
@@ -371,13 +379,18 @@ def retune(
     changed: int | None = None,
     using: str = "default",
     prepared: Prepared | None = None,
+    later: bool = False,
 ) -> TuneReport | None:
     """Tune again after ``changed`` rows were written (None: the index itself was rebuilt), when that is
     a substantial change; None when it is not, or when there is nothing to tune.
 
     The target and k are those last stored for the index (else 0.95 and 10). ``bulk_copy``,
     ``reindex`` and ``vector_index create`` call this, so a table loaded in bulk reaches the target
-    recall without anyone tuning.
+    recall without anyone tuning. ``later`` (a load's default): where measuring would mean loading the
+    model (no query log, the model not loaded in this process), an unmeasured table gets the setting for
+    its size and a measured one keeps its own, for the site to measure again (``vectorstore.autotune``)
+    or ``tune_search``: loading the model and measuring cost a first load a third of its speed on two
+    cores (benchmarks/README.md).
     """
     model = model or conf.document_model()
     table = model._meta.db_table
@@ -399,9 +412,18 @@ def retune(
     target = stored.target_recall if stored else DEFAULT_TARGET_RECALL
     k = min(stored.k if stored else 10, rows)
     if prepared is None:
-        query_model = load_query_model(model, using)
-        if query_model is None:
+        query_model = load_query_model(model, using, later)
+        if query_model is None and not tuning_queries.model_stack_installed():
             return store_unmeasured(model, "the model stack is not installed", using, target)
+        if query_model is None:  # later: measured by the site, or tune_search
+            if stored is not None and stored.query_model not in ("none", "noise"):
+                return None
+            return store_unmeasured(
+                model,
+                "to be measured on pseudo-queries by the site (AUTO_TUNE) or tune_search",
+                using,
+                target,
+            )
         try:
             prepared = prepare(model, using, metric, k, DEFAULT_QUERIES, rows, 0, query_model)
         except EmbeddingError as exc:

@@ -1,6 +1,7 @@
 """What a table's stored tuning says: whether it is out of date and why (``staleness`` for
-``tune_search --if-stale``, ``log_staleness`` for the re-tune on the query log), and its recall shown as
-an estimate beside the queries it was measured on (``vector_index list``, ``/api/health``)."""
+``tune_search --if-stale``, ``serving_staleness`` for the tuning a serving process does), and its
+recall shown as an estimate beside the queries it was measured on (``vector_index list``,
+``/api/health``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from django.utils import timezone
 
 from vectorstore import conf, pgcopy, query_log, tuning_queries
 from vectorstore.models import SearchTuning
-from vectorstore.tuning import AUTO_TUNE_CHANGE, _vector_index
+from vectorstore.tuning import AUTO_TUNE_CHANGE, AUTO_TUNE_MIN_ROWS, _vector_index
 from vectorstore.validation import InputError
 
 STALE_DAYS = 7.0  # tune_search --if-stale re-tunes a table tuned longer ago than this
@@ -53,15 +54,20 @@ def _log_reason(model: type[models.Model], stored: SearchTuning, using: str) -> 
     return None
 
 
-def log_staleness(model: type[models.Model], using: str = "default") -> str | None:
-    """Why the table should be tuned again on its query log (the log holds enough, and the stored tuning
-    is missing, measured on other queries, older than as many logged queries, or the table changed by
-    AUTO_TUNE_CHANGE since), or None (vectorstore.autotune)."""
+def serving_staleness(model: type[models.Model], using: str = "default") -> str | None:
+    """Why a process serving searches should tune the table now (vectorstore.autotune), or None: no
+    recall measured yet (a load leaves that to the site) and pseudo-queries or the log can; the query
+    log's reasons (``_log_reason``); the table changed by AUTO_TUNE_CHANGE since a measured tuning. Not a
+    table below AUTO_TUNE_MIN_ROWS, nor one with nothing to measure with."""
     stored = _stored(model, using)
-    if stored is False or query_log.recent(model, using).count() < max(1, conf.tune_min_logged()):
+    if stored is False or not tuning_queries.measurable(model, using):
+        return None
+    if pgcopy.count_rows(pgcopy.django_connection(using), model._meta.db_table) < AUTO_TUNE_MIN_ROWS:
         return None
     if stored is None:
         return "never tuned"
+    if stored.query_model in ("none", "noise"):
+        return "no recall measured on this table yet"
     return _log_reason(model, stored, using) or _changed(model, stored, using)
 
 

@@ -58,11 +58,15 @@ class Command(ServiceCommand):
             help="for index builds, e.g. 2GB (default: sized for the graph, within BUILD_MEMORY_LIMIT)",
         )
         parser.add_argument(
-            "--no-tune",
-            action="store_true",
-            help="do not measure recall and store ef_search/probes again after a load that changed the "
-            "table substantially (see tune_search)",
+            "--tune",
+            choices=["auto", "now", "off"],
+            default="auto",
+            help="after a load that changed the table substantially: auto measures recall where it costs "
+            "the load nothing (the query log, or the model loaded to embed) and else stores the setting for "
+            "an unmeasured table of its size, measured later by the site or tune_search; now loads the "
+            "model to measure on pseudo-queries; off keeps the stored tuning",
         )
+        parser.add_argument("--no-tune", action="store_true", help="the same as --tune off")
 
     def handle(self, *args, **o) -> None:
         try:
@@ -87,7 +91,7 @@ class Command(ServiceCommand):
                 embedder=embedder,
                 rejects_path=o["rejects"],
                 maintenance_work_mem=o["maintenance_work_mem"],
-                tune=not o["no_tune"],
+                tune="off" if o["no_tune"] else o["tune"],
             )
         except (InputError, EmbeddingError) as exc:
             raise self.error(exc) from exc
