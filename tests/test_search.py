@@ -435,3 +435,38 @@ def test_hybrid_weights(fixture_docs):
     ids = _ids(search("zyzzogeton qwertyuiop", k=10, mode="hybrid", hybrid={"partial_weight": 1}))
     assert ids[0] == every.pk and some.pk in ids
     assert _ids(search("?!", k=10, mode="hybrid")) == _ids(search(vector=embed_query("?!"), k=50))[:10]
+
+
+def test_hybrid_gates_a_described_needs_far_matches(fixture_docs):
+    """A described need (two words or more) whose words a few far-away documents hold: their words alone
+    do not lift them over the vector side's order; a match about as near as the vector side's k-th result
+    is lifted; a one-word name held by a far document still comes first."""
+    from vectorstore.search import fusion
+
+    query = "lighthouse keepers"
+    q = embed_query(query)
+    far = [
+        Document.objects.create(text=f"Lighthouse keepers' union minutes, meeting {i}", embedding=-q)
+        for i in range(4)
+    ]
+    vector_side = _ids(search(query, k=50))[:10]
+    gated = search(query, k=10, mode="hybrid")
+    assert _ids(gated) == vector_side and not {d.pk for d in far} & set(_ids(gated))
+    assert gated.details["text_weight"] == pytest.approx(fusion.adaptive_weight(4), abs=1e-4)
+
+    # A vector just past the vector side's 10th (outside its first page, inside the gate's margin).
+    tenth = search(vector=q, k=10).hits[-1].distance
+    rng = np.random.default_rng(0)
+    side = rng.standard_normal(q.shape).astype(np.float32)
+    side -= side.dot(q) * q / q.dot(q)
+    side /= np.linalg.norm(side)
+    angle = np.arccos(1 - (tenth + fusion.GATE_MARGIN / 2))
+    near = Document.objects.create(
+        text="Lighthouse keepers of the northern coast", embedding=np.cos(angle) * q + np.sin(angle) * side
+    )
+    assert near.pk not in _ids(search(query, k=10))
+    assert _ids(search(query, k=10, mode="hybrid"))[0] == near.pk
+
+    name = Document.objects.create(text="The Zyzzogeton reached the coast", embedding=-q)
+    assert _ids(search("zyzzogeton", k=10, mode="hybrid"))[0] == name.pk
+    assert fusion.described("the lighthouse keepers") and not fusion.described("the Zyzzogeton")

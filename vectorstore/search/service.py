@@ -315,7 +315,8 @@ def _steps(
                 matches = text_rows[0][len(fields) + 1 + (1 if fusion.partial else 0)]
             elif adaptive and ranking is not None:
                 matches = rest[1][0][0] if rest[1] else 0
-            fused = fuse(near, text_rows, fields.index(model._meta.pk.attname), flag, fusion, k, matches)
+            key = fields.index(model._meta.pk.attname)
+            fused = fuse(near, text_rows, key, flag, fusion, k, matches, query, metric)
             hits = [hit(i + 1, row, score, row[-1]) for i, (row, score) in enumerate(fused)]
             weight = fusion.text_weight if fusion.text_weight is not None else adaptive_weight(matches)
             details["text_weight"] = round(weight, 4)
