@@ -122,7 +122,8 @@ def _round(variant: str, texts: list[str], n: int, seed: int, folder) -> None:
             except (InputError, Exception) as exc:  # the failure is the point; anything else is counted
                 if "toast" in str(exc).lower():
                     raise
-                EXPECTED[f"{Path(failing).stem}: {str(exc).splitlines()[0][:70]}"] += 1
+                message = str(exc).splitlines()[0].replace(f"{failing}: ", "")
+                EXPECTED[f"{Path(failing).stem}: {message[:70]}"] += 1
         ingest.load(merge, on_conflict="update", id_column="id", **options)
         ingest.load(more, **options)
         with connection.cursor() as cursor:
