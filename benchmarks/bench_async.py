@@ -59,8 +59,8 @@ def main() -> None:
     corpus = CORPORA[args.corpus]
     ensure_embedded(corpus)
     setup_database("async")
-    from vectorstore import ingest
     from vectorstore.embedding import Embedder
+    from vectorstore.loading import ingest
     from vectorstore.search import aclose
 
     ingest.load(pq.read_table(corpus.embedded), progress=False, name=corpus.embedded.name)

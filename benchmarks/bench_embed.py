@@ -39,8 +39,8 @@ def main() -> None:
     django.setup()
     import torch
 
-    from vectorstore.embed_parquet import embed_parquet
     from vectorstore.embedding import Embedder
+    from vectorstore.loading.embed_parquet import embed_parquet
 
     fixture = pq.read_table(ROOT / "fixtures" / "sotu.parquet")
     table = fixture.take(pa.array(np.arange(args.count) % fixture.num_rows))

@@ -140,7 +140,7 @@ def rankings(corpus: Corpus, url: str) -> dict:
     """The corpus loaded; each query's two rankings and its all-words match count."""
     import psycopg
 
-    from vectorstore import ingest
+    from vectorstore.loading import ingest
     from vectorstore.models import SearchTuning
     from vectorstore.search import embed_query, forget_tuning, search
 

@@ -54,7 +54,7 @@ def make_parquet(path: Path, n: int, seed: int = 0, with_vectors: bool = True) -
 
 
 def sql(statement: str) -> None:
-    from vectorstore.pgcopy import django_connection
+    from vectorstore.loading.pgcopy import django_connection
 
     conn = django_connection()
     conn.execute(statement)
@@ -66,8 +66,8 @@ class Indexes:
     """The Document table's secondary indexes as migrated, to drop and restore between runs."""
 
     def __init__(self) -> None:
-        from vectorstore.indexes import rebuildable_indexes
-        from vectorstore.pgcopy import django_connection
+        from vectorstore.indexing.indexes import rebuildable_indexes
+        from vectorstore.loading.pgcopy import django_connection
 
         self.all = rebuildable_indexes(django_connection(), TABLE)
         self.vector = [i for i in self.all if i.method in ("hnsw", "ivfflat")]
@@ -201,9 +201,9 @@ def main() -> None:
         (20_000, 5_000, 5_000, 5_000) if args.quick else (100_000, 50_000, 50_000, 20_000)
     )
     setup_database("bench")
-    from vectorstore import ingest
-    from vectorstore.embed_parquet import embed_parquet
     from vectorstore.embedding import Embedder
+    from vectorstore.loading import ingest
+    from vectorstore.loading.embed_parquet import embed_parquet
 
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     indexes = Indexes()

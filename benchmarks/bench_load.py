@@ -68,8 +68,8 @@ def main() -> None:
     from django.contrib.auth import get_user_model
     from django.contrib.auth.models import Permission
 
-    from vectorstore import ingest
-    from vectorstore.embed_parquet import embed_parquet
+    from vectorstore.loading import ingest
+    from vectorstore.loading.embed_parquet import embed_parquet
     from vectorstore.models import ApiToken, Document
 
     cache = CACHE / "sotu.embedded.parquet"

@@ -47,7 +47,7 @@ def main() -> None:
     from pgvector.psycopg import register_vector
 
     from project.wsgi import application
-    from vectorstore import ingest
+    from vectorstore.loading import ingest
     from vectorstore.search import search
 
     report = ingest.load(pq.read_table(corpus.embedded), progress=False, name=corpus.embedded.name)

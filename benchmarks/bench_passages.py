@@ -147,8 +147,8 @@ def from_file(table: pa.Table, words: int, path: str) -> None:
     model not run by the load): the two times, against the load that embedded."""
     from django.db import connection
 
-    from vectorstore import ingest
-    from vectorstore.embed_parquet import embed_parquet
+    from vectorstore.loading import ingest
+    from vectorstore.loading.embed_parquet import embed_parquet
 
     started = time.perf_counter()
     embedded = embed_parquet(table, path, passages=True, progress=False)
@@ -167,8 +167,8 @@ def from_file(table: pa.Table, words: int, path: str) -> None:
 
 
 def bench(corpus: str, args: argparse.Namespace) -> None:
-    from vectorstore import ingest
     from vectorstore.embedding import Embedder
+    from vectorstore.loading import ingest
     from vectorstore.models import Document
     from vectorstore.passages import passage_model
 

@@ -105,9 +105,10 @@ def reset(kind: str) -> None:
     """Empty table, nothing tuned, and only the kind's vector index (built on no rows: instant)."""
     from django.core.management import call_command
 
-    from vectorstore import search, vector_indexes
+    from vectorstore import search
+    from vectorstore.indexing import vector_indexes
+    from vectorstore.loading.pgcopy import django_connection
     from vectorstore.models import Document, SearchTuning
-    from vectorstore.pgcopy import django_connection
 
     conn = django_connection()
     conn.execute("TRUNCATE vectorstore_document CASCADE")
@@ -169,7 +170,7 @@ def measure_search(queries: np.ndarray, truth: list[set[int]], k: int = 10, **op
 
 
 def index_size() -> int:
-    from vectorstore import vector_indexes
+    from vectorstore.indexing import vector_indexes
 
     (index,) = vector_indexes.table_indexes("vectorstore_document")
     return index.size_bytes

@@ -193,8 +193,8 @@ def bench(corpus: Corpus, url: str, args: argparse.Namespace) -> None:
     import psycopg
     from pgvector.psycopg import register_vector
 
-    from vectorstore import ingest
     from vectorstore.embedding import Embedder
+    from vectorstore.loading import ingest
     from vectorstore.models import SearchTuning
     from vectorstore.search import forget_tuning, index_settings, search, tuned_settings
 
@@ -397,9 +397,9 @@ def filtered_searches(corpus: Corpus, port: int, vectors: list[np.ndarray], rows
     recall@10 against the exact filtered answer, and answers short of k where k rows match."""
     from django.db.models import F, Value
 
-    from vectorstore.filters import build_filter
     from vectorstore.models import Document
     from vectorstore.search import distance_expression
+    from vectorstore.search.filters import build_filter
 
     def closest(sql: str, share: float) -> tuple:
         return conn.execute(

@@ -306,8 +306,8 @@ def bench(corpus: Corpus, url: str, args: argparse.Namespace) -> None:
     import psycopg
     from pgvector.psycopg import register_vector
 
-    from vectorstore import ingest
     from vectorstore.embedding import Embedder
+    from vectorstore.loading import ingest
     from vectorstore.models import QueryLog, SearchTuning
     from vectorstore.search import forget_tuning
 

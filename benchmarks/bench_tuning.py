@@ -96,12 +96,14 @@ def old_rule(per_query: dict[int, np.ndarray]) -> int:
 def bench(corpus: Corpus, url: str, loads: int) -> dict:
     import psycopg
 
-    from vectorstore import ingest, tuning, tuning_queries
+    from vectorstore import tuning
     from vectorstore.embedding import Embedder
+    from vectorstore.loading import ingest
     from vectorstore.models import Document, SearchTuning
     from vectorstore.search import forget_tuning
     from vectorstore.tuning import Prepared
-    from vectorstore.tuning_queries import Queries
+    from vectorstore.tuning import queries as tuning_queries
+    from vectorstore.tuning.queries import Queries
 
     with psycopg.connect(url, autocommit=True) as c:
         c.execute("TRUNCATE vectorstore_document RESTART IDENTITY CASCADE")
@@ -267,8 +269,8 @@ def first_load(corpus: Corpus, url: str, runs: int = 3) -> None:
     import psycopg
 
     from benchmarks.harness import ROOT
-    from vectorstore.indexes import rebuildable_indexes
-    from vectorstore.pgcopy import django_connection
+    from vectorstore.indexing.indexes import rebuildable_indexes
+    from vectorstore.loading.pgcopy import django_connection
 
     definitions = [i.definition for i in rebuildable_indexes(django_connection(), "vectorstore_document")]
 

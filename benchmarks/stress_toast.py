@@ -96,7 +96,7 @@ EXPECTED: Counter = Counter()  # how the loads meant to fail failed
 def _round(variant: str, texts: list[str], n: int, seed: int, folder) -> None:
     from django.db import connection, transaction
 
-    from vectorstore import ingest
+    from vectorstore.loading import ingest
     from vectorstore.models import Document
     from vectorstore.validation import InputError
 

@@ -106,8 +106,8 @@ DATABASES = {"default": database_config()}
 REPLICAS = replica_configs()
 if REPLICAS:
     DATABASES.update(REPLICAS)
-    DATABASE_ROUTERS = ["vectorstore.routers.ReplicaRouter"]
-    MIDDLEWARE.append("vectorstore.routers.ReplicaMiddleware")
+    DATABASE_ROUTERS = ["vectorstore.replicas.routers.ReplicaRouter"]
+    MIDDLEWARE.append("vectorstore.replicas.routers.ReplicaMiddleware")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -59,7 +59,7 @@ def pytest_sessionfinish(session, exitstatus) -> None:
 def _fresh_tuned_settings():
     """Each test reads the tuned search settings and vector indexes of its own database state, not a
     cached one."""
-    from vectorstore import vector_indexes
+    from vectorstore.indexing import vector_indexes
     from vectorstore.search import forget_tuning
 
     forget_tuning()

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from tests.helpers import sotu_passages
-from vectorstore import ingest, search
+from vectorstore import search
 from vectorstore.embedding import Embedder
+from vectorstore.loading import ingest
 from vectorstore.models import Document
 
 pytestmark = pytest.mark.django_db

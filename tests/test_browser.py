@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from tests.helpers import CHROMIUM, ROOT, admin_login, sotu_passages
-from vectorstore import ingest
+from vectorstore.loading import ingest
 from vectorstore.models import Document
 
 ARTIFACTS = ROOT / "test-artifacts"

@@ -12,11 +12,11 @@ from django.core.management import call_command
 from django.db import connection
 
 from tests.helpers import database_url, unit_vectors
-from vectorstore import metadata_keys
-from vectorstore.filters import build_filter, filter_terms
+from vectorstore.indexing import metadata_keys
 from vectorstore.limits import MAX_FILTER_TERMS
 from vectorstore.models import Document
 from vectorstore.search import search
+from vectorstore.search.filters import build_filter, filter_terms
 
 pytestmark = pytest.mark.django_db
 

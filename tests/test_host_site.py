@@ -73,7 +73,7 @@ def test_the_readme_has_the_guide():
 # field with a plain Django default (not db_default), filled by bulk_copy.
 NOTE_MODEL = """
 
-from vectorstore.vector_indexes import VectorIndex
+from vectorstore.indexing.vector_indexes import VectorIndex
 
 
 class Note(AbstractDocument):
@@ -213,7 +213,7 @@ def test_the_readme_guide_works_in_a_new_site_on_a_fresh_database(tmp_path, fres
     migration = (site / "articles" / "migrations" / "0001_initial.py").read_text()
     # No dependency on the app's migrations, which a host would otherwise have to add by hand.
     assert re.search(r"\(['\"]vectorstore['\"],", migration) is None
-    assert "vectorstore.vector_indexes.VectorIndex(" in migration  # Note's half-precision index
+    assert "vectorstore.indexing.vector_indexes.VectorIndex(" in migration  # Note's half-precision index
     assert "name='ManualPassage'" in migration or 'name="ManualPassage"' in migration  # keep_passages
     run(python, "manage.py", "migrate", "--noinput", cwd=site)
 

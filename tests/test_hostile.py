@@ -414,7 +414,7 @@ def test_hostile_filters_are_refused_or_answered_exactly(rows, declared):
     declared key's typed expression and index."""
     from django.test import override_settings
 
-    from vectorstore import metadata_keys
+    from vectorstore.indexing import metadata_keys
 
     keys = {"year": "number"} if declared else {}
     with override_settings(VECTORSTORE={"DIMENSIONS": 384, "METADATA_KEYS": keys}):

@@ -12,10 +12,11 @@ from django.db import connection, transaction
 from django.db.models import BooleanField, ExpressionWrapper, F, Q
 
 from tests.helpers import sotu_passages, unit_vectors
-from vectorstore import ingest, pgcopy, search
-from vectorstore.filters import build_filter
+from vectorstore import search
 from vectorstore.limits import TEXT_SEARCH_CONFIG
+from vectorstore.loading import ingest, pgcopy
 from vectorstore.models import Document
+from vectorstore.search.filters import build_filter
 from vectorstore.search.plan import nearest
 
 pytestmark = pytest.mark.django_db

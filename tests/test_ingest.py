@@ -16,7 +16,7 @@ from django.db import connection, transaction
 
 from tests.helpers import ROOT, database_url, unit_vectors
 from tests.testapp.models import HostDocument
-from vectorstore import ingest
+from vectorstore.loading import ingest
 from vectorstore.models import Document
 
 pytestmark = pytest.mark.django_db
@@ -356,7 +356,8 @@ def test_workers_load_a_populated_table_all_or_nothing(tmp_path):
 @pytest.mark.django_db(transaction=True)  # the poller's own connection must see the build
 def test_index_build_reports_progress_from_postgres():
     """build_indexes polls pg_stat_progress_create_index while the HNSW index builds."""
-    from vectorstore import indexes, pgcopy
+    from vectorstore.indexing import indexes
+    from vectorstore.loading import pgcopy
 
     Document.objects.bulk_create(
         Document(text=str(i), embedding=v) for i, v in enumerate(unit_vectors(4000, 384))

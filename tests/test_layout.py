@@ -130,6 +130,44 @@ def test_architecture_names_every_module_and_only_real_ones():
     assert sorted(named - modules) == [], "ARCHITECTURE.md names modules that do not exist"
 
 
+def test_the_app_is_grouped_by_concept():
+    """At most 15 modules at the app's top level (Django's own and the foundations); each package's
+    modules named in that package's own section of ARCHITECTURE.md; the old top-level paths of moved
+    modules still import, as the module they moved to, with a DeprecationWarning."""
+    import importlib
+    import sys
+
+    import vectorstore
+
+    top = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(top) <= 15, top
+    sections = re.split(r"^### ", ARCHITECTURE.read_text(), flags=re.M)
+    packages = [
+        d
+        for d in PACKAGE.iterdir()
+        if (d / "__init__.py").exists() and d.name not in ("migrations", "management")
+    ]
+    assert {d.name for d in packages} >= {
+        "loading",
+        "indexing",
+        "tuning",
+        "search",
+        "passages",
+        "replicas",
+        "api",
+    }
+    for package in packages:
+        (section,) = [s for s in sections if f"`vectorstore/{package.name}/`" in s.splitlines()[0]]
+        for module in package.rglob("*.py"):
+            assert f"`{module.relative_to(ROOT)}`" in section, module
+    for old, new in vectorstore.MOVED.items():
+        sys.modules.pop(f"vectorstore.{old}", None)
+        with pytest.warns(DeprecationWarning, match=f"vectorstore.{old} moved to vectorstore.{new}"):
+            moved = importlib.import_module(f"vectorstore.{old}")
+        assert moved is importlib.import_module(f"vectorstore.{new}")
+        sys.modules.pop(f"vectorstore.{old}")
+
+
 def test_no_module_is_too_long():
     """No module of the app or the site over 450 lines; none of search's over 400."""
     for path in app_modules("vectorstore", "project").values():

@@ -15,7 +15,7 @@ from django.db import connection
 
 from benchmarks.harness import MIX, request, run_load, serve
 from tests.helpers import ROOT, database_url, unit_vectors
-from vectorstore import ingest
+from vectorstore.loading import ingest
 from vectorstore.models import ApiToken, Document
 
 
@@ -71,7 +71,7 @@ def test_under_the_most_expensive_filters_allowed_the_site_still_answers(clean_e
         passages.append_column("embedding", pa.array(list(vectors), type=pa.list_(pa.float32()))),
         progress=False,
     )
-    from vectorstore.filters import filter_terms
+    from vectorstore.search.filters import filter_terms
 
     # As many conditions as the limit allows, of kinds no index serves ($ne, $nin).
     conditions: list[dict] = []

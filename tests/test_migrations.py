@@ -7,7 +7,7 @@ from django.db.migrations.loader import MigrationLoader
 
 from tests.helpers import unit_vectors
 from tests.testapp.models import HostDocument
-from vectorstore.operations import AddIvfflatIndex, ivfflat_lists
+from vectorstore.indexing.operations import AddIvfflatIndex, ivfflat_lists
 
 
 def _tables() -> set[str]:

@@ -151,9 +151,10 @@ def test_a_model_with_its_own_embedding_model_embeds_with_it_everywhere(tmp_path
     """HostDocument (vector(8)) naming an 8-dimension model: saving, the API's write path and text search
     all embed with that model (the system check passes), never with the 384-dimension default."""
     from tests.helpers import small_model
-    from vectorstore import search, writes
+    from vectorstore import search
     from vectorstore.checks import check_embedding_models
     from vectorstore.embedding import Embedder
+    from vectorstore.loading import writes
 
     path = small_model(tmp_path / "eight", 8)
     monkeypatch.setattr(HostDocument, "embedding_model", path, raising=False)

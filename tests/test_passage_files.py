@@ -20,11 +20,15 @@ from tests.test_passages import (  # noqa: F401 - the fixture is used by every t
     _passage_counts,
 )
 from tests.testapp.models import LongArticle
-from vectorstore import ingest, passage_files, passages, tuning_queries, vector_indexes
+from vectorstore import passages
 from vectorstore.embedding import Embedder
+from vectorstore.indexing import vector_indexes
+from vectorstore.loading import ingest
 from vectorstore.models import Document, SearchTuning
+from vectorstore.passages import files as passage_files
 from vectorstore.search import forget_tuning, search
 from vectorstore.search.settings import tuned_settings
+from vectorstore.tuning import queries as tuning_queries
 from vectorstore.validation import InputError
 
 pytestmark = pytest.mark.django_db

@@ -12,7 +12,7 @@ import pytest
 from tests.helpers import ROOT
 from vectorstore.embedding import Embedder
 from vectorstore.models import Document
-from vectorstore.passage_split import boundaries, split
+from vectorstore.passages.split import boundaries, split
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,9 @@ from pgvector.django import CosineDistance
 
 from tests.helpers import ROOT
 from tests.testapp.models import LongArticle
-from vectorstore import ingest, passages
+from vectorstore import passages
 from vectorstore.embedding import Embedder
+from vectorstore.loading import ingest
 from vectorstore.models import Document
 from vectorstore.search import aclose, asearch, embed_query, search
 
@@ -216,7 +217,7 @@ def test_an_edited_text_replaces_its_passages_and_a_deletion_removes_them(with_p
 def test_a_failed_passage_write_leaves_neither_the_document_nor_its_passages(with_passages, monkeypatch):
     """save() and the API's batch write the document and its passages in one transaction: a failure in
     the passages' write rolls the document back too."""
-    from vectorstore.writes import insert_documents
+    from vectorstore.loading.writes import insert_documents
 
     def broken(*args, **kwargs):
         raise RuntimeError("the passages could not be written")
@@ -362,7 +363,7 @@ def _reading_for_passages() -> bool:
 def test_stream_sim_writes_each_records_passages_in_its_transaction(mode):
     """stream_sim's writes (one record, or a micro-batch by COPY) carry their passages: every streamed
     long document has them, once, covering its text."""
-    from vectorstore import stream
+    from vectorstore.loading import stream
 
     texts = _long_texts(3)
     records = [stream.Record(f"s-{i}", t, p, {}) for i, (p, t) in enumerate(texts)]

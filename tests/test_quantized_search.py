@@ -1,5 +1,5 @@
-"""search() through each kind of vector index (vectorstore.vector_indexes): the index's own order picks
-the candidates (EXPLAIN), the hits are re-ranked by the full-precision distance and report it, and
+"""search() through each kind of vector index (vectorstore.indexing.vector_indexes): the index's own
+order picks the candidates (EXPLAIN), the hits are re-ranked by the full-precision distance and report it, and
 filters, hybrid and MMR keep working on every kind."""
 
 import numpy as np
@@ -9,10 +9,11 @@ from django.db import connection
 
 from tests.helpers import unit_vectors
 from tests.test_search import make_corpus
-from vectorstore import pgcopy, vector_indexes
+from vectorstore.indexing import vector_indexes
+from vectorstore.indexing.vector_indexes import VectorIndex
+from vectorstore.loading import pgcopy
 from vectorstore.models import Document
 from vectorstore.search import search, statements
-from vectorstore.vector_indexes import VectorIndex
 
 pytestmark = pytest.mark.django_db
 

@@ -198,7 +198,7 @@ def test_reindex_concurrently_under_searches_and_a_failed_one_leaves_nothing(cap
     # the clean-up's DROP INDEX CONCURRENTLY then waits for the writer too, which is let go once it does.
     from django.db import connections
 
-    from vectorstore import indexes
+    from vectorstore.indexing import indexes
 
     dropped = []
     real_drop = indexes.drop_invalid_indexes
@@ -436,7 +436,7 @@ def test_parallel_load_killed_mid_commit_is_finished_once(tmp_path, capsys, deci
     import psycopg
     from django.core.management import call_command
 
-    from vectorstore import twophase
+    from vectorstore.loading import twophase
 
     write_input(tmp_path / "base.parquet", 2_000, "base-")
     assert bulk_copy_process(tmp_path / "base.parquet").wait(timeout=300) == 0
@@ -527,7 +527,7 @@ def test_concurrent_ivfflat_build_lets_searches_and_writes_go_on(tmp_path):
     import psycopg
     from django.db import NotSupportedError, transaction
 
-    from vectorstore.operations import AddIvfflatIndex
+    from vectorstore.indexing.operations import AddIvfflatIndex
 
     rng = np.random.default_rng(3)
     HostDocument.objects.bulk_create(
@@ -558,7 +558,7 @@ def test_concurrent_ivfflat_build_lets_searches_and_writes_go_on(tmp_path):
             )
         assert len(nearest) == 5
         # The build's index is INVALID until it finishes: cleaning up leftovers must not take it.
-        from vectorstore import indexes
+        from vectorstore.indexing import indexes
 
         with psycopg.connect(url, autocommit=True) as other:
             assert indexes.drop_invalid_indexes(other, "testapp_hostdocument") == []

@@ -471,7 +471,7 @@ def test_a_lagging_replica_is_skipped_then_used_again(cluster):
 
 ORM_ROUTING = """
 from vectorstore.models import Document
-from vectorstore.routers import reading_from_replicas
+from vectorstore.replicas.routers import reading_from_replicas
 print("outside", Document.objects.all().db)
 with reading_from_replicas():
     document = Document.objects.get(external_id="base-1")

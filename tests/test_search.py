@@ -6,7 +6,7 @@ from django.db import connection
 
 from tests.helpers import sotu_passages, unit_vectors
 from tests.testapp.models import HostDocument
-from vectorstore import ingest
+from vectorstore.loading import ingest
 from vectorstore.models import Document
 from vectorstore.search import SearchError, build_filter, embed_query, search, vector_queryset
 
@@ -18,7 +18,7 @@ def make_corpus(n: int):
     binary COPY (the ORM's bulk_create took most of the set-up), the HNSW index built once after them."""
     from django.utils import timezone
 
-    from vectorstore import pgcopy
+    from vectorstore.loading import pgcopy
 
     vectors = unit_vectors(n, 384, seed=7)
     conn = pgcopy.django_connection()
@@ -121,7 +121,7 @@ def test_a_selective_filter_is_searched_exactly_through_its_own_index(corpus, fi
     scan of the table, no walk of the graph): the exact answer, in order, and `exact` says so."""
     import psycopg
 
-    from vectorstore import pgcopy
+    from vectorstore.loading import pgcopy
     from vectorstore.search.plan import planned
 
     query = unit_vectors(1, 384, seed=7)[0]

@@ -15,8 +15,11 @@ from django.utils import timezone
 
 from tests.helpers import unit_vectors
 from tests.testapp.models import HostDocument
-from vectorstore import query_log, search, tuning, tuning_queries, tuning_status
+from vectorstore import search, tuning
 from vectorstore.models import Document, QueryLog, SearchTuning
+from vectorstore.search import query_log
+from vectorstore.tuning import queries as tuning_queries
+from vectorstore.tuning import status as tuning_status
 
 pytestmark = pytest.mark.django_db
 
@@ -24,7 +27,7 @@ pytestmark = pytest.mark.django_db
 def _load(vectors, texts=None, model="vectorstore.Document"):
     import pyarrow as pa
 
-    from vectorstore import ingest
+    from vectorstore.loading import ingest
 
     # COPY, then the index built once (ANALYZE after): a row-by-row insert into the HNSW index took 16 s.
     table = pa.table(
@@ -331,7 +334,7 @@ def _parquet(path, vectors, start: int = 0):
 def test_loads_and_rebuilds_tune_again_when_they_change_the_table_substantially(tmp_path, capsys):
     """A first bulk load tunes on its own (its queries and truth made during its index build); a small one
     (under 20% of the tuned rows) does not, nor one with --no-tune; a rebuilt index is tuned again."""
-    from vectorstore import load_tuning
+    from vectorstore.tuning import first_load as load_tuning
 
     made = []
     real = load_tuning.LoadTuning._prepare
@@ -376,7 +379,8 @@ def test_loads_and_rebuilds_tune_again_when_they_change_the_table_substantially(
 def test_a_first_loads_truth_is_the_written_vectors_kept_or_read_again(monkeypatch, kept):
     """The load's tuning measures against the vectors it wrote: kept as it writes them, or (past
     KEEP_BYTES) read from the input again; either way the table's own exact answers."""
-    from vectorstore import ingest, load_tuning
+    from vectorstore.loading import ingest
+    from vectorstore.tuning import first_load as load_tuning
 
     if not kept:
         monkeypatch.setattr(load_tuning, "KEEP_BYTES", 1)
@@ -431,7 +435,8 @@ def test_the_notebooks_first_load_leaves_measuring_to_the_site_and_says_so(tmp_p
     unmeasured table of its size and says that no recall was measured (loading the model would cost the
     load a third of its speed); the site, once it serves searches, measures it on pseudo-queries by
     itself; --tune now measures during the load instead, and names its queries."""
-    from vectorstore import autotune, embedding
+    from vectorstore import embedding
+    from vectorstore.tuning import autotune
 
     path = _notebook_file(tmp_path)
     embedding._models.clear()  # as in a fresh `manage.py bulk_copy`: no model loaded yet
@@ -488,7 +493,7 @@ def test_searches_retune_their_table_on_the_log_by_themselves(random_corpus, set
     import psycopg
 
     from tests.helpers import database_url
-    from vectorstore import autotune
+    from vectorstore.tuning import autotune
 
     settings.VECTORSTORE = {**settings.VECTORSTORE, "AUTO_TUNE": True, "TUNE_MIN_LOGGED": 30}
     tuning.tune(queries=30, query_model="pseudo")

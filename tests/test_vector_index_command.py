@@ -14,7 +14,7 @@ from django.core.management.base import CommandError
 from django.db import connection, connections
 
 from tests.helpers import unit_vectors
-from vectorstore import build_memory, vector_indexes
+from vectorstore.indexing import build_memory, vector_indexes
 from vectorstore.models import Document, SearchTuning
 from vectorstore.search import search
 

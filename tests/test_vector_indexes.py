@@ -7,7 +7,7 @@ from django.db.migrations.writer import MigrationWriter
 
 from tests.helpers import unit_vectors
 from tests.testapp.models import HostDocument
-from vectorstore.vector_indexes import VectorIndex
+from vectorstore.indexing.vector_indexes import VectorIndex
 
 pytestmark = pytest.mark.django_db
 
@@ -65,7 +65,7 @@ def test_makemigrations_writes_it_as_declared():
     """The migration writer's output, imported back, is the same index (Index equality is deconstruct's)."""
     index = VectorIndex(name="p_bin", dimensions=384, quantization="binary", m=24, ef_construction=100)
     code, imports = MigrationWriter.serialize(index)
-    assert code.startswith("vectorstore.vector_indexes.VectorIndex(") and "expressions" not in code
+    assert code.startswith("vectorstore.indexing.vector_indexes.VectorIndex(") and "expressions" not in code
     namespace: dict = {}
     exec("\n".join(sorted(imports)), namespace)
     assert eval(code, namespace) == index

@@ -25,7 +25,7 @@ def _vector_extension(sender, using: str = "default", **kwargs) -> None:
 
 def _declared_key_indexes(sender, using: str = "default", **kwargs) -> None:
     """After migrate: the declared metadata keys' indexes on the document table (metadata_keys)."""
-    from vectorstore import metadata_keys
+    from vectorstore.indexing import metadata_keys
 
     metadata_keys.ensure_indexes(using=using)
 
@@ -70,7 +70,8 @@ class VectorstoreConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from vectorstore import autotune, checks, query_log  # noqa: F401  (checks registers the system checks)
+        from vectorstore.search import query_log
+        from vectorstore.tuning import autotune
 
         if autotune.after_flush not in query_log.after_flush:
             query_log.after_flush.append(autotune.after_flush)

@@ -62,7 +62,7 @@ def check_settings(app_configs=None, **kwargs) -> list:
                 )
             )
     keys = conf.get("METADATA_KEYS")
-    from vectorstore.metadata_keys import TYPES
+    from vectorstore.indexing.metadata_keys import TYPES
 
     if not isinstance(keys, dict) or any(
         not isinstance(k, str) or not k or v not in TYPES for k, v in keys.items()
@@ -208,8 +208,8 @@ def check_vector_columns(app_configs=None, databases=None, **kwargs) -> list:
     return errors
 
 
-ROUTER = "vectorstore.routers.ReplicaRouter"
-MIDDLEWARE = "vectorstore.routers.ReplicaMiddleware"
+ROUTER = "vectorstore.replicas.routers.ReplicaRouter"
+MIDDLEWARE = "vectorstore.replicas.routers.ReplicaMiddleware"
 
 
 def _replica_identity(alias: str) -> tuple[bool, int]:

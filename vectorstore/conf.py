@@ -35,23 +35,23 @@ DEFAULTS: dict[str, Any] = {
     # queries' recall@10 0.946 at 16 and 0.973 at 24 over 100,000 rows.
     "RERANK": 20,
     # The most maintenance_work_mem an index build may take ("4GB"); None: half this machine's memory
-    # for a server on it, 1GB for one elsewhere (vectorstore.build_memory).
+    # for a server on it, 1GB for one elsewhere (vectorstore.indexing.build_memory).
     "BUILD_MEMORY_LIMIT": None,
     # A parquet file stream_sim replays when no --source is given (None: --source is required).
     "STREAM_SOURCE": None,
     # A sample of the query vectors searches see (never their text), for tune_search: at most this many per
-    # document table (0: none is kept), none older than QUERY_LOG_DAYS (vectorstore.query_log).
+    # document table (0: none is kept), none older than QUERY_LOG_DAYS (vectorstore.search.query_log).
     "QUERY_LOG_SIZE": 1000,
     "QUERY_LOG_DAYS": 30,
     # tune_search measures recall on the logged queries once a table has at least this many (measured:
     # random logs of 25 real queries led to settings from 10 to 400, and some to recall 0.93; of 100, to
     # 10-40 and never below 0.96 (benchmarks/README.md); until then on pseudo-queries.
     "TUNE_MIN_LOGGED": 100,
-    # Processes that serve searches re-tune a table on its query log by themselves (vectorstore.autotune):
-    # once the log holds TUNE_MIN_LOGGED queries and the stored tuning was measured on others, or as many
-    # queries were logged since as it was measured on. False: only tune_search does.
+    # Processes that serve searches tune a table by themselves (vectorstore.tuning.autotune): where no
+    # recall was measured yet, once the log holds TUNE_MIN_LOGGED queries and the stored tuning was measured
+    # on others, or as many queries were logged since as it was measured on. False: only tune_search does.
     "AUTO_TUNE": True,
-    # Database aliases of streaming replicas of "default": with vectorstore.routers.ReplicaRouter in
+    # Database aliases of streaming replicas of "default": with vectorstore.replicas.routers.ReplicaRouter in
     # DATABASE_ROUTERS (and its middleware), reads of document models in requests go to them.
     "REPLICAS": [],
     # A replica whose replay is more than this many seconds behind the primary takes no reads.
@@ -71,7 +71,7 @@ DEFAULTS: dict[str, Any] = {
     # into windows the model reads whole, each embedded and searched. A host's document model says so
     # with its own ``keep_passages = True``.
     "PASSAGES": False,
-    # Word pieces consecutive passages share (vectorstore.passage_split).
+    # Word pieces consecutive passages share (vectorstore.passages.split).
     "PASSAGE_OVERLAP": 32,
     # Word pieces a passage holds at most (never more than the model reads; None: as many as it reads,
     # its limit less its own two). 128 chosen on whole State of the Union addresses (hit rate@10 of

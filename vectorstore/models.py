@@ -330,8 +330,9 @@ class SearchTuning(models.Model):
 
 
 class QueryLog(models.Model):
-    """A sampled query vector of a search of one document table (``vectorstore.query_log``): vectors only,
-    never the query's text; at most QUERY_LOG_SIZE slots a table, none older than QUERY_LOG_DAYS read."""
+    """A sampled query vector of a search of one document table (``vectorstore.search.query_log``):
+    vectors only, never the query's text; at most QUERY_LOG_SIZE slots a table, none older than
+    QUERY_LOG_DAYS read."""
 
     db_table = models.CharField(max_length=255)
     slot = models.PositiveIntegerField()
@@ -349,7 +350,7 @@ class QueryLog(models.Model):
 
 class WriteMark(models.Model):
     """Where in the primary's WAL a client's last write ended, for read-your-writes with replicas: its
-    reads stay on the primary until a replica has replayed that far (vectorstore.routers)."""
+    reads stay on the primary until a replica has replayed that far (vectorstore.replicas.routers)."""
 
     # "t:" + the SHA-256 of a bearer token, or "s:" + that of a session key: never the secret itself.
     client = models.CharField(max_length=80, primary_key=True)

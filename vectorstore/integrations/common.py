@@ -10,9 +10,9 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import models, router, transaction
 
-from vectorstore import passages, pgcopy
+from vectorstore import passages, pg
+from vectorstore.loading.writes import writable_fields
 from vectorstore.validation import storable_json, storable_text
-from vectorstore.writes import writable_fields
 
 # Fields a framework's document fills by its own parts, never from a metadata key.
 OWN_FIELDS = ("external_id", "text", "embedding", "metadata")
@@ -99,6 +99,6 @@ def write_rows(
                 document__external_id__in=changed
             ).delete()
             passages.fill_missing(
-                pgcopy.django_connection(db), model, Embedder.for_model(model), external_ids=list(latest)
+                pg.django_connection(db), model, Embedder.for_model(model), external_ids=list(latest)
             )
     return [id_ for id_, _, _ in rows]

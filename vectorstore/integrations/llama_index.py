@@ -43,8 +43,8 @@ from llama_index.core.vector_stores.types import (
 from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_metadata_dict
 
 from vectorstore import conf, search
-from vectorstore.filters import SearchError, build_filter
 from vectorstore.integrations.common import checked_rows, write_db, write_rows
+from vectorstore.search.filters import SearchError, build_filter
 
 _COMPARISONS = {
     FilterOperator.EQ: "$eq",
@@ -72,7 +72,7 @@ def _like(text: str) -> str:
 
 
 def metadata_filters(filters: MetadataFilters | None) -> dict | None:
-    """LlamaIndex ``MetadataFilters`` in the app's filter language (``vectorstore.filters``).
+    """LlamaIndex ``MetadataFilters`` in the app's filter language (``vectorstore.search.filters``).
 
     ``==  != > >= < <= in nin contains`` map one to one; ``any`` / ``all`` are an ``$or`` / ``$and`` of
     ``$contains``; ``text_match`` / ``text_match_insensitive`` a ``$like`` / ``$ilike`` of the substring;

@@ -31,9 +31,9 @@ One module a concept, data flowing one way (each imports only those above it):
 ``asearch()`` takes the same arguments for async code: ``result = await asearch("tariffs", k=5)``.
 """
 
-from vectorstore.filters import SearchError, build_filter
 from vectorstore.search.aio import aclose
 from vectorstore.search.distances import METRICS, distance_expression, score_of, vector_queryset
+from vectorstore.search.filters import SearchError, build_filter
 from vectorstore.search.query_vector import check_vector, embed_query, query_cache
 from vectorstore.search.results import Hit, SearchResult
 from vectorstore.search.service import asearch, asimilar, search, similar

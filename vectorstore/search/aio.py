@@ -24,7 +24,7 @@ from pgvector.psycopg import register_vector_async
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
-from vectorstore import conf, pgcopy
+from vectorstore import conf, pg
 from vectorstore.search.statements import Statement, pipelined
 
 APPLICATION_NAME = "vectorstore async"
@@ -41,7 +41,7 @@ def _configure(using: str) -> Any:
 
     async def configure(conn: psycopg.AsyncConnection) -> None:
         await register_vector_async(conn)
-        pgcopy.register_encoded_vectors(conn)
+        pg.register_encoded_vectors(conn)
         # What Django's init_connection_state does: its time zone (timestamps come back as the ORM's
         # do) and OPTIONS' assume_role.
         if timezone_name and conn.info.parameter_status("TimeZone") != timezone_name:
@@ -105,7 +105,7 @@ async def arun(
     COMMIT in one round trip. A cancelled task cancels its query on the server (psycopg does), and the
     pool rolls back what the connection was left in before lending it again."""
     wrapper = connections[using]
-    bound = pgcopy.binary_vector(vector) if vector is not None else None
+    bound = pg.binary_vector(vector) if vector is not None else None
     pool = await pool_for(using)
     # Django's exceptions, as statements.run raises them (SearchTimeout reads a cancelled statement
     # from them); the connection's own error state is the pool's, not Django's.

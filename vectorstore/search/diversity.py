@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from vectorstore.filters import SearchError
 from vectorstore.limits import MAX_K
+from vectorstore.search.filters import SearchError
 from vectorstore.search.results import Hit
 
 MMR_LAMBDA = 0.5  # maximal marginal relevance: langchain's defaults

@@ -25,8 +25,8 @@ import re
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from vectorstore.filters import SearchError
 from vectorstore.limits import MAX_K
+from vectorstore.search.filters import SearchError
 
 RRF_K = 60
 HYBRID_TEXT_WEIGHT = None  # adaptive (adaptive_weight); a number fixes it

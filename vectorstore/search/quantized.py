@@ -8,7 +8,8 @@ from typing import NamedTuple
 
 from django.db import models
 
-from vectorstore import conf, vector_indexes
+from vectorstore import conf
+from vectorstore.indexing import vector_indexes
 from vectorstore.limits import EF_SEARCH_RANGE
 from vectorstore.search.settings import Tuned
 from vectorstore.search.statements import QueryVector

@@ -12,7 +12,7 @@ from django.db import models
 
 from vectorstore import conf
 from vectorstore.embedding import Embedder
-from vectorstore.filters import SearchError
+from vectorstore.search.filters import SearchError
 
 
 class _LRU:

@@ -42,4 +42,4 @@ class SearchResult:
     metric: str
     exact: bool = False  # answered by an exact scan after the index scan came back short
     details: dict[str, Any] = field(default_factory=dict)
-    database: str = "default"  # the database alias that answered (a replica, with vectorstore.routers)
+    database: str = "default"  # the database alias that answered (a replica, with the replica router)

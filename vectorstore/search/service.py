@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 from django.db import models
 
-from vectorstore import bm25, conf, passages, query_log, replicas, vector_indexes
-from vectorstore.filters import SearchError, build_filter, storable
+from vectorstore import conf, passages, replicas
+from vectorstore.indexing import bm25, vector_indexes
 from vectorstore.limits import (
     EF_SEARCH_RANGE,
     ITERATIVE_SCANS,
@@ -24,8 +24,10 @@ from vectorstore.limits import (
     RERANK_RANGE,
     SEARCH_MODES,
 )
+from vectorstore.search import query_log
 from vectorstore.search.distances import METRICS, score_of
 from vectorstore.search.diversity import mmr_hits, mmr_options
+from vectorstore.search.filters import SearchError, build_filter, storable
 from vectorstore.search.fusion import adaptive_weight, fuse, hybrid_options
 from vectorstore.search.passage_search import passage_rows
 from vectorstore.search.plan import vector_rows
@@ -120,7 +122,7 @@ def search(
     hybrid's fusion (``hybrid_options``). ``rerank``: through a quantized index, re-rank k x rerank
     candidates by the full vectors (default: the factor tune_search stored, else VECTORSTORE RERANK for a
     binary index and 1 for a half-precision one). ``log_query=False`` keeps the query vector out of the
-    query log that tune_search measures recall on (``vectorstore.query_log``; ``similar()`` does).
+    query log that tune_search measures recall on (``vectorstore.search.query_log``; ``similar()`` does).
     """
     return drive(_steps(**locals()))
 

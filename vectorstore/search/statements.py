@@ -27,7 +27,7 @@ from django.db import connections, models
 from django.db.models import Expression
 from pgvector.django import VectorField
 
-from vectorstore import pgcopy
+from vectorstore import pg
 
 
 class _QueryVectorMark:
@@ -157,8 +157,8 @@ def run(
     opens and commits its own. Returns each statement's rows, converted as the ORM would.
     """
     wrapper = connections[using]
-    conn = pgcopy.django_connection(using)
-    bound = pgcopy.binary_vector(vector) if vector is not None else None
+    conn = pg.django_connection(using)
+    bound = pg.binary_vector(vector) if vector is not None else None
     # Django's connections run in autocommit between atomic blocks: then this opens its own transaction.
     own = (
         conn.autocommit

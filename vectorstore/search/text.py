@@ -1,5 +1,5 @@
 """The text side: full-text matches of the generated tsvector, ranked by BM25 where the table has a
-pg_textsearch index (``vectorstore.bm25``), else by PostgreSQL's ``ts_rank_cd``."""
+pg_textsearch index (``vectorstore.indexing.bm25``), else by PostgreSQL's ``ts_rank_cd``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from django.contrib.postgres.search import SearchQuery, SearchRank
 from django.db import models
 from django.db.models import Count, ExpressionWrapper, F, Q, Window
 
-from vectorstore import bm25
+from vectorstore.indexing import bm25
 from vectorstore.limits import TEXT_SEARCH_CONFIG
 from vectorstore.search.distances import METRICS
 from vectorstore.search.statements import QueryVector, Statement

@@ -5,7 +5,8 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from vectorstore import conf, ingest
+from vectorstore import conf
+from vectorstore.loading import ingest
 from vectorstore.validation import InputError
 
 

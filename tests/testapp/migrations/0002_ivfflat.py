@@ -1,6 +1,6 @@
 from django.db import migrations
 
-from vectorstore.operations import AddIvfflatIndex
+from vectorstore.indexing.operations import AddIvfflatIndex
 
 
 class Migration(migrations.Migration):

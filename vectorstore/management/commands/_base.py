@@ -28,7 +28,7 @@ class ServiceCommand(BaseCommand):
 
     def execute(self, *args: Any, **options: Any) -> Any:
         try:
-            from vectorstore.parquet import use_system_allocator
+            from vectorstore.loading.parquet import use_system_allocator
         except ImportError:
             pass  # installed without [embed]: no pyarrow, so no parquet loads to bound
         else:

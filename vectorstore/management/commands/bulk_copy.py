@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from vectorstore import ingest
 from vectorstore.embedding import Embedder, EmbeddingError
+from vectorstore.loading import ingest
 from vectorstore.management.commands._base import ServiceCommand
 from vectorstore.validation import InputError
 

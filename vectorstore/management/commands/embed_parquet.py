@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from vectorstore.embed_parquet import embed_parquet
 from vectorstore.embedding import Embedder, EmbeddingError
+from vectorstore.loading.embed_parquet import embed_parquet
 from vectorstore.management.commands._base import ServiceCommand
 from vectorstore.validation import InputError
 

@@ -8,7 +8,7 @@ import psycopg
 from django.core.management.base import CommandError
 from django.db import DatabaseError
 
-from vectorstore import metadata_keys
+from vectorstore.indexing import metadata_keys
 from vectorstore.management.commands._base import ServiceCommand
 
 

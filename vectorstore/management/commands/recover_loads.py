@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vectorstore import twophase
+from vectorstore.loading import twophase
 from vectorstore.management.commands._base import ServiceCommand
 
 

@@ -7,7 +7,8 @@ import time
 import psycopg
 from django.core.management.base import CommandError
 
-from vectorstore import indexes, tuning
+from vectorstore import tuning
+from vectorstore.indexing import indexes
 from vectorstore.management.commands._base import ServiceCommand
 from vectorstore.progress import index_progress_bar
 

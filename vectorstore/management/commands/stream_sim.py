@@ -7,8 +7,9 @@ import time
 
 from django.core.management.base import CommandError
 
-from vectorstore import conf, stream
+from vectorstore import conf
 from vectorstore.embedding import Embedder, EmbeddingError
+from vectorstore.loading import stream
 from vectorstore.management.commands._base import ServiceCommand
 from vectorstore.validation import InputError
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from vectorstore import tuning, tuning_queries, tuning_status
+from vectorstore import tuning
 from vectorstore.management.commands._base import ServiceCommand
+from vectorstore.tuning import queries as tuning_queries
+from vectorstore.tuning import status as tuning_status
 from vectorstore.validation import InputError
 
 

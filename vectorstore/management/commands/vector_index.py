@@ -6,10 +6,12 @@ import psycopg
 from django.core.management.base import CommandError
 from django.db import DatabaseError
 
-from vectorstore import build_memory, conf, live_index, tuning_status, vector_indexes
+from vectorstore import conf
+from vectorstore.indexing import build_memory, live_index, vector_indexes
+from vectorstore.indexing.operations import ivfflat_lists
 from vectorstore.management.commands._base import ServiceCommand
-from vectorstore.operations import ivfflat_lists
 from vectorstore.progress import index_progress_bar
+from vectorstore.tuning import status as tuning_status
 
 
 class Command(ServiceCommand):

@@ -1,7 +1,7 @@
 """What a process knows of the primary's streaming replicas: reachable, in recovery, how far behind.
 
-The router (vectorstore.routers) asks :func:`choose` for a replica to read from. Each process checks a
-replica at most every ``REPLICA_CHECK_SECONDS`` (one small query on the replica, one on the primary,
+The router (vectorstore.replicas.routers) asks :func:`choose` for a replica to read from. Each process
+checks a replica at most every ``REPLICA_CHECK_SECONDS`` (one small query on the replica, one on the primary,
 on the connections the request already holds) and skips one that failed or lags beyond
 ``REPLICA_MAX_LAG`` for ``REPLICA_SKIP_SECONDS``. Read-your-writes marks (where a client's last write
 ended in the primary's WAL) are written and read here too.

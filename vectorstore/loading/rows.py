@@ -17,10 +17,12 @@ import pyarrow.compute as pc
 from django.db import models
 from django.utils import timezone
 
-from vectorstore import passage_files, passages, pgcopy
-from vectorstore.parquet import Source
+from vectorstore import passages
+from vectorstore.loading import pgcopy
+from vectorstore.loading.parquet import Source
+from vectorstore.loading.writes import FieldDefault, unfed_defaults, writable_fields
+from vectorstore.passages import files as passage_files
 from vectorstore.validation import InputError
-from vectorstore.writes import FieldDefault, unfed_defaults, writable_fields
 
 if TYPE_CHECKING:
     from vectorstore.embedding import Embedder
@@ -44,7 +46,7 @@ class ColumnMap:
     vector_field: str
     dimensions: int
     created_field: str | None  # filled with the load's time when no column feeds it
-    # embed_parquet --passages' column (vectorstore.passage_files): written to the passage table, not a field
+    # embed_parquet --passages' column (vectorstore.passages.files): written to the passage table, not a field
     passage_column: str | None = None
     defaults: list[FieldDefault] = field(default_factory=list)  # fields no column feeds
 

@@ -21,9 +21,10 @@ from django.db import models
 from pgvector.django import HnswIndex, VectorField
 from psycopg import sql
 
-from vectorstore import conf, pgcopy
+from vectorstore import conf
 from vectorstore.limits import HNSW_EF_CONSTRUCTION, HNSW_M
-from vectorstore.passage_split import Passage, split
+from vectorstore.loading import pgcopy
+from vectorstore.passages.split import Passage, split
 from vectorstore.vector_values import VectorValues
 
 

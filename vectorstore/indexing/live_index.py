@@ -12,8 +12,9 @@ from typing import Any
 from django.db import connections, models
 from psycopg import sql
 
-from vectorstore import build_memory, conf, search, tuning, vector_indexes
-from vectorstore.indexes import (
+from vectorstore import conf, search, tuning
+from vectorstore.indexing import build_memory, vector_indexes
+from vectorstore.indexing.indexes import (
     IndexProgress,
     drop_invalid_indexes,
     parallel_workers,
@@ -21,8 +22,8 @@ from vectorstore.indexes import (
     server_notices,
     spill_warnings,
 )
+from vectorstore.loading.pgcopy import new_connection
 from vectorstore.models import SearchTuning
-from vectorstore.pgcopy import new_connection
 
 
 @dataclass

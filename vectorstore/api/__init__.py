@@ -26,11 +26,8 @@ from ninja import Field, Query, Router, Schema, Status
 from ninja.errors import HttpError
 from ninja.security import HttpBearer, SessionAuth
 
-from vectorstore import conf, replicas, routers, search, tuning_status
-from vectorstore.embedding import ModelStackMissing
-from vectorstore.limits import MAX_BATCH, MAX_PAGE
-from vectorstore.models import ApiToken
-from vectorstore.schemas import (
+from vectorstore import conf, replicas, search
+from vectorstore.api.schemas import (
     CreatedOut,
     ErrorOut,
     SearchIn,
@@ -39,8 +36,13 @@ from vectorstore.schemas import (
     page_out_for,
     search_out_for,
 )
-from vectorstore.status import server_status
-from vectorstore.writes import extra_fields, insert_documents
+from vectorstore.api.status import server_status
+from vectorstore.embedding import ModelStackMissing
+from vectorstore.limits import MAX_BATCH, MAX_PAGE
+from vectorstore.loading.writes import extra_fields, insert_documents
+from vectorstore.models import ApiToken
+from vectorstore.replicas import routers
+from vectorstore.tuning import status as tuning_status
 
 
 class BearerToken(HttpBearer):
@@ -284,7 +286,7 @@ def list_documents(request, params: Query[ListParams]):
     model = conf.document_model()
     queryset = model._default_manager.filter(condition).order_by("pk").defer("embedding", "search_vector")
     try:
-        # The timeout is set on the database the rows come from (a replica, with vectorstore.routers).
+        # The timeout is set on the database the rows come from (a replica, with the replica router).
         with search.bounded(queryset.db):
             rows = list(queryset[params.offset : params.offset + params.limit + 1])
     except search.SearchTimeout as exc:

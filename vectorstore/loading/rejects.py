@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from django.db import models
 
-from vectorstore.parquet import AtomicParquetWriter, Source
-from vectorstore.rows import ColumnMap, is_string
+from vectorstore.loading.parquet import AtomicParquetWriter, Source
+from vectorstore.loading.rows import ColumnMap, is_string
 from vectorstore.validation import InputError
 
 _KEY_DETAIL = re.compile(r"Key \((?P<col>[^)]+)\)=\((?P<val>.*)\) already exists")

@@ -22,11 +22,14 @@ import pyarrow.compute as pc
 from django.db import models
 from psycopg import sql
 
-from vectorstore import conf, query_log, tuning, tuning_queries, vector_indexes
-from vectorstore.parquet import Source
-from vectorstore.rows import ColumnMap
+from vectorstore import conf, tuning
+from vectorstore.indexing import vector_indexes
+from vectorstore.loading.parquet import Source
+from vectorstore.loading.rows import ColumnMap
+from vectorstore.search import query_log
 from vectorstore.tuning import Prepared
-from vectorstore.tuning_queries import KthDistances, Queries
+from vectorstore.tuning import queries as tuning_queries
+from vectorstore.tuning.queries import KthDistances, Queries
 
 logger = logging.getLogger(__name__)
 K = 10

@@ -1,6 +1,6 @@
 """The loading pipelines behind the commands, callable from Python on a path, an Arrow table or a DataFrame.
 
-    from vectorstore.ingest import load, embed_parquet
+    from vectorstore.loading.ingest import load, embed_parquet
     report = load("reviews.parquet")                      # or load(df), load(arrow_table)
     report = load(df, on_conflict="update", method="insert", batch_size=1000)
     embed_parquet("texts.parquet", "embedded.parquet")
@@ -26,28 +26,23 @@ import psycopg
 import pyarrow as pa
 from django.db import models, transaction
 
-from vectorstore import (
-    conf,
-    indexes,
-    load_tuning,
-    passage_files,
-    passages,
-    pgcopy,
-    tuning,
-    tuning_status,
-    twophase,
-)
+from vectorstore import conf, passages, tuning
 from vectorstore.embedding import Embedder
-from vectorstore.load_report import LoadReport
-from vectorstore.parquet import Source
-from vectorstore.progress import index_progress_bar, make_bar
-from vectorstore.rejects import (
+from vectorstore.indexing import indexes
+from vectorstore.loading import pgcopy, twophase
+from vectorstore.loading.parquet import Source
+from vectorstore.loading.rejects import (
     RejectLog,
     default_rejects_path,
     explain_database_error,
     explain_unique_violation,
 )
-from vectorstore.rows import Checker, ColumnMap, prefetch, prepared_batches, resolve_columns
+from vectorstore.loading.report import LoadReport
+from vectorstore.loading.rows import Checker, ColumnMap, prefetch, prepared_batches, resolve_columns
+from vectorstore.passages import files as passage_files
+from vectorstore.progress import index_progress_bar, make_bar
+from vectorstore.tuning import first_load as load_tuning
+from vectorstore.tuning import status as tuning_status
 from vectorstore.validation import InputError
 
 logger = logging.getLogger("vectorstore")

@@ -1,8 +1,8 @@
 """Reads on streaming replicas, writes on the primary: a database router and its middleware (opt-in).
 
     DATABASES = {"default": ..., "replica1": {..., "TEST": {"MIRROR": "default"}}}
-    DATABASE_ROUTERS = ["vectorstore.routers.ReplicaRouter"]
-    MIDDLEWARE = [..., "vectorstore.routers.ReplicaMiddleware"]  # after the session middleware
+    DATABASE_ROUTERS = ["vectorstore.replicas.routers.ReplicaRouter"]
+    MIDDLEWARE = [..., "vectorstore.replicas.routers.ReplicaMiddleware"]  # after the session middleware
     VECTORSTORE = {..., "REPLICAS": ["replica1"]}
 
 What goes where:

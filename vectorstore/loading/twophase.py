@@ -15,8 +15,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from vectorstore.loading.pgcopy import Target, new_connection
 from vectorstore.models import LoadDecision
-from vectorstore.pgcopy import Target, new_connection
 
 
 class ParallelCopyUnavailable(RuntimeError):

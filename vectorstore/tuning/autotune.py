@@ -24,8 +24,9 @@ import zlib
 from django.apps import apps
 from django.db import connections, models
 
-from vectorstore import conf, tuning, tuning_status
+from vectorstore import conf, tuning
 from vectorstore.models import AbstractDocument
+from vectorstore.tuning import status as tuning_status
 
 logger = logging.getLogger(__name__)
 

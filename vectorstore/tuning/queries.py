@@ -2,7 +2,7 @@
 
 Two query models, best first (and a third that benchmarks compare them with):
 
-- ``log``: the query vectors searches of the table actually saw (``vectorstore.query_log``), once the
+- ``log``: the query vectors searches of the table actually saw (``vectorstore.search.query_log``), once the
   table has at least TUNE_MIN_LOGGED of them.
 - ``pseudo``: short runs of words of sampled documents' own text (the lengths real queries have),
   embedded with the table's own embedding model. Real queries are short texts whose vectors lie away
@@ -30,7 +30,8 @@ from django.db import models, transaction
 from psycopg import sql
 from psycopg.types.string import ByteaBinaryLoader
 
-from vectorstore import conf, passages, pgcopy, query_log
+from vectorstore import conf, passages, pg
+from vectorstore.search import query_log
 
 QUERY_MODELS = ("log", "pseudo")
 # Pseudo-queries: runs of 3 to 12 words from a random place. On all three benchmark corpora they are
@@ -112,7 +113,7 @@ def pseudo_queries(model: type[models.Model], using: str, n: int, rows: int, see
     Raises ModelStackMissing where sentence-transformers is not installed."""
     from vectorstore.embedding import Embedder
 
-    conn = pgcopy.django_connection(using)
+    conn = pg.django_connection(using)
     document = passages.document_of(model)
     if document is None:
         text = sql.Identifier(model._meta.get_field("text").column)
@@ -143,7 +144,7 @@ def from_texts(
 
 def noisy_queries(model: type[models.Model], using: str, n: int, rows: int, seed: int = 0) -> Queries:
     """Stored vectors moved by noise as long as each of them (no stored vector is a query)."""
-    conn = pgcopy.django_connection(using)
+    conn = pg.django_connection(using)
     column = model._meta.get_field("embedding").column
     stored = sample_rows(conn, model._meta.db_table, [column], n, rows, seed)
     rng = np.random.default_rng(seed)
@@ -237,7 +238,7 @@ def kth_distances(
     streaming the vectors once and ranking them here with one matrix product per chunk costs one scan.
     """
     truth = KthDistances(queries, metric, k)
-    conn = pgcopy.django_connection(using)
+    conn = pg.django_connection(using)
     query = sql.SQL("SELECT {} FROM {} WHERE {} IS NOT NULL").format(
         sql.Identifier(column), sql.Identifier(table), sql.Identifier(column)
     )

@@ -23,10 +23,12 @@ import pyarrow.compute as pc
 from django.db import models
 from psycopg import sql
 
-from vectorstore import conf, indexes, pgcopy
+from vectorstore import conf
 from vectorstore import passages as passages_mod
-from vectorstore.parquet import Source
-from vectorstore.passage_split import Passage
+from vectorstore.indexing import indexes
+from vectorstore.loading import pgcopy
+from vectorstore.loading.parquet import Source
+from vectorstore.passages.split import Passage
 from vectorstore.progress import make_bar
 from vectorstore.validation import InputError
 

@@ -15,8 +15,8 @@ import psycopg
 from django.db import connections
 from psycopg import sql
 
-from vectorstore import build_memory, vector_indexes
-from vectorstore.pgcopy import new_connection
+from vectorstore.indexing import build_memory, vector_indexes
+from vectorstore.loading.pgcopy import new_connection
 from vectorstore.progress import IndexProgressCallback
 
 VECTOR_METHODS = ("hnsw", "ivfflat")

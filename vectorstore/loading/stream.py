@@ -19,10 +19,11 @@ import psycopg
 from django.db import InterfaceError, OperationalError, connections, models, transaction
 from django.utils import timezone
 
-from vectorstore import conf, passages, pgcopy
-from vectorstore.parquet import Source
+from vectorstore import conf, passages
+from vectorstore.loading import pgcopy
+from vectorstore.loading.parquet import Source
+from vectorstore.loading.writes import DocumentRows
 from vectorstore.validation import InputError
-from vectorstore.writes import DocumentRows
 
 if TYPE_CHECKING:
     from vectorstore.embedding import Embedder

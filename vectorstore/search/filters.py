@@ -21,7 +21,7 @@ from django.db.models.fields.json import KeyTransform
 from django.db.models.lookups import Exact, GreaterThan, GreaterThanOrEqual, LessThan, LessThanOrEqual
 from django.utils.dateparse import parse_datetime
 
-from vectorstore import metadata_keys
+from vectorstore.indexing import metadata_keys
 from vectorstore.limits import MAX_FILTER_DEPTH, MAX_FILTER_LIST, MAX_FILTER_TERMS
 from vectorstore.validation import storable_text
 

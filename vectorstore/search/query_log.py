@@ -36,13 +36,13 @@ from django.apps import apps
 from django.db import DatabaseError, connections, models, transaction
 from django.utils import timezone
 
-from vectorstore import conf, pgcopy
+from vectorstore import conf, pg
 
 logger = logging.getLogger(__name__)
 
 FLUSH_BATCH = 100
 FLUSH_SECONDS = 10.0
-# Called with the tables whose samples a flush wrote (vectorstore.autotune registers itself at start):
+# Called with the tables whose samples a flush wrote (vectorstore.tuning.autotune registers itself at start):
 # this module sits below tuning, which it must not import.
 after_flush: list[Callable[[set[str]], None]] = []
 
@@ -120,7 +120,7 @@ def flush() -> int:
         " VALUES (%s, %s, %s, %s) ON CONFLICT (db_table, slot)"
         " DO UPDATE SET vector = EXCLUDED.vector, created_at = EXCLUDED.created_at"
     )
-    params = [(table, slot, pgcopy.binary_vector(vector), when) for (table, slot), (vector, when) in batch]
+    params = [(table, slot, pg.binary_vector(vector), when) for (table, slot), (vector, when) in batch]
     # The primary (a replica takes no writes), through psycopg's own cursor: server-side binding sends the
     # vector in pgvector's binary format (Django's client-side cursor would quote it as bytea). The rows go
     # in one pipeline (one round trip), each never prepared: executemany() would prepare the statement on
@@ -128,7 +128,7 @@ def flush() -> int:
     wrapper = connections["default"]
     try:
         outer = wrapper.in_atomic_block
-        conn = pgcopy.django_connection("default")
+        conn = pg.django_connection("default")
         # Inside a caller's transaction a savepoint (a read-only one refuses the INSERT, and the caller's
         # transaction goes on), else a transaction of its own.
         with transaction.atomic(using="default"), psycopg.Cursor(conn) as cursor, conn.pipeline():

@@ -166,7 +166,7 @@ def _with_fields(model: type, base: type[Schema], suffix: str) -> type[Schema]:
     required or optional as the model declares them (ninja's schema from the model's fields)."""
     from ninja.orm import create_schema
 
-    from vectorstore.writes import extra_fields
+    from vectorstore.loading.writes import extra_fields
 
     extra = extra_fields(model)
     if not extra:

@@ -11,9 +11,11 @@ from typing import Any
 from django.db import models
 from django.utils import timezone
 
-from vectorstore import conf, pgcopy, query_log, tuning_queries
+from vectorstore import conf, pg
 from vectorstore.models import SearchTuning
+from vectorstore.search import query_log
 from vectorstore.tuning import AUTO_TUNE_CHANGE, AUTO_TUNE_MIN_ROWS, _vector_index
+from vectorstore.tuning import queries as tuning_queries
 from vectorstore.validation import InputError
 
 STALE_DAYS = 7.0  # tune_search --if-stale re-tunes a table tuned longer ago than this
@@ -29,7 +31,7 @@ def _stored(model: type[models.Model], using: str) -> SearchTuning | bool | None
 
 
 def _changed(model: type[models.Model], stored: SearchTuning, using: str) -> str | None:
-    rows = pgcopy.count_rows(pgcopy.django_connection(using), model._meta.db_table)
+    rows = pg.count_rows(pg.django_connection(using), model._meta.db_table)
     if abs(rows - stored.rows) >= AUTO_TUNE_CHANGE * max(stored.rows, 1):
         return f"the table holds {rows:,} rows, {stored.rows:,} when tuned"
     return None
@@ -55,14 +57,14 @@ def _log_reason(model: type[models.Model], stored: SearchTuning, using: str) -> 
 
 
 def serving_staleness(model: type[models.Model], using: str = "default") -> str | None:
-    """Why a process serving searches should tune the table now (vectorstore.autotune), or None: no
+    """Why a process serving searches should tune the table now (vectorstore.tuning.autotune), or None: no
     recall measured yet (a load leaves that to the site) and pseudo-queries or the log can; the query
     log's reasons (``_log_reason``); the table changed by AUTO_TUNE_CHANGE since a measured tuning. Not a
     table below AUTO_TUNE_MIN_ROWS, nor one with nothing to measure with."""
     stored = _stored(model, using)
     if stored is False or not tuning_queries.measurable(model, using):
         return None
-    if pgcopy.count_rows(pgcopy.django_connection(using), model._meta.db_table) < AUTO_TUNE_MIN_ROWS:
+    if pg.count_rows(pg.django_connection(using), model._meta.db_table) < AUTO_TUNE_MIN_ROWS:
         return None
     if stored is None:
         return "never tuned"

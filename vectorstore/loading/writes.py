@@ -16,8 +16,9 @@ import psycopg
 from django.db import models, transaction
 from django.utils import timezone
 
-from vectorstore import conf, passages, pgcopy
+from vectorstore import conf, passages
 from vectorstore.embedding import Embedder
+from vectorstore.loading import pgcopy
 from vectorstore.validation import InputError
 
 # The fields of AbstractDocument that writes fill from their input, in row order.

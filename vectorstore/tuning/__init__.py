@@ -25,11 +25,13 @@ import numpy as np
 import psycopg
 from django.db import connections, models, transaction
 
-from vectorstore import conf, pgcopy, query_log, tuning_queries, vector_indexes
+from vectorstore import conf, pg
 from vectorstore.embedding import EmbeddingError
+from vectorstore.indexing import vector_indexes
 from vectorstore.models import SearchTuning
-from vectorstore.search import forget_tuning, plan, quantized, settings
-from vectorstore.tuning_queries import Queries
+from vectorstore.search import forget_tuning, plan, quantized, query_log, settings
+from vectorstore.tuning import queries as tuning_queries
+from vectorstore.tuning.queries import Queries
 from vectorstore.validation import InputError
 
 EF_SEARCH_STEPS = (10, 16, 24, 32, 40, 48, 64, 80, 100, 128, 160, 200, 256, 320, 400, 500, 640, 800, 1000)
@@ -183,8 +185,8 @@ def measure(model: type[models.Model], using: str, prepared: Prepared, knob: str
     # The index's own recall: on a small table the planner may scan it whole (recall 1 at any setting),
     # but the setting is for the table it grows into.
     knobs["enable_seqscan"] = "off"
-    conn = pgcopy.django_connection(using)
-    vectors = [pgcopy.binary_vector(v) for v in prepared.queries.vectors]
+    conn = pg.django_connection(using)
+    vectors = [pg.binary_vector(v) for v in prepared.queries.vectors]
     with transaction.atomic(using=using), connections[using].wrap_database_errors:
         with conn.cursor() as control:
             for name, setting in knobs.items():
@@ -241,9 +243,9 @@ def tune(
             " (pip install 'vectorstore[embed]')"
         )
     table = model._meta.db_table
-    conn = pgcopy.django_connection(using)
+    conn = pg.django_connection(using)
     index, metric = _vector_index(model, using, conf.distance())
-    rows = pgcopy.count_rows(conn, table)
+    rows = pg.count_rows(conn, table)
     if rows < k:
         raise InputError(f"{table} holds {rows} rows: too few to measure recall@{k}")
     if prepared is None or prepared.k != k or prepared.metric != metric:
@@ -342,7 +344,7 @@ def store_unmeasured(
     index, metric = _vector_index(model, using, conf.distance())
     if index.method != "hnsw" or index.quantization == "binary":
         return None
-    rows = pgcopy.count_rows(pgcopy.django_connection(using), model._meta.db_table)
+    rows = pg.count_rows(pg.django_connection(using), model._meta.db_table)
     value = unmeasured_ef_search(rows)
     report = TuneReport(
         model._meta.db_table, index.name, index.method, metric, "hnsw.ef_search", value,
@@ -388,13 +390,13 @@ def retune(
     ``reindex`` and ``vector_index create`` call this, so a table loaded in bulk reaches the target
     recall without anyone tuning. ``later`` (a load's default): where measuring would mean loading the
     model (no query log, the model not loaded in this process), an unmeasured table gets the setting for
-    its size and a measured one keeps its own, for the site to measure again (``vectorstore.autotune``)
+    its size and a measured one keeps its own, for the site to measure again (``vectorstore.tuning.autotune``)
     or ``tune_search``: loading the model and measuring cost a first load a third of its speed on two
     cores (benchmarks/README.md).
     """
     model = model or conf.document_model()
     table = model._meta.db_table
-    conn = pgcopy.django_connection(using)
+    conn = pg.django_connection(using)
     try:
         index, metric = _vector_index(model, using, conf.distance())
     except InputError:
@@ -403,7 +405,7 @@ def retune(
         # Noisy queries overstated the re-rank depth real ones need (benchmarks/README.md, bench_scale):
         # loads leave a binary index at RERANK; tune_search still tunes it when asked.
         return None
-    rows = pgcopy.count_rows(conn, table)
+    rows = pg.count_rows(conn, table)
     if rows < AUTO_TUNE_MIN_ROWS:
         return None
     stored = SearchTuning.objects.using(using).filter(index_name=index.name).first()

@@ -1,6 +1,6 @@
 """Embed a table's texts into a parquet file: every input column kept, plus ``embedding``.
 
-from vectorstore.embed_parquet import embed_parquet
+from vectorstore.loading.embed_parquet import embed_parquet
 report = embed_parquet("texts.parquet", "embedded.parquet")   # or a DataFrame / Arrow table
 """
 
@@ -15,12 +15,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from vectorstore import passage_files
 from vectorstore.embedding import Embedder
-from vectorstore.parquet import AtomicParquetWriter, Source
+from vectorstore.loading.parquet import AtomicParquetWriter, Source
+from vectorstore.loading.rows import is_string, prefetch
+from vectorstore.passages import files as passage_files
 from vectorstore.passages import passage_vectors, split_texts
 from vectorstore.progress import make_bar
-from vectorstore.rows import is_string, prefetch
 from vectorstore.validation import InputError
 
 
@@ -69,7 +69,7 @@ def embed_parquet(
 ) -> EmbedReport:
     """Embed a table's texts into OUTPUT: every input column kept, plus ``embedding`` (float32 lists).
 
-    ``passages``: also each text's passages (``vectorstore.passage_files``: a ``passages`` column, cut
+    ``passages``: also each text's passages (``vectorstore.passages.files``: a ``passages`` column, cut
     by this site's PASSAGE_WINDOW and PASSAGE_OVERLAP), which a load into a model that keeps passages
     takes as they are.
 
