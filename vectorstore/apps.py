@@ -70,6 +70,7 @@ class VectorstoreConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from vectorstore import checks  # noqa: F401  (registers the system checks)
         from vectorstore.search import query_log
         from vectorstore.tuning import autotune
 
