@@ -344,6 +344,7 @@ def test_stream_survives_a_server_crash_and_restart(crash_server, mode):
             "8",
             "--id-prefix",
             prefix,
+            "--keep",
             "--json",
         ],
         cwd=ROOT,

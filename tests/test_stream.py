@@ -21,7 +21,7 @@ def test_all_three_modes_store_each_record_and_plot(tmp_path):
     call_command(
         "stream_sim",
         *("--count", "6", "--mode", "insert", "--mode", "copy", "--mode", "batch", "--batch-size", "4"),
-        *("--id-prefix", "t-", "--plot", str(png), "--json"),
+        *("--id-prefix", "t-", "--plot", str(png), "--keep", "--json"),
         stdout=out,
     )
     runs = json.loads(out.getvalue().strip().splitlines()[-1])["runs"]
@@ -81,3 +81,47 @@ except CommandError as exc:
     assert result.returncode == 0, result.stderr
     assert "vectorstore[plot]" in result.stdout
     assert not Document.objects.exists()
+
+
+def test_a_run_removes_its_records_unless_kept(capsys):
+    """By default the records a run wrote are gone at its end (they are copies of real records, which
+    they would crowd in searches), and it says so; --keep keeps them; --clean removes what runs kept."""
+    before = Document.objects.count()
+    call_command("stream_sim", "--count", "4", "--mode", "batch", "--batch-size", "2", "--json")
+    out = capsys.readouterr().out.strip().splitlines()
+    assert json.loads(out[-1])["removed"] == 4 and "removed the 4 records this run wrote" in out[-2]
+    assert Document.objects.count() == before
+    call_command("stream_sim", "--count", "3", "--keep", "--json")
+    out = capsys.readouterr().out.strip().splitlines()
+    assert json.loads(out[-1])["removed"] is None and "stream_sim --clean removes them" in out[-2]
+    assert Document.objects.filter(external_id__startswith="stream-").count() == 3
+    call_command("stream_sim", "--clean", "--json")
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"removed": 3}
+    assert Document.objects.count() == before
+
+
+@pytest.mark.parametrize(
+    ("latencies", "scale"), [((18.0, 48.0), "linear"), ((2.0, 900.0), "log")], ids=["narrow", "wide"]
+)
+def test_the_plot_labels_its_axes_with_plain_numbers(latencies, scale):
+    """A run of 18-48 ms (the README's own command) gets a linear axis with numbered ticks; one over
+    decades a log axis labelled 2, 5, 10, 20...: never an unlabelled log axis or ``4 x 10^1``."""
+    import numpy as np
+
+    from vectorstore.loading import stream
+
+    values = list(np.linspace(*latencies, 50))
+    report = stream.StreamReport(mode="insert", batch_size=1, rate=None)
+    report.latencies, report.embed, report.write = (
+        values,
+        [v * 0.8 for v in values],
+        [v * 0.2 for v in values],
+    )
+    fig = stream.figure([report])
+    fig.canvas.draw()
+    left, right = fig.axes
+    assert left.get_xscale() == scale and scale in left.get_xlabel()
+    for labels in (left.get_xticklabels(), right.get_yticklabels()):
+        shown = [t.get_text() for t in labels if t.get_text()]
+        assert len(shown) >= 2, shown
+        assert all(float(text) > 0 or text == "0" for text in shown), shown

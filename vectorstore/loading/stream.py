@@ -220,6 +220,23 @@ class Writer:
         self._with_retries(lambda: self._copy(records, vectors), lambda: self._insert(records, vectors))
 
 
+SIMULATED_PREFIX = "stream-"  # the external ids of the records a simulation writes, unless told another
+
+
+def remove_simulated(
+    prefix: str = SIMULATED_PREFIX, model: type[models.Model] | None = None, using: str = "default"
+) -> int:
+    """Delete the documents a simulation wrote (external ids starting with ``prefix``; their passages go
+    with them); returns how many. A simulation leaves the table as it found it unless told to keep them:
+    its copies of real records otherwise answer searches beside the originals."""
+    model = model or conf.document_model()
+    rows = model._default_manager.using(using).filter(external_id__startswith=prefix)
+    count = rows.count()
+    if count:
+        rows.delete()
+    return count
+
+
 def simulate(
     mode: str,
     records: Sequence[Record],
@@ -310,10 +327,31 @@ def simulate(
     return report
 
 
-def plot(reports: Sequence[StreamReport], path: str | Path) -> Path:
-    """A PNG of the latency distributions: arrival-to-commit per mode, and embed vs write time."""
+def _scale(axis: Any, values: np.ndarray) -> str:
+    """A log scale where the values span a decade or more, else a linear one; either way tick labels
+    that are plain numbers of milliseconds (matplotlib's log axis labels only powers of ten, so a
+    range of 18-48 ms had no label at all, and 40 read as ``4 x 10^1``)."""
+    import matplotlib.ticker as ticker
+
+    positive = values[values > 0]
+    if len(positive) and positive.max() / positive.min() >= 10:
+        if axis is axis.axes.xaxis:
+            axis.axes.set_xscale("log")
+        else:
+            axis.axes.set_yscale("log")
+        axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.set_minor_locator(ticker.NullLocator())
+        kind = "log scale"
+    else:
+        axis.set_major_locator(ticker.MaxNLocator(nbins=6))
+        kind = "linear scale"
+    axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    return kind
+
+
+def figure(reports: Sequence[StreamReport]) -> Any:
+    """The latency figure (matplotlib): arrival-to-commit per mode, and embed vs write time."""
     import matplotlib
-    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -326,10 +364,8 @@ def plot(reports: Sequence[StreamReport], path: str | Path) -> Path:
             np.arange(1, len(values) + 1) / len(values),
             label=f"{r.mode} (p50 {np.median(values):.1f} ms)",
         )
-    left.set_xscale("log")
-    left.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-    left.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    left.set_xlabel("latency, arrival to commit (ms, log scale)")
+    every = np.concatenate([np.asarray(r.latencies, dtype=float) for r in reports])
+    left.set_xlabel(f"latency, arrival to commit (ms, {_scale(left.xaxis, every)})")
     left.set_ylabel("fraction of records")
     left.set_title("Latency distribution per mode")
     left.grid(True, which="both", alpha=0.3)
@@ -339,11 +375,19 @@ def plot(reports: Sequence[StreamReport], path: str | Path) -> Path:
         data += [r.embed, r.write]
         labels += [f"{r.mode}\nembed", f"{r.mode}\nwrite"]
     right.boxplot(data, tick_labels=labels, showfliers=False)
-    right.set_yscale("log")
-    right.set_ylabel("ms each record spent (log scale)")
+    spent = np.concatenate([np.asarray(d, dtype=float) for d in data])
+    right.set_ylabel(f"ms each record spent ({_scale(right.yaxis, spent)})")
     right.set_title("Where the time goes")
     right.grid(True, axis="y", which="both", alpha=0.3)
     fig.tight_layout()
+    return fig
+
+
+def plot(reports: Sequence[StreamReport], path: str | Path) -> Path:
+    """A PNG of the latency figure (``figure``)."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(reports)
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)

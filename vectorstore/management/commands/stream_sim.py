@@ -33,11 +33,29 @@ class Command(ServiceCommand):
         parser.add_argument("--rate", type=float, help="arrivals per second (default: as fast as handled)")
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--id-prefix", help="external_id prefix (default: stream-<time>-)")
+        parser.add_argument(
+            "--keep",
+            action="store_true",
+            help="keep the records in the table (by default the run removes them at its end: they are "
+            "copies of real records and would answer searches beside them)",
+        )
+        parser.add_argument(
+            "--clean",
+            action="store_true",
+            help="only remove the records earlier runs kept (external ids starting with stream-), and exit",
+        )
         parser.add_argument("--plot", help="write a PNG of the latency distributions here")
         parser.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
         parser.add_argument("--embedding-model", help="sentence-transformers path or name")
 
     def handle(self, *args, **o) -> None:
+        if o["clean"]:
+            removed = stream.remove_simulated()
+            return self.emit(
+                f"removed {removed} simulated records ({stream.SIMULATED_PREFIX}...)",
+                {"removed": removed},
+                o["json"],
+            )
         source = o["source"] or conf.stream_source()
         if source is None:
             raise CommandError("--source: give a parquet file (no VECTORSTORE['STREAM_SOURCE'] is set)")
@@ -51,7 +69,9 @@ class Command(ServiceCommand):
             except ImportError as exc:
                 raise CommandError("--plot needs matplotlib: pip install 'vectorstore[plot]'") from exc
         modes = o["mode"] or ["insert"]
-        prefix = o["id_prefix"] if o["id_prefix"] is not None else f"stream-{time.strftime('%Y%m%dT%H%M%S')}-"
+        prefix = o["id_prefix"]
+        if prefix is None:
+            prefix = f"{stream.SIMULATED_PREFIX}{time.strftime('%Y%m%dT%H%M%S')}-"
         try:
             embedder = Embedder.for_model(
                 conf.document_model(), model=o["embedding_model"], device=o["device"]
@@ -74,8 +94,20 @@ class Command(ServiceCommand):
                 self.stdout.write(report.summary())
         except (InputError, EmbeddingError) as exc:
             raise self.error(exc) from exc
+        finally:
+            # Removed however the run ended (a failed mode leaves none of its records behind either).
+            removed = None if o["keep"] or not prefix else stream.remove_simulated(prefix)
         if o["plot"]:
             self.stdout.write(f"plot: {stream.plot(reports, o['plot'])}")
+        if removed is not None:
+            self.stdout.write(
+                f"removed the {removed} records this run wrote ({prefix}...; --keep keeps them)"
+            )
+        else:
+            self.stdout.write(
+                f"kept the records this run wrote ({prefix}...; stream_sim --clean removes them)"
+            )
         if o["json"]:
             data = reports[0].as_dict() if len(reports) == 1 else {"runs": [r.as_dict() for r in reports]}
+            data["removed"] = removed
             self.stdout.write(json.dumps(data))
