@@ -138,20 +138,34 @@ def admin_login(playwright: Any, base_url: str, username: str, password: str) ->
     return browser, page
 
 
-def run_readme_guide(marker: str, monkeypatch: Any, article: type) -> None:
-    """Run the README's ``<!-- {marker} -->`` python block word for word (at most ten lines), the host's
-    ``articles.models.Article`` being ``article``."""
+def docs_block(marker: str) -> tuple[str, str]:
+    """The documentation's one python block marked ``<!-- {marker} -->`` (in any page of ``docs/``), and
+    the page it is on."""
     import re
+
+    found = [
+        (code, str(page.relative_to(ROOT)))
+        for page in sorted((ROOT / "docs").rglob("*.md"))
+        for code in re.findall(
+            rf"<!-- {re.escape(marker)} -->\n```python\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S
+        )
+    ]
+    assert len(found) == 1, f"{marker!r}: {len(found)} blocks in docs/"
+    return found[0]
+
+
+def run_readme_guide(marker: str, monkeypatch: Any, article: type) -> None:
+    """Run the documentation's ``<!-- {marker} -->`` python block word for word (at most ten lines), the
+    host's ``articles.models.Article`` being ``article``."""
     import types
 
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    (code,) = re.findall(rf"<!-- {re.escape(marker)} -->\n```python\n(.*?)```", readme, flags=re.S)
+    code, page = docs_block(marker)
     assert len([line for line in code.splitlines() if line.strip()]) <= 10
     articles = types.ModuleType("articles.models")
     articles.Article = article
     monkeypatch.setitem(sys.modules, "articles", types.ModuleType("articles"))
     monkeypatch.setitem(sys.modules, "articles.models", articles)
-    exec(compile(code, f"README.md ({marker})", "exec"), {})
+    exec(compile(code, f"{page} ({marker})", "exec"), {})
 
 
 def close_async_thread_connections() -> None:

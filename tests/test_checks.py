@@ -138,3 +138,33 @@ def test_replicas_that_are_not_replica_databases_and_a_missing_router_are_named(
     named = [m.msg for m in messages if m.id == "vectorstore.E030"]
     assert any("'default'" in msg and "the primary" in msg for msg in named)
     assert any("'missing'" in msg and "not in DATABASES" in msg for msg in named)
+
+
+def test_a_document_model_of_an_app_not_installed_is_a_check_not_a_traceback(tmp_path, clean_env):
+    """DOCUMENT_MODEL naming a model of an app left out of INSTALLED_APPS (the guide's first stumble):
+    makemigrations and check answer with vectorstore.E004 saying to add the app, and no traceback."""
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT, database_url
+
+    (tmp_path / "forgot_settings.py").write_text(
+        "from tests.settings import *  # noqa\n"
+        "VECTORSTORE = {**VECTORSTORE, 'DOCUMENT_MODEL': 'articles.Article'}\n"
+    )
+    env = {
+        **clean_env,
+        "PYTHONPATH": f"{tmp_path}:{ROOT}",
+        "DJANGO_SETTINGS_MODULE": "forgot_settings",
+        "DATABASE_URL": database_url(connection.settings_dict),
+    }
+    for command in (["check"], ["makemigrations", "--check", "--dry-run"]):
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "manage.py"), *command], env=env, capture_output=True, text=True
+        )
+        output = result.stdout + result.stderr
+        assert "Traceback" not in output, output
+        assert result.returncode != 0 or command[0] == "makemigrations", output
+        if result.returncode:
+            assert "vectorstore.E004" in output and "no installed app has the label 'articles'" in output
+            assert "INSTALLED_APPS" in output

@@ -1,6 +1,6 @@
-"""The README's "Adding the app to your own site" guide, run word for word in a new `django-admin
+"""The documentation's "Your own site" guide (docs/your-site.md), run word for word in a new `django-admin
 startproject` site, in a fresh virtual environment where the app is pip-installed from the checkout, on a
-brand-new database: the code blocks are read from the README, so the two cannot drift apart."""
+brand-new database: the code blocks are read from the page, so the two cannot drift apart."""
 
 from __future__ import annotations
 
@@ -38,15 +38,14 @@ DATABASES = {"default": {
     "HOST": _url.hostname or _query.get("host", [""])[0],
     "PORT": _url.port or _query.get("port", [""])[0],
 }}
-INSTALLED_APPS += ["articles"]  # the host's own app, before vectorstore's in the list
 """
 
 
 def guide_blocks() -> dict[str, list[str]]:
-    """The README's code blocks marked <!-- guide: FILE -->, by file, in order."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    """The guide's code blocks marked <!-- guide: FILE -->, by file, in order."""
+    page = (ROOT / "docs" / "your-site.md").read_text(encoding="utf-8")
     blocks: dict[str, list[str]] = {}
-    for name, code in re.findall(r"<!-- guide: (\S+) -->\n```python\n(.*?)```", readme, flags=re.S):
+    for name, code in re.findall(r"<!-- guide: (\S+) -->\n```python\n(.*?)```", page, flags=re.S):
         blocks.setdefault(name, []).append(code)
     return blocks
 
@@ -64,12 +63,12 @@ def fresh_database():
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def test_the_readme_has_the_guide():
+def test_the_docs_have_the_guide():
     blocks = guide_blocks()
     assert set(blocks) == {"settings.py", "urls.py", "models.py"}, blocks.keys()
 
 
-# A second host model, beyond the README's: its own dimension with its own embedding model, and an extra
+# A second host model, beyond the guide's: its own dimension with its own embedding model, and an extra
 # field with a plain Django default (not db_default), filled by bulk_copy.
 NOTE_MODEL = """
 
@@ -89,7 +88,7 @@ class Note(AbstractDocument):
 
 
 class Manual(AbstractDocument):
-    keep_passages = True  # long texts: kept as passages too (README, "Long documents: passages")
+    keep_passages = True  # long texts: kept as passages too (docs/long-documents.md)
 """
 
 # A host's model with passages on: a long text saved, and found by its end.
@@ -176,7 +175,7 @@ print(json.dumps({
 @pytest.mark.django_db
 def test_the_readme_guide_works_in_a_new_site_on_a_fresh_database(tmp_path, fresh_database, clean_env):
     """Two fresh venvs with the checkout pip-installed (one without [embed], one with it), startproject +
-    startapp, the README's blocks appended, on a fresh database: makemigrations writes the host's migration
+    startapp, the guide's blocks appended, on a fresh database: makemigrations writes the host's migration
     with no dependency on vectorstore's and migrate still works; without the model stack the API searches
     by vector; with it, bulk_copy loads the host's models (a plain default filled, the 8-dimension model
     embedding with its own model), the API writes and reads the host's own field, saving a text embeds it,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.apps import apps
 from django.core.checks import Error, Tags, Warning, register
+from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, connections
 
 from vectorstore import conf
@@ -91,10 +92,10 @@ def check_settings(app_configs=None, **kwargs) -> list:
             )
     try:
         model = conf.document_model()
-    except (LookupError, ValueError) as exc:
+    except ImproperlyConfigured as exc:
         errors.append(
             Error(
-                f"VECTORSTORE['DOCUMENT_MODEL'] is {conf.get('DOCUMENT_MODEL')!r}: {exc}",
+                str(exc),
                 hint="Name an installed subclass of AbstractDocument, as 'app_label.Model'.",
                 id="vectorstore.E004",
             )
@@ -128,7 +129,7 @@ def check_embedding_models(app_configs=None, **kwargs) -> list:
     errors: list = []
     try:
         configured = conf.document_model()
-    except (LookupError, ValueError):
+    except ImproperlyConfigured:
         configured = None  # E004 says so
     for model in _document_models():
         name = model.embedding_model

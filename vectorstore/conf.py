@@ -212,5 +212,18 @@ def document_model() -> type[models.Model]:
     default. Typed as a Model: naming AbstractDocument here would make conf import the models, which
     import everything that reads settings."""
     from django.apps import apps
+    from django.core.exceptions import ImproperlyConfigured
 
-    return apps.get_model(get("DOCUMENT_MODEL"), require_ready=False)
+    name = get("DOCUMENT_MODEL")
+    try:
+        return apps.get_model(name, require_ready=False)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"VECTORSTORE['DOCUMENT_MODEL'] is {name!r}: {exc}") from exc
+    except LookupError as exc:
+        label = str(name).partition(".")[0]
+        if not apps.is_installed(label) and label not in apps.app_configs:
+            raise ImproperlyConfigured(
+                f"VECTORSTORE['DOCUMENT_MODEL'] is {name!r}, but no installed app has the label {label!r}:"
+                f" add your app (the one whose models.py defines it) to INSTALLED_APPS"
+            ) from exc
+        raise ImproperlyConfigured(f"VECTORSTORE['DOCUMENT_MODEL'] is {name!r}: {exc}") from exc
