@@ -147,7 +147,9 @@ def docs_block(marker: str) -> tuple[str, str]:
         (code, str(page.relative_to(ROOT)))
         for page in sorted((ROOT / "docs").rglob("*.md"))
         for code in re.findall(
-            rf"<!-- {re.escape(marker)} -->\n```python\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S
+            rf"<!-- {re.escape(marker)} -->\n```python\n(.*?)```",
+            page.read_text(encoding="utf-8"),
+            flags=re.S,
         )
     ]
     assert len(found) == 1, f"{marker!r}: {len(found)} blocks in docs/"

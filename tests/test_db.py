@@ -38,6 +38,43 @@ def test_embedded_server_starts_without_database_url(tmp_path, clean_env):
     assert status.returncode == 3 and "not running" in status.stdout
 
 
+@pytest.mark.slow
+def test_commands_that_need_no_database_start_none(tmp_path, clean_env):
+    """``--help``, ``help`` and embed_parquet start no embedded server (its data folder is not even made);
+    the first command that connects starts it."""
+    import subprocess
+    import sys
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.helpers import ROOT
+
+    pgdata = tmp_path / "pgdata"
+    env = {**clean_env, "VECTORSTORE_PGDATA": str(pgdata), "HF_HUB_OFFLINE": "1"}
+    env.pop("DATABASE_URL", None)
+    source = tmp_path / "texts.parquet"
+    pq.write_table(pa.table({"text": ["a lighthouse on the cape", "railroads across the plains"]}), source)
+
+    def manage(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, str(ROOT / "manage.py"), *args], env=env, capture_output=True, text=True
+        )
+
+    try:
+        for args in (["embed_parquet", "--help"], ["help"], ["bulk_copy", "--help"]):
+            done = manage(*args)
+            assert done.returncode == 0, done.stderr
+        done = manage("embed_parquet", str(source), str(tmp_path / "out.parquet"), "--json")
+        assert done.returncode == 0, done.stderr
+        assert not pgdata.exists()
+        done = manage("migrate", "--noinput")
+        assert done.returncode == 0, done.stderr
+        assert (pgdata / "postmaster.pid").exists()
+    finally:
+        run_python("from project.db import main; main(['stop'])", env)
+
+
 @pytest.mark.django_db
 def test_database_url_overrides_the_embedded_server(tmp_path, clean_env):
     """With DATABASE_URL set, settings use it and never start the embedded server."""

