@@ -178,3 +178,13 @@ def close_async_thread_connections() -> None:
     from django.db import connections
 
     SyncToAsync.single_thread_executor.submit(connections.close_all).result()
+
+
+def unprocessable(response: Any) -> tuple[str, str]:
+    """A 422's one error as (the field's dotted path, the message): every 422 of the API has django-ninja's
+    shape, ``{"detail": [{"type", "loc": ["body", "payload", ...] or ["query", ...], "msg"}]}``."""
+    assert response.status_code == 422, response.content
+    (error,) = response.json()["detail"]
+    loc = [str(p) for p in error["loc"]]
+    path = loc[2:] if loc[:2] == ["body", "payload"] else loc[1:]
+    return ".".join(path), error["msg"]

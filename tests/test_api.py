@@ -228,3 +228,41 @@ def test_oversized_bodies_are_refused_before_parsing(client, settings):
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
     response = client.post("/api/search", data=body, content_type="application/json")
     assert response.status_code == 422 and "query" in response.content.decode()
+
+
+def test_the_interactive_documentation_sends_a_body_that_works(client, docs):
+    """/api/docs' "Try it out" sends the schema's example: one of query and vector (a 200, not the 422 an
+    example of every field gave), and the page has an introduction."""
+    schema = client.get("/api/openapi.json").json()
+    assert "422" in schema["info"]["description"] and "POST /search" in schema["info"]["description"]
+    example = schema["components"]["schemas"]["SearchIn"]["example"]
+    assert ("query" in example) != ("vector" in example)
+    response = client.post("/api/search", example, content_type="application/json")
+    assert response.status_code == 200, response.content
+
+
+def test_every_422_has_one_shape(client, api, token, docs):
+    """A schema's refusal and the API's own checks (filters, limits, batches, duplicate ids) answer alike:
+    {"detail": [{"type", "loc", "msg"}]}, loc naming the field in the body or the query string."""
+    from tests.helpers import unprocessable
+
+    cases = [
+        (client.post("/api/search", {"vector": [1.0], "k": 0}, content_type="application/json"), "k"),
+        (
+            client.post(
+                "/api/search",
+                {"query": "x", "filters": {"year": {"$bad": 1}}},
+                content_type="application/json",
+            ),
+            "filters.year",
+        ),
+        (client.get("/api/documents", {"limit": 0}), "limit"),
+        (client.get(f"/api/documents/{docs[0].pk}/similar", {"k": 0}), "k"),
+        (
+            api.post("/documents", json=[{"text": "a", "external_id": "d"}] * 2, headers=bearer(token)),
+            "external_id",
+        ),
+    ]
+    for response, field in cases:
+        found, message = unprocessable(response)
+        assert found.startswith(field) and message, (field, response.content)

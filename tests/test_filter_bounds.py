@@ -11,7 +11,7 @@ import pytest
 from django.core.management import call_command
 from django.db import connection
 
-from tests.helpers import database_url, unit_vectors
+from tests.helpers import database_url, unit_vectors, unprocessable
 from vectorstore.indexing import metadata_keys
 from vectorstore.limits import MAX_FILTER_TERMS
 from vectorstore.models import Document
@@ -51,9 +51,8 @@ def test_an_oversized_filter_is_a_422_naming_the_limit_before_any_sql(
             data=json.dumps({"vector": docs[0].tolist(), "filters": huge}),
             content_type="application/json",
         )
-    assert response.status_code == 422, response.content
-    assert f"at most {MAX_FILTER_TERMS}" in response.json()["detail"]
-    assert response.json()["detail"].startswith("filters:")
+    field, message = unprocessable(response)
+    assert field == "filters" and f"at most {MAX_FILTER_TERMS}" in message
     largest = {"$or": [{f"k{i}": i} for i in range((MAX_FILTER_TERMS - 1) // 2)]}  # 1 + 2 terms each
     assert MAX_FILTER_TERMS - 2 <= filter_terms(largest) <= MAX_FILTER_TERMS
     response = client.post(

@@ -12,6 +12,7 @@ plain views otherwise; both answer the same.
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import datetime
 from typing import Any
@@ -24,6 +25,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 from ninja import Query, Router, Schema, Status
 from ninja.errors import HttpError
+from ninja.errors import ValidationError as RequestInvalid
 from ninja.security import HttpBearer, SessionAuth
 
 from vectorstore import conf, search
@@ -76,8 +78,17 @@ def _require(request: HttpRequest, action: str) -> None:
         raise HttpError(403, f"permission {perm} is needed")
 
 
-def _field_error(exc: search.SearchError) -> HttpError:
-    return HttpError(422, f"{exc.field}: {exc.message}")
+def _invalid(field: str, message: str, where: str = "body") -> RequestInvalid:
+    """A 422 in the shape of django-ninja's own validation errors, ``{"detail": [{type, loc, msg}]}``, the
+    field's path in ``loc``: one shape for every 422 the API answers (the checks a schema cannot make
+    included), so that a client reads them one way."""
+    parts = [int(p) if p.isdigit() else p for p in re.split(r"[.\[\]]+", field) if p and p != where]
+    loc = ["body", "payload", *parts] if where == "body" else [where, *parts]
+    return RequestInvalid([{"type": "value_error", "loc": loc, "msg": message}])
+
+
+def _field_error(exc: search.SearchError, where: str = "body") -> RequestInvalid:
+    return _invalid(exc.field, exc.message, where)
 
 
 def _timed_out(exc: search.SearchTimeout) -> HttpResponse:
@@ -171,12 +182,13 @@ def _search_arguments(payload: SearchIn) -> dict[str, Any]:
 SEARCH_ERRORS = (search.SearchError, search.SearchTimeout, ModelStackMissing)
 
 
-def _failed(exc: Exception) -> HttpResponse:
-    """A search's error as the API answers it: a 422 naming the field, a 503 with Retry-After, a 501."""
+def _failed(exc: Exception, where: str = "body") -> HttpResponse:
+    """A search's error as the API answers it: a 422 naming the field (in the body, or the ``query``
+    string), a 503 with Retry-After, a 501."""
     if isinstance(exc, search.SearchTimeout):
         return _timed_out(exc)
     if isinstance(exc, search.SearchError):
-        raise _field_error(exc) from exc
+        raise _field_error(exc, where) from exc
     if isinstance(exc, ModelStackMissing):
         raise _no_model_stack(exc) from exc
     raise exc
@@ -214,9 +226,9 @@ class ListParams(Schema):
 @routers.replica_reads
 def list_documents(request, params: Query[ListParams]):
     if not 1 <= params.limit <= MAX_PAGE:
-        raise HttpError(422, f"limit: must be from 1 to {MAX_PAGE}")
+        raise _invalid("limit", f"must be from 1 to {MAX_PAGE}", "query")
     if params.offset < 0:
-        raise HttpError(422, "offset: must be 0 or more")
+        raise _invalid("offset", "must be 0 or more", "query")
     spec: dict = {}
     if params.category is not None:
         spec["category"] = params.category
@@ -232,7 +244,7 @@ def list_documents(request, params: Query[ListParams]):
     try:
         condition = search.build_filter(spec, where="query")
     except search.SearchError as exc:
-        raise _field_error(exc) from exc
+        raise _field_error(exc, "query") from exc
     model = conf.document_model()
     queryset = model._default_manager.filter(condition).order_by("pk").defer("embedding", "search_vector")
     try:
@@ -264,7 +276,7 @@ def similar_documents(request, doc_id: int, k: int = 10):
     try:
         return _search_out(search.similar(document, k=k))
     except SEARCH_ERRORS as exc:
-        return _failed(exc)
+        return _failed(exc, "query")
 
 
 @routers.replica_reads
@@ -277,7 +289,7 @@ async def similar_documents_async(request, doc_id: int, k: int = 10):
     try:
         return _search_out(await search.asimilar(document, k=k))
     except SEARCH_ERRORS as exc:
-        return _failed(exc)
+        return _failed(exc, "query")
 
 
 similar_documents_async.__doc__ = similar_documents.__doc__
@@ -297,7 +309,7 @@ def _check_extra_fields(items: list) -> None:
                 field.clean(value, None)
             except ValidationError as exc:
                 where = f"[{i}].{name}" if len(items) > 1 else name
-                raise HttpError(422, f"{where}: {'; '.join(exc.messages)}") from exc
+                raise _invalid(where, "; ".join(exc.messages)) from exc
 
 
 def create_documents(request, payload: list[DocumentInModel] | DocumentInModel):  # type: ignore[valid-type]
@@ -305,13 +317,13 @@ def create_documents(request, payload: list[DocumentInModel] | DocumentInModel):
     _require(request, "add")
     items = payload if isinstance(payload, list) else [payload]
     if not items:
-        raise HttpError(422, "body: give at least one document")
+        raise _invalid("", "give at least one document")
     if len(items) > MAX_BATCH:
-        raise HttpError(422, f"body: at most {MAX_BATCH} documents per request")
+        raise _invalid("", f"at most {MAX_BATCH} documents per request")
     _check_extra_fields(items)
     ids = [i.external_id for i in items if i.external_id is not None]
     if len(ids) != len(set(ids)):
-        raise HttpError(422, "external_id: the same id twice in one request")
+        raise _invalid("external_id", "the same id twice in one request")
     started = time.perf_counter()
     try:
         created = insert_documents([i.dict() for i in items])

@@ -57,7 +57,14 @@ class HybridIn(Schema):
     text_k: int | None = Field(None, ge=1, le=MAX_K, description="candidates of the text side (>= k)")
 
 
+# The body the interactive documentation's "Try it out" sends: one of query and vector (an example built
+# from the fields alone holds both, which the API refuses with a 422).
+SEARCH_EXAMPLE = {"query": "tariffs on imported goods", "k": 5, "mode": "hybrid"}
+
+
 class SearchIn(Schema):
+    model_config = {"json_schema_extra": {"example": SEARCH_EXAMPLE, "examples": [SEARCH_EXAMPLE]}}
+
     query: str | None = Field(None, max_length=MAX_QUERY_CHARS, description="text to search for")
     # pgvector's limit: a longer vector is refused before it is even checked.
     vector: list[float] | None = Field(None, max_length=MAX_DIMENSIONS, description="or a query vector")
