@@ -163,3 +163,36 @@ def test_hybrid_and_diverse_search_modes(admin_client, passages):
     assert diverse[0] == target.pk and len(diverse) == len(set(diverse)) > 10
     distances = [float(d) for d in re.findall(r'<td class="field-distance_shown">([0-9.]+)</td>', html)]
     assert distances != sorted(distances)  # MMR's order: a near duplicate waits behind a different passage
+
+
+def test_the_change_list_fits_an_archive_of_two_centuries(admin_client):
+    """No date hierarchy of every year above the results, no "Today / Past 7 days" for dated archives:
+    the created filter offers the decades the documents span, and one narrows the list to its years."""
+    ingest.load(sotu_passages(list(range(0, 3954, 40))), progress=False)  # 1790 to 2021
+    passages = list(Document.objects.all())
+    response = admin_client.get(CHANGELIST)
+    html = response.content.decode()
+    assert 'class="xfull"' not in html and "Past 7 days" not in html and "date_hierarchy" not in html
+    years = sorted({d.created_at.year for d in passages})
+    decade = years[0] // 10 * 10
+    assert f"?created={decade}-{decade + 9}" in html and f"{decade}s" in html
+    narrowed = _row_ids(admin_client.get(CHANGELIST, {"created": f"{decade}-{decade + 9}"}).content.decode())
+    assert narrowed and set(narrowed) == {d.pk for d in passages if decade <= d.created_at.year <= decade + 9}
+
+
+def test_an_external_id_typed_in_the_search_box_comes_first(admin_client, passages):
+    """The semantic search box given an external id puts that document first, whatever its meaning."""
+    target = passages[41]
+    ids = _row_ids(admin_client.get(CHANGELIST, {"q": target.external_id}).content.decode())
+    assert ids[0] == target.pk and len(ids) > 1
+
+
+def test_plain_text_search_falls_back_to_the_most_words(admin_client, passages):
+    """Plain text search with words no document holds all of shows those holding the most of them (and
+    says so), where it used to show nothing."""
+    words = ["Congress", "zyzzogeton"]
+    response = admin_client.get(CHANGELIST, {"q": " ".join(words), "search_mode": "text"})
+    html = response.content.decode()
+    ids = _row_ids(html)
+    assert ids and "No document holds every word" in html
+    assert set(ids) == {d.pk for d in passages if "congress" in d.text.lower()}

@@ -54,6 +54,44 @@ class SearchModeFilter(admin.SimpleListFilter):
         return queryset  # the mode is read by get_search_results
 
 
+class CreatedFilter(admin.SimpleListFilter):
+    """Date ranges that fit the table's dates: decades for an archive spanning centuries, years for one of
+    a few decades, recent days for a live table (Django's date filter offers "Today" and "Past 7 days"
+    whatever the data, and a date hierarchy of an archive lists every year above the results)."""
+
+    title = "created"
+    parameter_name = "created"
+
+    def lookups(self, request, model_admin):
+        from django.db.models import Max, Min
+
+        span = model_admin.model._default_manager.aggregate(first=Min("created_at"), last=Max("created_at"))
+        first, last = span["first"], span["last"]
+        if first is None:
+            return []
+        if last.year - first.year >= 20:
+            decades = range(first.year // 10 * 10, last.year + 1, 10)
+            return [(f"{d}-{d + 9}", f"{d}s") for d in reversed(decades)]
+        if last.year - first.year >= 1:
+            return [(f"{y}-{y}", str(y)) for y in range(last.year, first.year - 1, -1)]
+        return [("7d", "Past 7 days"), ("30d", "Past 30 days"), ("365d", "Past year")]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if not value:
+            return queryset
+        if value.endswith("d") and value[:-1].isdigit():
+            from datetime import timedelta
+
+            from django.utils import timezone
+
+            return queryset.filter(created_at__gte=timezone.now() - timedelta(days=int(value[:-1])))
+        first, _, last = value.partition("-")
+        if first.isdigit() and last.isdigit():
+            return queryset.filter(created_at__year__gte=int(first), created_at__year__lte=int(last))
+        return queryset
+
+
 def _embed(texts: list[str], model) -> np.ndarray:
     return Embedder.for_model(model).encode(texts)
 
@@ -101,10 +139,9 @@ class DocumentForm(forms.ModelForm):
 class DocumentAdmin(admin.ModelAdmin):
     form = DocumentForm
     list_display = ("id", "external_id", "short_text", "category", "created_at", "distance_shown")
-    list_filter = (SearchModeFilter, "category", "created_at")
+    list_filter = (SearchModeFilter, "category", CreatedFilter)
     search_fields = ("text", "external_id")
     search_help_text = "Searches by meaning, nearest first (choose 'plain text' on the right for words)."
-    date_hierarchy = "created_at"
     exclude = ("embedding",)
     readonly_fields = ("vector_summary", "similar_documents")
     show_full_result_count = False  # count(*) on a large table on every page is slow
@@ -145,10 +182,22 @@ class DocumentAdmin(admin.ModelAdmin):
             response["Retry-After"] = exc.retry_after
             return response
 
+    def _text_results(self, request, queryset: QuerySet, search_term: str):
+        """Django's text search (every word, in the text or the external id); where no document holds
+        them all, the documents holding the most of them, said so (nothing at all was the answer)."""
+        found, distinct = super().get_search_results(request, queryset, search_term)
+        words = [w for w in search_term.split() if w]
+        if len(words) < 2 or found.exists():
+            return found, distinct
+        held = [Case(When(text__icontains=w, then=Value(1)), default=Value(0)) for w in words]
+        holding = queryset.annotate(words_held=sum(held[1:], held[0])).filter(words_held__gt=0)
+        messages.info(request, "No document holds every word: showing those that hold the most of them.")
+        return holding.order_by("-words_held", "pk"), False
+
     def get_search_results(self, request, queryset: QuerySet, search_term: str):
         mode = self._search_mode(request, search_term)
         if mode == "text":
-            return super().get_search_results(request, queryset, search_term)
+            return self._text_results(request, queryset, search_term)
         options = {"mode": "hybrid"} if mode == "hybrid" else {}
         if mode == "diverse":
             options["mmr"] = {"fetch_k": SEMANTIC_RESULTS * 2}
@@ -157,7 +206,11 @@ class DocumentAdmin(admin.ModelAdmin):
         except (search.SearchError, EmbeddingError) as exc:
             messages.warning(request, f"Semantic search: {exc}; showing a plain text search instead.")
             return super().get_search_results(request, queryset, search_term)
-        ids = [hit.document.pk for hit in result.hits]
+        # An external id typed in the box is looked up as such first: its document leads the list.
+        exact = list(queryset.filter(external_id=search_term.strip()).values_list("pk", flat=True)[:1])
+        if exact:
+            result.hits = [h for h in result.hits if h.document.pk != exact[0]]
+        ids = exact + [hit.document.pk for hit in result.hits]
 
         def per_hit(value, field) -> Case:
             # The change list orders before it searches: the search's own order, distances and matched
@@ -171,10 +224,11 @@ class DocumentAdmin(admin.ModelAdmin):
             )
             for key in ("ordinal", "start", "end")
         }
+        rank = per_hit(lambda i, h: i + 1, IntegerField())
+        if exact:  # rank 0, ahead of every hit; its distance left blank
+            rank = Case(When(pk=exact[0], then=Value(0)), default=rank, output_field=IntegerField())
         ranked = queryset.filter(pk__in=ids).annotate(
-            distance=per_hit(lambda i, h: h.distance, FloatField()),
-            search_rank=per_hit(lambda i, h: i, IntegerField()),
-            **span,
+            distance=per_hit(lambda i, h: h.distance, FloatField()), search_rank=rank, **span
         )
         return ranked.order_by("search_rank"), False
 
