@@ -4,6 +4,7 @@
 #   make test   the same set-up, then the whole test suite
 #   make serve  the production server alone (HOST, PORT, WORKERS), against the current database
 #   make serve-asgi  the same site under uvicorn (ASGI): search and similar as async views
+#   make docs   the documentation site, built strictly into build/docs/
 # With DATABASE_URL set, everything uses that server instead of the embedded one.
 
 PYTHON ?= python3
@@ -15,7 +16,7 @@ PORT ?= 8000
 WORKERS ?= 2
 export HF_HUB_OFFLINE := 1
 
-.PHONY: run serve serve-asgi test setup db stop replica migrate lint format psql clean
+.PHONY: run serve serve-asgi test docs setup db stop replica migrate lint format psql clean
 
 $(INSTALLED): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,6 +52,12 @@ serve-asgi:
 # longest stolen by an idle worker; PYTEST_ARGS adds options (PYTEST_ARGS='-k search -n 0').
 test: setup
 	$(PY) -m pytest -n auto --dist worksteal $(PYTEST_ARGS)
+
+# The documentation site into build/docs/ (docs/, mkdocs.yml), strictly: a broken link, a page left out of
+# the navigation or a reference that does not resolve fails it. It needs no database.
+docs: $(INSTALLED)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+	@echo "Documentation built: build/docs/index.html"
 
 # Stops the embedded server's replicas too.
 stop:

@@ -232,3 +232,16 @@ print(sorted(m._meta.label for m in admin.site._registry if m._meta.app_label !=
     assert result.returncode == 0, result.stderr
     # The configured document model and the API tokens; not the bundled Document.
     assert result.stdout.strip().splitlines()[-1] == "['testapp.HostDocument', 'vectorstore.ApiToken']"
+
+
+def test_the_readme_is_a_short_page_whose_links_resolve():
+    """The README stays a short page (the rest is in docs/), and every relative link in it names a file
+    of the checkout."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) <= 200
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", readme)
+    local = [link for link in links if "://" not in link]
+    assert len(local) >= 10, local
+    assert [link for link in local if not (ROOT / link).exists()] == []
+    for page in ("docs/install.md", "docs/your-site.md", "docs/loading/commands.md", "docs/search/api.md"):
+        assert page in local
