@@ -470,3 +470,30 @@ def test_hybrid_gates_a_described_needs_far_matches(fixture_docs):
     name = Document.objects.create(text="The Zyzzogeton reached the coast", embedding=-q)
     assert _ids(search("zyzzogeton", k=10, mode="hybrid"))[0] == name.pk
     assert fusion.described("the lighthouse keepers") and not fusion.described("the Zyzzogeton")
+
+
+def test_a_search_is_one_checked_immutable_request(fixture_docs, monkeypatch):
+    """search() checks its arguments once into a SearchRequest (frozen: nothing downstream changes it),
+    completed with the defaults (metric, candidates for MMR, hybrid's options), and runs from it alone."""
+    import dataclasses
+
+    from vectorstore.search import request as request_module
+    from vectorstore.search.request import SearchRequest
+
+    built = SearchRequest.build(
+        "tariffs", k=5, mode="hybrid", mmr={"fetch_k": 30}, filters={"category": "Whig"}
+    )
+    assert (built.k, built.candidates, built.metric, built.lambda_mult) == (5, 30, "cosine", 0.5)
+    assert built.fusion.vector_k == 50 and built.condition is not None and built.model is Document
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.k = 6
+    with pytest.raises(SearchError, match="k"):
+        SearchRequest.build("x", k=0)
+    seen = []
+    real = request_module.SearchRequest.build.__func__
+    monkeypatch.setattr(
+        request_module.SearchRequest,
+        "build",
+        classmethod(lambda cls, *a, **kw: seen.append(kw) or real(cls, *a, **kw)),
+    )
+    assert len(search("tariffs", k=3).hits) == 3 and len(seen) == 1

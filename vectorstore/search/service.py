@@ -13,26 +13,17 @@ from typing import Any
 import numpy as np
 from django.db import models
 
-from vectorstore import conf, passages, replicas
+from vectorstore import passages, replicas
 from vectorstore.indexing import bm25, vector_indexes
-from vectorstore.limits import (
-    EF_SEARCH_RANGE,
-    ITERATIVE_SCANS,
-    MAX_K,
-    MAX_QUERY_CHARS,
-    PROBES_RANGE,
-    RERANK_RANGE,
-    SEARCH_MODES,
-)
 from vectorstore.search import query_log
-from vectorstore.search.distances import METRICS, score_of
-from vectorstore.search.diversity import mmr_hits, mmr_options
-from vectorstore.search.filters import SearchError, build_filter, storable
-from vectorstore.search.fusion import adaptive_weight, fuse, hybrid_options
+from vectorstore.search.distances import score_of
+from vectorstore.search.diversity import mmr_hits
+from vectorstore.search.fusion import adaptive_weight, fuse
 from vectorstore.search.passage_search import passage_rows
 from vectorstore.search.plan import vector_rows
 from vectorstore.search.quantized import plan_for
 from vectorstore.search.query_vector import cached_query_vector, check_vector, embed_query
+from vectorstore.search.request import SearchRequest
 from vectorstore.search.results import Hit, SearchResult
 from vectorstore.search.settings import Tuned, cached_tuning, search_settings, timeouts, tuned_settings
 from vectorstore.search.statements import Statement
@@ -48,52 +39,6 @@ from vectorstore.search.text import (
 # The BM25 path counts the documents holding every word up to this many (beyond, the adaptive text
 # weight is under 1% of its maximum).
 MATCH_COUNT_CAP = 1000
-
-
-def _check_arguments(
-    query: str | None,
-    vector: Any,
-    k: int,
-    mode: str,
-    metric: str,
-    ef_search: int | None,
-    iterative_scan: str | None,
-    probes: int | None,
-    rerank: int | None,
-    hybrid: Any,
-) -> None:
-    """SearchError naming the first bad argument."""
-    if mode not in SEARCH_MODES:
-        raise SearchError("mode", f"expected one of {', '.join(SEARCH_MODES)}")
-    if metric not in METRICS:
-        raise SearchError("metric", f"expected one of {', '.join(METRICS)}")
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
-        raise SearchError("k", f"must be an integer from 1 to {MAX_K}")
-    for name, value, (low, high) in (
-        ("ef_search", ef_search, EF_SEARCH_RANGE),
-        ("probes", probes, PROBES_RANGE),
-        ("rerank", rerank, RERANK_RANGE),
-    ):
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high
-        ):
-            raise SearchError(name, f"must be from {low} to {high}")
-    if iterative_scan is not None and iterative_scan not in ITERATIVE_SCANS:
-        raise SearchError("iterative_scan", f"expected one of {', '.join(ITERATIVE_SCANS)}")
-    if query is not None:
-        if not isinstance(query, str) or not query.strip():
-            raise SearchError("query", "must be a non-empty string")
-        storable(query, "query")
-        if len(query) > MAX_QUERY_CHARS:
-            raise SearchError("query", f"at most {MAX_QUERY_CHARS} characters")
-    if mode in ("hybrid", "text") and query is None:
-        raise SearchError("query", f"{mode} search needs a query text")
-    if mode == "vector" and query is None and vector is None:
-        raise SearchError("query", "give a query text or a vector")
-    if vector is not None and query is not None and mode == "vector":
-        raise SearchError("vector", "give a query text or a vector, not both")
-    if hybrid is not None and mode != "hybrid":
-        raise SearchError("hybrid", "applies to mode hybrid only")
 
 
 def search(
@@ -124,7 +69,7 @@ def search(
     binary index and 1 for a half-precision one). ``log_query=False`` keeps the query vector out of the
     query log that tune_search measures recall on (``vectorstore.search.query_log``; ``similar()`` does).
     """
-    return drive(_steps(**locals()))
+    return drive(_steps(SearchRequest.build(**locals())))
 
 
 async def asearch(
@@ -151,43 +96,21 @@ async def asearch(
     what is committed: unlike ``search()``, it cannot join a transaction of Django's connection.
     Cancelling the task cancels the query on the server; the statement timeout raises SearchTimeout.
     """
-    return await adrive(_steps(**locals()))
+    return await adrive(_steps(SearchRequest.build(**locals())))
 
 
-def _steps(
-    query: str | None,
-    *,
-    vector: Any,
-    k: int,
-    filters: dict | None,
-    mode: str,
-    metric: str | None,
-    ef_search: int | None,
-    iterative_scan: str | None,
-    probes: int | None,
-    queryset: models.QuerySet | None,
-    using: str | None,
-    mmr: dict[str, Any] | None,
-    hybrid: dict[str, Any] | None,
-    rerank: int | None,
-    log_query: bool,
-) -> Steps[SearchResult]:
-    """The search as steps (``vectorstore.search.steps``), for ``drive`` or ``adrive``."""
+def _steps(request: SearchRequest) -> Steps[SearchResult]:
+    """The search as steps (``vectorstore.search.steps``), for ``drive`` or ``adrive``: a request
+    (``SearchRequest``, checked) in, its result out."""
     started = time.perf_counter()
-    model = queryset.model if queryset is not None else conf.document_model()
-    base = queryset if queryset is not None else model._default_manager.all()
+    r = request
+    model, base, mode, metric, query, k = r.model, r.base, r.mode, r.metric, r.query, r.candidates
+    using = r.using
     if using is None:
         # The router may pick a replica, which can mean asking it (and the primary) where it stands.
         using = yield Call(lambda: base.db, None if replicas.configured() else lambda: (base.db,))
-    metric = metric or conf.distance()
-    _check_arguments(query, vector, k, mode, metric, ef_search, iterative_scan, probes, rerank, hybrid)
-    lambda_mult, wanted = None, k
-    if mmr is not None:
-        if mode == "text":
-            raise SearchError("mmr", "needs vectors to compare: use mode vector or hybrid")
-        lambda_mult, k = mmr_options(mmr, k)
-    fusion = hybrid_options(hybrid, k) if mode == "hybrid" else None
-    filtered = base.filter(build_filter(filters))
+    fusion, lambda_mult, filters = r.fusion, r.lambda_mult, r.filters
+    filtered = base.filter(r.condition)
     # The hits' vectors and tsvectors stay in the database: parsing 10 x 384 numbers back
     # would cost more than the search itself (Hit.document.embedding loads on use). MMR needs them.
     fields = [f.attname for f in model._meta.concrete_fields if f.name not in ("embedding", "search_vector")]
@@ -199,29 +122,31 @@ def _steps(
     searched = passage_model or model
     table = searched._meta.db_table
     tuned = Tuned()
-    if ef_search is None or probes is None or rerank is None:
+    if r.ef_search is None or r.probes is None or r.rerank is None:
         tuned = yield Call(lambda: tuned_settings(table, using), lambda: cached_tuning(table, using))
-    settings = search_settings(ef_search, iterative_scan, probes, tuned, bool(filters))
+    settings = search_settings(r.ef_search, r.iterative_scan, r.probes, tuned, bool(filters))
     plan = None
     if mode != "text":
         index = yield Call(
             lambda: vector_indexes.serving(searched, metric, using),
             lambda: vector_indexes.cached_serving(searched, metric, using),
         )
-        plan = plan_for(searched, index, rerank, tuned)
+        plan = plan_for(searched, index, r.rerank, tuned)
     ranking = None
     if mode != "vector":
         index = yield Call(lambda: bm25.index_for(model, using), lambda: bm25.cached_index_for(model, using))
         ranking = (query, index) if index else None
     # The SQL of a search on the model's own manager depends only on its shape: Django compiles it once.
     shape = (
-        (model._meta.label, using, tuple(fields), metric, plan) if queryset is None and not filters else None
+        (model._meta.label, using, tuple(fields), metric, plan)
+        if not r.custom_queryset and not filters
+        else None
     )
     qvector = None
     if mode != "text":
         dims = model._meta.get_field("embedding").dimensions
-        if vector is not None:
-            qvector = check_vector(vector, dims)
+        if r.vector is not None:
+            qvector = check_vector(r.vector, dims)
         else:
             qvector = yield Call(
                 lambda: embed_query(query, model), lambda: cached_query_vector(query, model), database=False
@@ -323,8 +248,8 @@ def _steps(
             weight = fusion.text_weight if fusion.text_weight is not None else adaptive_weight(matches)
             details["text_weight"] = round(weight, 4)
     if lambda_mult is not None:
-        hits = mmr_hits(hits, fields[-1], lambda_mult, wanted)
-    if log_query and qvector is not None:
+        hits = mmr_hits(hits, fields[-1], lambda_mult, r.k)
+    if r.log_query and qvector is not None:
         query_log.offer(model, qvector, flush_when_due=False)
         if query_log.flush_due():
             yield Call(query_log.flush)
