@@ -245,3 +245,27 @@ def test_the_readme_is_a_short_page_whose_links_resolve():
     assert [link for link in local if not (ROOT / link).exists()] == []
     for page in ("docs/install.md", "docs/your-site.md", "docs/loading/commands.md", "docs/search/api.md"):
         assert page in local
+
+
+def test_fixtures_readme_states_the_files_own_years_and_rows():
+    """fixtures/README.md says what the file holds (its rows and the years they span): a newcomer read
+    1790 to 2018 where the file ends in 2021."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(ROOT / "fixtures" / "sotu.parquet", columns=["year"])
+    years = table.column("year")
+    text = (ROOT / "fixtures" / "README.md").read_text(encoding="utf-8")
+    assert f"{table.num_rows:,} passages" in text
+    assert f"{pc.min(years).as_py()} to {pc.max(years).as_py()}" in text
+
+
+def test_the_docs_say_how_to_get_pandas_for_the_pandas_example():
+    """The loading page's example uses pandas, which the [embed] extra does not install: the page says so
+    (a newcomer's ImportError), as long as the extra leaves it out."""
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    page = (ROOT / "docs" / "loading" / "python.md").read_text(encoding="utf-8")
+    if "import pandas" in page and not any(d.startswith("pandas") for d in extras["embed"]):
+        assert "pip install pandas" in page
