@@ -155,7 +155,13 @@ query = post(client, "/api/search", {"query": "trains crossing America", "k": 1}
 text = post(client, "/api/search", {"query": "tariff iron", "mode": "text", "k": 1})
 by_vector = post(client, "/api/search", {"vector": list(map(float, saved.embedding)), "k": 1})
 listing = client.get("/api/documents", {"limit": 100}).json()["items"]
+# Behind save()'s back: the host's own table has the freshness triggers makemigrations wrote.
+Passage.objects.filter(pk=saved.pk).update(text="A railway between two oceans")
+from vectorstore.freshness import backlog, worker
+stale = backlog(Passage)["stale"]
+renewed = worker.embed_batch(Passage).embedded
 print(json.dumps({
+    "fresh": [stale, renewed, backlog(Passage)["stale"]],
     "created": [created.status_code, created.content.decode()],
     "urls": sorted(Passage.objects.values_list("source_url", flat=True)),
     "bad": [bad.status_code, bad.content.decode()],
@@ -214,6 +220,7 @@ def test_the_readme_guide_works_in_a_new_site_on_a_fresh_database(tmp_path, fres
     assert re.search(r"\(['\"]vectorstore['\"],", migration) is None
     assert "vectorstore.indexing.vector_indexes.VectorIndex(" in migration  # Note's half-precision index
     assert "name='ManualPassage'" in migration or 'name="ManualPassage"' in migration  # keep_passages
+    assert "vectorstore.freshness.triggers.FreshVectors(" in migration  # the host's table's triggers
     run(python, "manage.py", "migrate", "--noinput", cwd=site)
 
     bare = site_json(WITHOUT_EMBED)
@@ -235,6 +242,7 @@ def test_the_readme_guide_works_in_a_new_site_on_a_fresh_database(tmp_path, fres
     assert seen["vector"] == "A canal between two oceans"
     assert seen["listed"].count("https://example.org/a") == 1 and len(seen["listed"]) == 5
     assert seen["note"] == 8  # embedded on save with the class's own 8-dimension model
+    assert seen["fresh"] == [1, 1, 0]  # update() marked the row, the worker embedded it
     # Search follows the half-precision index Note declares in Meta.indexes (its newest vector index).
     assert seen["note_search"] == [True, {"rerank": 1, "quantization": "half"}]
     assert seen["loaded_notes"] == ["untagged"]  # bulk_copy filled the plain default

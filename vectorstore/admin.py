@@ -13,13 +13,15 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ImproperlyConfigured
 from django.core.serializers.json import DjangoJSONEncoder
+from django.db import transaction
 from django.db.models import Case, FloatField, IntegerField, QuerySet, Value, When
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-from vectorstore import conf, search
+from vectorstore import conf, passages, search
 from vectorstore.embedding import Embedder, EmbeddingError
+from vectorstore.freshness import stale_flag
 from vectorstore.models import ApiToken
 from vectorstore.validation import storable_json
 
@@ -52,6 +54,22 @@ class SearchModeFilter(admin.SimpleListFilter):
 
     def queryset(self, request, queryset):
         return queryset  # the mode is read by get_search_results
+
+
+class VectorFilter(admin.SimpleListFilter):
+    """Rows whose vector is stale (their text changed since, by any path; the embedding worker has not
+    embedded them yet), or fresh ones."""
+
+    title = "vector"
+    parameter_name = "vector"
+
+    def lookups(self, request, model_admin):
+        return [("stale", "Stale (to embed)"), ("fresh", "Fresh")]
+
+    def queryset(self, request, queryset):
+        if self.value() in ("stale", "fresh"):
+            return queryset.filter(vector_stale=self.value() == "stale")
+        return queryset
 
 
 class CreatedFilter(admin.SimpleListFilter):
@@ -138,8 +156,8 @@ class DocumentForm(forms.ModelForm):
 
 class DocumentAdmin(admin.ModelAdmin):
     form = DocumentForm
-    list_display = ("id", "external_id", "short_text", "category", "created_at", "distance_shown")
-    list_filter = (SearchModeFilter, "category", CreatedFilter)
+    list_display = ("id", "external_id", "short_text", "category", "created_at", "distance_shown", "fresh")
+    list_filter = (SearchModeFilter, "category", CreatedFilter, VectorFilter)
     search_fields = ("text", "external_id")
     search_help_text = "Searches by meaning, nearest first (choose 'plain text' on the right for words)."
     exclude = ("embedding",)
@@ -155,6 +173,14 @@ class DocumentAdmin(admin.ModelAdmin):
             shown = passage if len(passage) <= 80 else passage[:79] + "…"
             return f"[passage {obj.passage_ordinal}, characters {start}-{obj.passage_end}] {shown}"
         return obj.text if len(obj.text) <= 80 else obj.text[:79] + "…"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        # Each row's freshness: one index probe of the stale-vector queue a row of the page.
+        return super().get_queryset(request).annotate(vector_stale=stale_flag(self.model))
+
+    @admin.display(description="vector up to date", boolean=True)
+    def fresh(self, obj) -> bool:
+        return not getattr(obj, "vector_stale", False)
 
     @admin.display(description="distance")
     def distance_shown(self, obj) -> str:
@@ -269,11 +295,20 @@ class DocumentAdmin(admin.ModelAdmin):
     @admin.action(description="Re-embed the selected documents")
     def reembed(self, request, queryset) -> None:
         docs = list(queryset.only("pk", "text"))
+        embedder = Embedder.for_model(self.model)
         for start in range(0, len(docs), 256):
             chunk = docs[start : start + 256]
-            for doc, vector in zip(chunk, _embed([d.text for d in chunk], self.model), strict=True):
+            vectors, parts, part_vectors = passages.embed_with_passages(
+                [d.text for d in chunk], embedder, self.model
+            )
+            for doc, vector in zip(chunk, vectors, strict=True):
                 doc.embedding = vector
-            self.model._default_manager.bulk_update(chunk, ["embedding"])
+            # The passages with their document, in its transaction: a renewed vector beside old passages
+            # would answer passage searches from the old text.
+            with transaction.atomic(using=self.model._default_manager.db):
+                self.model._default_manager.bulk_update(chunk, ["embedding"])
+                for i, doc in enumerate(chunk if parts is not None else ()):
+                    passages.replace_passages(doc, parts[i], part_vectors[i])
         self.message_user(request, f"Re-embedded {len(docs)} documents.", messages.SUCCESS)
 
 

@@ -301,3 +301,41 @@ def check_replicas(app_configs=None, **kwargs) -> list:
                 )
             )
     return errors
+
+
+@register(Tags.database)
+def check_embedding_backlog(app_configs=None, databases=None, **kwargs) -> list:
+    """W040: stale rows wait (their text changed without their vector) and no embedding worker has run for
+    WORKER_MISSING_AFTER seconds: searches answer them by their old vector until one does."""
+    from django.apps import apps as registry
+    from django.utils import timezone
+
+    from vectorstore.freshness import backlog
+
+    if not databases or "default" not in databases:
+        return []
+    try:
+        model = conf.document_model()
+        waiting = backlog(model)
+        last = registry.get_model("vectorstore", "EmbedWorker").objects.order_by("-last_seen").first()
+    except (ImproperlyConfigured, DatabaseError):
+        return []
+    if not waiting["stale"]:
+        return []
+    limit = conf.worker_missing_after()
+    if last is not None and (timezone.now() - last.last_seen).total_seconds() <= limit:
+        return []
+    seen = (
+        "no embedding worker has ever run"
+        if last is None
+        else f"the last embedding worker ran {last.last_seen:%Y-%m-%d %H:%M}"
+    )
+    return [
+        Warning(
+            f"{waiting['stale']} rows of {model._meta.db_table} have stale vectors (the oldest"
+            f" {waiting['oldest_seconds'] or 0:.0f} s old) and {seen}.",
+            hint="Run `manage.py embed_worker` beside the web server (or `--once` from cron, or"
+            " vectorstore.freshness.worker.embed_batch from your task queue).",
+            id="vectorstore.W040",
+        )
+    ]

@@ -51,6 +51,12 @@ DEFAULTS: dict[str, Any] = {
     # recall was measured yet, once the log holds TUNE_MIN_LOGGED queries and the stored tuning was measured
     # on others, or as many queries were logged since as it was measured on. False: only tune_search does.
     "AUTO_TUNE": True,
+    # How save() (and POST /api/documents) get a new or changed text's vector: "inline" embeds it before
+    # the write returns; "deferred" writes the text, the database marks it stale, and the embedding
+    # worker (manage.py embed_worker) embeds it and its passages: a write that must not wait for the model.
+    "EMBED_ON_SAVE": "inline",
+    # A backlog of stale rows that no embedding worker has taken for this long is a system check warning.
+    "WORKER_MISSING_AFTER": 600,
     # Database aliases of streaming replicas of "default": with vectorstore.replicas.routers.ReplicaRouter in
     # DATABASE_ROUTERS (and its middleware), reads of document models in requests go to them.
     "REPLICAS": [],
@@ -157,6 +163,14 @@ def tune_min_logged() -> int:
 
 def auto_tune() -> bool:
     return bool(get("AUTO_TUNE"))
+
+
+def embed_on_save() -> str:
+    return str(get("EMBED_ON_SAVE"))
+
+
+def worker_missing_after() -> float:
+    return float(get("WORKER_MISSING_AFTER"))
 
 
 def replicas() -> list[str]:

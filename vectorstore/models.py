@@ -16,6 +16,8 @@ from django.utils import timezone
 from pgvector import HalfVector, Vector
 from pgvector.django import HnswIndex, VectorField
 
+from vectorstore import conf
+from vectorstore.freshness.triggers import FreshVectors
 from vectorstore.limits import HNSW_EF_CONSTRUCTION, HNSW_M, TEXT_SEARCH_CONFIG
 from vectorstore.query import DocumentManager
 from vectorstore.vector_values import VectorValues
@@ -63,7 +65,9 @@ class AbstractDocument(VectorValues):
         help_text="Your own identifier for the document (unique when given).",
     )
     text = models.TextField()
-    embedding = VectorField(dimensions=384)
+    # NULL until embedded where a write leaves embedding to the worker (EMBED_ON_SAVE "deferred", raw SQL):
+    # the freshness triggers mark such a row stale, and search does not find it by meaning until then.
+    embedding = VectorField(dimensions=384, null=True, blank=True)
     category = models.CharField(max_length=255, blank=True, default="")
     metadata = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
@@ -84,6 +88,9 @@ class AbstractDocument(VectorValues):
         # every write (and every bulk load) for nothing.
         constraints = [
             models.UniqueConstraint(fields=["external_id"], name="%(app_label)s_%(class)s_external_id"),
+            # Triggers, as a constraint so that makemigrations writes them for every document model:
+            # a row whose text changed without its vector, by any path, is marked stale (freshness).
+            FreshVectors(name="%(app_label)s_%(class)s_fresh"),
         ]
         indexes = [
             HnswIndex(
@@ -116,14 +123,20 @@ class AbstractDocument(VectorValues):
     def save(self, *args: Any, **kwargs: Any) -> None:
         """Save, embedding the text first when ``needs_embedding()`` (so ``objects.create(text=...)`` and an
         edited text keep their vector right), and, for a model that keeps passages, writing a new or changed
-        text's passages in the same transaction. ``bulk_create`` and ``update()`` do not call this: give
-        them vectors (``vectorstore.embedding.Embedder``) or load with ``bulk_copy``, which embeds them."""
+        text's passages in the same transaction. With ``EMBED_ON_SAVE = "deferred"`` the text is written at
+        once and the embedding worker embeds it. ``bulk_create`` and ``update()`` do not call this: the
+        database marks the rows they leave without a matching vector, and the worker embeds them."""
         from vectorstore import passages  # the passages module imports this one
 
         update_fields = kwargs.get("update_fields")
         writes_text = update_fields is None or "text" in update_fields
         embed = self.needs_embedding() and writes_text
-        split = passages.enabled(type(self)) and writes_text and self.text_changed()
+        # Passages with a new or changed text, and with a vector computed again (one cleared to be renewed).
+        split = passages.enabled(type(self)) and writes_text and (self.text_changed() or embed)
+        if conf.embed_on_save() == "deferred" and (embed or split):
+            # The text is written now; the database marks the row stale (its vector unchanged, or none),
+            # and the embedding worker embeds it and its passages.
+            embed = split = False
         if embed or split:
             from vectorstore.embedding import Embedder  # torch only when a text is embedded
 
@@ -362,3 +375,39 @@ class WriteMark(models.Model):
 
     def __str__(self) -> str:
         return f"{self.client[:10]}... at {self.lsn}"
+
+
+class StaleVector(models.Model):
+    """A document row whose vector does not follow its text yet: marked by the table's freshness
+    triggers (``vectorstore.freshness.triggers``), renewed and removed by the embedding worker
+    (``manage.py embed_worker``). ``attempts`` and ``next_try`` space out the retries of a text that
+    fails to embed; after MAX_ATTEMPTS it waits, reported, until its text changes."""
+
+    db_table = models.CharField(max_length=255)
+    row_id = models.BigIntegerField()
+    marked_at = models.DateTimeField(default=timezone.now)
+    attempts = models.PositiveIntegerField(default=0)
+    next_try = models.DateTimeField(default=timezone.now)
+    error = models.TextField(blank=True, default="")
+
+    class Meta:
+        verbose_name = "stale vector"
+        constraints = [models.UniqueConstraint(fields=["db_table", "row_id"], name="vectorstore_stale_row")]
+        indexes = [models.Index(name="vectorstore_stale_due", fields=["db_table", "next_try"])]
+
+    def __str__(self) -> str:
+        return f"{self.db_table} #{self.row_id} (marked {self.marked_at:%Y-%m-%d %H:%M:%S})"
+
+
+class EmbedWorker(models.Model):
+    """An embedding worker's heartbeat: the system check warns of a backlog no worker has taken."""
+
+    name = models.CharField(max_length=200, primary_key=True)
+    last_seen = models.DateTimeField()
+    rows = models.BigIntegerField(default=0, help_text="rows it has embedded since it started")
+
+    class Meta:
+        verbose_name = "embedding worker"
+
+    def __str__(self) -> str:
+        return f"{self.name} (seen {self.last_seen:%Y-%m-%d %H:%M:%S})"

@@ -129,6 +129,7 @@ def _hit(hit: search.Hit) -> dict:
         "score": hit.score,
         "distance": hit.distance,
         "passage": hit.passage,
+        "stale": hit.stale,
         **{name: v[attname] for name, attname in _EXTRA},
     }
 

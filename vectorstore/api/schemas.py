@@ -121,6 +121,11 @@ class HitOut(DocumentOut):
     passage: PassageOut | None = Field(
         None, description="a model that keeps passages: the passage that matched (the document's best)"
     )
+    stale: bool = Field(
+        False,
+        description="its vector is stale: its text changed since (by any path) and the embedding worker has"
+        " not embedded it yet",
+    )
 
 
 class SearchOut(Schema):

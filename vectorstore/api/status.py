@@ -9,6 +9,7 @@ from django.db import DatabaseError, connections
 from ninja import Field, Schema, Status
 
 from vectorstore import conf, replicas
+from vectorstore.freshness import backlog
 from vectorstore.tuning import status as tuning_status
 
 
@@ -54,6 +55,15 @@ class TuningOut(Schema):
     tuned_at: str
 
 
+class FreshnessOut(Schema):
+    stale: int = Field(
+        description="rows whose vector does not follow their text yet (the worker embeds them)"
+    )
+    due: int = Field(description="of those, due to be embedded now")
+    failed: int = Field(description="failed to embed MAX_ATTEMPTS times: waiting until their text changes")
+    oldest_seconds: float | None = Field(None, description="the oldest stale row's age")
+
+
 class HealthOut(Schema):
     status: str
     postgres: str | None = None
@@ -62,6 +72,7 @@ class HealthOut(Schema):
     error: str | None = None
     replicas: list[ReplicaOut] | None = None
     tuning: list[TuningOut] | None = Field(None, description="what tune_search stored for the document table")
+    freshness: FreshnessOut | None = Field(None, description="the embedding worker's backlog")
 
 
 def health(request):
@@ -72,6 +83,7 @@ def health(request):
             "status": "ok",
             **server_status(),
             "tuning": tuning_status.stored_estimates(conf.document_model()),
+            "freshness": backlog(conf.document_model()),
         }
     except DatabaseError as exc:
         return Status(503, {"status": "unavailable", "error": str(exc).strip().splitlines()[0]})

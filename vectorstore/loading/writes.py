@@ -138,10 +138,14 @@ def insert_documents(
     them in the same transaction (``vectorstore.passages``).
     """
     model = model or conf.document_model()
-    embedder = embedder or Embedder.for_model(model)
-    vectors, parts, part_vectors = passages.embed_with_passages(
-        [item["text"] for item in items], embedder, model
-    )
+    if conf.embed_on_save() == "deferred":
+        # Written without vectors: the database marks each row stale and the worker embeds it.
+        vectors, parts, part_vectors = None, None, None
+    else:
+        embedder = embedder or Embedder.for_model(model)
+        vectors, parts, part_vectors = passages.embed_with_passages(
+            [item["text"] for item in items], embedder, model
+        )
     now = timezone.now()
     with transaction.atomic(using=using):
         conn = pgcopy.django_connection(using)
@@ -152,7 +156,12 @@ def insert_documents(
             rows.target,
             (
                 rows.row({**item, "created_at": item.get("created_at") or now}, vector, pk)
-                for pk, item, vector in zip(ids, items, pgcopy.encode_vectors(vectors), strict=True)
+                for pk, item, vector in zip(
+                    ids,
+                    items,
+                    [None] * len(items) if vectors is None else pgcopy.encode_vectors(vectors),
+                    strict=True,
+                )
             ),
         )
         if parts is not None:

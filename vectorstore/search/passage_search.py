@@ -19,9 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 from django.db import models
 
+from vectorstore.freshness import stale_flag
 from vectorstore.search import statements
 from vectorstore.search.plan import vector_rows
 from vectorstore.search.quantized import Rerank
+from vectorstore.search.results import STALE
 from vectorstore.search.statements import Statement
 from vectorstore.search.steps import Run
 
@@ -88,7 +90,7 @@ def passage_rows(
     pk = model._meta.pk
     documents = statements.statement_cache.get(
         ("passage documents", model._meta.label, using, tuple(fields)),
-        lambda: model._base_manager.using(using).values_list(*fields),
+        lambda: model._base_manager.using(using).annotate(**{STALE: stale_flag(model)}).values_list(*fields),
     )
     n = len(fields)
 

@@ -83,8 +83,10 @@ def vector_rows(
         exact_statement = wrap(Statement.compile(nearest_query(filtered, fields, metric, k, exact=True)))
         (rows,) = yield Run(using, {**settings, "statement_timeout": str(left)}, [exact_statement], qvector)
         exact = True
-    # relaxed_order may hand rows back slightly out of order
-    rows.sort(key=lambda r: r[-1])
+    # relaxed_order may hand rows back slightly out of order. A row without a vector yet (written for the
+    # embedding worker) has no distance: an exact scan reaches it, last; it is found by meaning once
+    # embedded, not before.
+    rows = sorted((r for r in rows if r[-1] is not None), key=lambda r: r[-1])
     return rows, exact, rest
 
 

@@ -8,6 +8,8 @@ from typing import Any
 
 from django.db import models
 
+STALE = "vector_stale"  # the hit's column saying its vector is stale
+
 
 @dataclass
 class Hit:
@@ -24,10 +26,19 @@ class Hit:
     # (``{"ordinal", "start", "end", "text"}``); None otherwise.
     passage: dict[str, Any] | None = None
 
+    @property
+    def stale(self) -> bool:
+        """Whether the hit's vector is stale: its text changed since (or it was written without one), and
+        the embedding worker has not embedded it yet (``vectorstore.freshness``)."""
+        return bool(self.values.get(STALE))
+
     @cached_property
     def document(self) -> models.Model:
         """The hit as a model instance (its vector and tsvector deferred), with ``distance`` and ``score``."""
-        document = self.model.from_db(self.using, list(self.values), list(self.values.values()))
+        # By name, in the model's field order (from_db's): a search's own columns (MMR's vector, the stale
+        # flag) need not sit where the model's fields do.
+        names = [f.attname for f in self.model._meta.concrete_fields if f.attname in self.values]
+        document = self.model.from_db(self.using, names, [self.values[n] for n in names])
         document.distance = self.distance
         document.score = self.score
         document.passage = self.passage

@@ -14,6 +14,7 @@ import numpy as np
 from django.db import models
 
 from vectorstore import passages, replicas
+from vectorstore.freshness import stale_flag
 from vectorstore.indexing import bm25, vector_indexes
 from vectorstore.search import query_log
 from vectorstore.search.distances import score_of
@@ -24,7 +25,7 @@ from vectorstore.search.plan import vector_rows
 from vectorstore.search.quantized import plan_for
 from vectorstore.search.query_vector import cached_query_vector, check_vector, embed_query
 from vectorstore.search.request import SearchRequest
-from vectorstore.search.results import Hit, SearchResult
+from vectorstore.search.results import STALE, Hit, SearchResult
 from vectorstore.search.settings import Tuned, cached_tuning, search_settings, timeouts, tuned_settings
 from vectorstore.search.statements import Statement
 from vectorstore.search.steps import Call, Run, Steps, adrive, drive
@@ -114,6 +115,9 @@ def _steps(request: SearchRequest) -> Steps[SearchResult]:
     # The hits' vectors and tsvectors stay in the database: parsing 10 x 384 numbers back
     # would cost more than the search itself (Hit.document.embedding loads on use). MMR needs them.
     fields = [f.attname for f in model._meta.concrete_fields if f.name not in ("embedding", "search_vector")]
+    # Whether each hit's vector is stale (its text changed since, by any path): one index probe a hit.
+    filtered = filtered.annotate(**{STALE: stale_flag(model)})
+    fields.append(STALE)
     if lambda_mult is not None:
         fields.append(model._meta.get_field("embedding").attname)
     # A model that keeps passages is searched through them (vectorstore.search.passage_search): the
