@@ -64,3 +64,11 @@ def test_web_image_installs_the_pinned_cpu_torch_and_requirements(compose):
     assert "torch==2.13.0" in dockerfile
     assert "pip install -r requirements.txt" in dockerfile
     assert "torch==2.13.0" in (ROOT / "requirements.txt").read_text()
+
+
+def test_an_embedding_worker_runs_beside_the_web_server(compose):
+    """The compose file runs `embed_worker` as a service of its own, on the same database as the site."""
+    worker, web = compose["services"]["worker"], compose["services"]["web"]
+    assert worker["command"] == "python manage.py embed_worker"
+    assert worker["environment"]["DATABASE_URL"] == web["environment"]["DATABASE_URL"]
+    assert worker["depends_on"]["db"]["condition"] == "service_healthy"

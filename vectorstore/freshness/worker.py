@@ -142,17 +142,28 @@ def embed_batch(
             **names
         )
         forget = sql.SQL("DELETE FROM {q} WHERE id = %s AND marked_at = %s").format(**names)
+        done = [(q, r, m, v) for (q, r, m), v in zip(live, vectors, strict=True) if r not in failures]
         with transaction.atomic(using=using):
-            for (queue_id, row_id, marked), vector in zip(live, vectors, strict=True):
-                if row_id in failures:
-                    continue
-                digest = _digest(found[row_id])
-                # psycopg's own cursor: server-side binding sends the vector in pgvector's binary format
-                # (Django's client-side cursor would quote it as bytea).
-                with psycopg.Cursor(conn) as cursor:
-                    written = cursor.execute(write, [pg.binary_vector(vector), row_id, digest]).fetchone()
-                if written is None:
-                    report.changed += 1  # its text changed meanwhile: marked again, embedded later
+            # One pipelined round trip for the batch's writes (psycopg's own cursor: server-side binding
+            # sends each vector in pgvector's binary format, where Django's would quote it as bytea).
+            with psycopg.Cursor(conn) as cursor:
+                cursor.executemany(
+                    write,
+                    [(pg.binary_vector(v), r, _digest(found[r])) for _, r, _, v in done],
+                    returning=True,
+                )
+                written = []
+                for _ in done:
+                    written.append(cursor.fetchone() is not None)
+                    cursor.nextset()
+                # A new vector cleared the mark (the trigger), an equal one did not: this does, unless the
+                # row was marked again since. A row whose text changed meanwhile keeps its new mark.
+                cursor.executemany(
+                    forget, [(q, m) for (q, _, m, _), ok in zip(done, written, strict=True) if ok]
+                )
+            for (_, row_id, _, _), ok in zip(done, written, strict=True):
+                if not ok:
+                    report.changed += 1  # embedded again later, with its new text
                     continue
                 report.embedded += 1
                 if row_id in parts:
@@ -160,9 +171,6 @@ def embed_batch(
                     document = model._default_manager.using(using).only("pk").get(pk=row_id)
                     passages.replace_passages(document, split, part_vectors, using)
                     report.passages += len(split)
-                # A new vector cleared the mark (the trigger), an equal one did not: this does, unless the
-                # row was marked again since.
-                conn.execute(forget, [queue_id, marked])
             for queue_id, row_id, marked in taken:
                 if not found.get(row_id):
                     report.gone += 1
