@@ -129,6 +129,22 @@ def test_an_embedding_model_of_another_size_is_an_error(tmp_path, monkeypatch):
     assert check_embedding_models() == []
 
 
+def test_deferred_embedding_needs_nullable_vectors_and_a_known_mode():
+    """EMBED_ON_SAVE 'deferred' is E015 for each document model whose vector is NOT NULL (a text saved
+    before the worker embeds it could not be written); an unknown mode is E003."""
+    from vectorstore.checks import check_settings
+
+    assert check_embedding_models() == []
+    with override_settings(VECTORSTORE={"EMBED_ON_SAVE": "deferred"}):
+        errors = [e for e in check_embedding_models() if e.id == "vectorstore.E015"]
+    labels = {e.obj._meta.label for e in errors}
+    assert "testapp.HostDocument" in labels and "vectorstore.Document" not in labels  # Document: NULL
+    assert "null=True" in errors[0].hint
+    with override_settings(VECTORSTORE={"EMBED_ON_SAVE": "later"}):
+        errors = [e for e in check_settings() if e.id == "vectorstore.E003"]
+    assert len(errors) == 1 and "EMBED_ON_SAVE" in errors[0].msg and "deferred" in errors[0].msg
+
+
 @override_settings(VECTORSTORE={"DIMENSIONS": 384, "REPLICAS": ["default", "missing"]})
 def test_replicas_that_are_not_replica_databases_and_a_missing_router_are_named():
     """The primary or an alias DATABASES lacks is an error; no router or middleware, warnings.

@@ -101,6 +101,38 @@ def test_every_write_path_marks_or_embeds(docs, tmp_path):
     assert worker.embed_batch(Document).taken == 0
 
 
+def test_a_migration_that_changes_the_columns_types_keeps_the_triggers():
+    """AlterField of the vector's dimension (and back) runs under the triggers, which name no column for
+    PostgreSQL to refuse ALTER COLUMN TYPE over, and they mark rows of the altered table after it."""
+    from pgvector.django import VectorField
+
+    old = Document._meta.get_field("embedding")
+    wider = VectorField(dimensions=512, null=True, blank=True)
+    wider.set_attributes_from_name("embedding")
+    wider.model = Document
+    with connection.schema_editor() as editor:
+        editor.alter_field(Document, old, wider)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO vectorstore_document (text, category, metadata, created_at)"
+                " VALUES ('the postal roads', '', '{}', now()) RETURNING id"
+            )
+            raw = cursor.fetchone()[0]
+            cursor.execute(
+                "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
+                " WHERE attrelid = 'vectorstore_document'::regclass AND attname = 'embedding'"
+            )
+            assert cursor.fetchone()[0] == "vector(512)"
+        assert _stale_ids() == {raw}
+        Document.objects.filter(pk=raw).update(embedding=[0.5] * 512)
+        assert _stale_ids() == set()
+        Document.objects.all().delete()
+    finally:
+        with connection.schema_editor() as editor:
+            editor.alter_field(Document, wider, old)
+
+
 def test_a_row_changed_while_its_batch_is_embedded_is_embedded_again(docs):
     """The text changes (by another connection, committed) while the model reads the old one: the old
     text's vector is not written on the new text, the row stays marked, and the next batch embeds it."""

@@ -8,7 +8,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, connections
 
 from vectorstore import conf
-from vectorstore.limits import DEVICES, ITERATIVE_SCANS, MAX_DIMENSIONS, METRICS
+from vectorstore.limits import DEVICES, EMBED_ON_SAVE, ITERATIVE_SCANS, MAX_DIMENSIONS, METRICS
 from vectorstore.models import AbstractDocument
 
 
@@ -79,6 +79,7 @@ def check_settings(app_configs=None, **kwargs) -> list:
         ("DISTANCE", METRICS),
         ("DEVICE", DEVICES),
         ("ITERATIVE_SCAN", ITERATIVE_SCANS),
+        ("EMBED_ON_SAVE", EMBED_ON_SAVE),
     ):
         value = conf.get(name)
         # A device may name one GPU, as torch does: "cuda:1".
@@ -132,6 +133,17 @@ def check_embedding_models(app_configs=None, **kwargs) -> list:
     except ImproperlyConfigured:
         configured = None  # E004 says so
     for model in _document_models():
+        if conf.embed_on_save() == "deferred" and not model._meta.get_field("embedding").null:
+            errors.append(
+                Error(
+                    f"VECTORSTORE['EMBED_ON_SAVE'] is 'deferred' but {model._meta.label}.embedding is NOT "
+                    "NULL: a text saved before the worker embeds it has no vector to write.",
+                    hint="Declare the field VectorField(dimensions=..., null=True, blank=True), then "
+                    "makemigrations and migrate.",
+                    obj=model,
+                    id="vectorstore.E015",
+                )
+            )
         name = model.embedding_model
         if name is not None and not isinstance(name, str):
             errors.append(

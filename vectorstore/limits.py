@@ -8,6 +8,7 @@ METRICS = ("cosine", "l2", "inner_product")
 SEARCH_MODES = ("vector", "hybrid", "text")
 ITERATIVE_SCANS = ("off", "strict_order", "relaxed_order")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+EMBED_ON_SAVE = ("inline", "deferred")
 
 # pgvector's largest vector (and an HNSW index's limit is lower: 2,000 dimensions for vector).
 MAX_DIMENSIONS = 16_000

@@ -51,7 +51,7 @@ class AbstractDocument(VectorValues):
     """A text, its embedding and its metadata.
 
     Subclass it to store documents in your own table; override ``embedding``
-    to change the dimension (``embedding = VectorField(dimensions=768)``).
+    to change the dimension (``embedding = VectorField(dimensions=768, null=True, blank=True)``).
     Index names are derived from the app label and class name; a subclass whose
     ``<app_label>_<class>_hnsw`` exceeds 30 characters declares its own
     ``Meta.indexes``.

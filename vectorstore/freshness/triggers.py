@@ -8,12 +8,18 @@ for every document model, the host site's own included (``AddConstraint``, or ``
 options): Django has no triggers of its own, and a constraint is the object its migrations create and
 drop with the table. Its SQL is a function and two triggers per table:
 
-- ``AFTER INSERT ... WHEN (NEW.embedding IS NULL)``: a row written without a vector. A load that writes
-  vectors (COPY, INSERT) never calls the function, and an AFTER trigger keeps COPY's multi-row inserts
-  (a BEFORE row trigger turns them off), so a bulk load costs nothing measurable;
-- ``AFTER UPDATE OF text, embedding ... WHEN (text or embedding changed)``: stale where the vector is
-  NULL or did not change with the text; fresh (the mark removed) where a vector arrived, so the worker's
-  own write, ``save()`` that embeds and a load's merge clear what they fix.
+- ``AFTER INSERT ... WHEN (written without a vector)``: a load that writes vectors (COPY, INSERT) never
+  calls the function, and an AFTER trigger keeps COPY's multi-row inserts (a BEFORE row trigger turns
+  them off), so a bulk load costs nothing measurable;
+- ``AFTER UPDATE ... WHEN (text or embedding changed)``: stale where the vector is NULL or did not
+  change with the text; fresh (the mark removed) where a vector arrived, so the worker's own write,
+  ``save()`` that embeds and a load's merge clear what they fix.
+
+The triggers name no column: a trigger that does (``UPDATE OF text``, ``WHEN (NEW.embedding ...)``)
+makes PostgreSQL refuse ``ALTER COLUMN ... TYPE`` on it, so a migration that changes the vector's
+dimension or the text's ``max_length`` would fail. Their conditions are small SQL functions of the whole
+row instead, which the planner inlines into the same column tests (no cost per row) and which read the
+columns by name whenever a statement starts.
 
 The function also sends ``NOTIFY vectorstore_stale`` (delivered at commit), on which the embedding
 worker waits instead of polling.
@@ -38,10 +44,13 @@ def _names(model: type[models.Model], name: str, quote: Any) -> dict[str, str]:
         "function": quote(f"{name}_mark"[:63]),
         "insert": quote(f"{name}_ins"[:63]),
         "update": quote(f"{name}_upd"[:63]),
+        "unembedded": quote(f"{name}_unembedded"[:63]),
+        "changed": quote(f"{name}_changed"[:63]),
         "pk": quote(meta.pk.column),
         "text": quote(meta.get_field("text").column),
         "vector": quote(meta.get_field("embedding").column),
         "queue": quote(QUEUE),
+        "queue_literal": quote(QUEUE).replace("'", "''"),
         "channel": CHANNEL,
     }
 
@@ -63,18 +72,28 @@ BEGIN
     RETURN NULL;
 END
 $body$;
+CREATE OR REPLACE FUNCTION {unembedded}(r {table}) RETURNS boolean LANGUAGE sql IMMUTABLE
+    AS $body$ SELECT r.{vector} IS NULL $body$;
+CREATE OR REPLACE FUNCTION {changed}(o {table}, n {table}) RETURNS boolean LANGUAGE sql IMMUTABLE
+    AS $body$ SELECT n.{text} IS DISTINCT FROM o.{text} OR n.{vector} IS DISTINCT FROM o.{vector} $body$;
 CREATE TRIGGER {insert} AFTER INSERT ON {table}
-    FOR EACH ROW WHEN (NEW.{vector} IS NULL) EXECUTE FUNCTION {function}();
-CREATE TRIGGER {update} AFTER UPDATE OF {text}, {vector} ON {table}
-    FOR EACH ROW WHEN (NEW.{text} IS DISTINCT FROM OLD.{text} OR NEW.{vector} IS DISTINCT FROM OLD.{vector})
-    EXECUTE FUNCTION {function}();
+    FOR EACH ROW WHEN ({unembedded}(NEW)) EXECUTE FUNCTION {function}();
+CREATE TRIGGER {update} AFTER UPDATE ON {table}
+    FOR EACH ROW WHEN ({changed}(OLD, NEW)) EXECUTE FUNCTION {function}();
 """
 
 DROP = """
 DROP TRIGGER IF EXISTS {insert} ON {table};
 DROP TRIGGER IF EXISTS {update} ON {table};
 DROP FUNCTION IF EXISTS {function}();
-DELETE FROM {queue} WHERE db_table = '{table_literal}';
+DROP FUNCTION IF EXISTS {unembedded}({table});
+DROP FUNCTION IF EXISTS {changed}({table}, {table});
+DO $body$ BEGIN
+    -- A host app's migrations may be unapplied after vectorstore's, which dropped the queue already.
+    IF to_regclass('{queue_literal}') IS NOT NULL THEN
+        DELETE FROM {queue} WHERE db_table = '{table_literal}';
+    END IF;
+END $body$;
 """
 
 

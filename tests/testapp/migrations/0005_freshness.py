@@ -9,6 +9,7 @@ import vectorstore.freshness.triggers
 class Migration(migrations.Migration):
     dependencies = [
         ("testapp", "0004_long_article"),
+        ("vectorstore", "0010_freshness"),  # the triggers write to vectorstore's queue
     ]
 
     operations = [
