@@ -87,14 +87,17 @@ def _take(conn: Any, table: str, batch_size: int) -> list[tuple[int, int, Any]]:
         ).format(q=sql.Identifier(QUEUE)),
         [table, 2 * batch_size, LOCK_CLASS],
     ).fetchall()
-    for extra_id, _, _ in rows[batch_size:]:
-        conn.execute("SELECT pg_advisory_unlock(%s, (%s::bigint %% 2147483647)::int)", [LOCK_CLASS, extra_id])
+    _release(conn, rows[batch_size:])
     return rows[:batch_size]
 
 
 def _release(conn: Any, taken: list[tuple[int, int, Any]]) -> None:
-    for queue_id, _, _ in taken:
-        conn.execute("SELECT pg_advisory_unlock(%s, (%s::bigint %% 2147483647)::int)", [LOCK_CLASS, queue_id])
+    """The rows' advisory locks released, in one statement."""
+    if taken:
+        conn.execute(
+            "SELECT pg_advisory_unlock(%s, (id %% 2147483647)::int) FROM unnest(%s::bigint[]) AS id",
+            [LOCK_CLASS, [queue_id for queue_id, _, _ in taken]],
+        )
 
 
 def _digest(text: str) -> str:
@@ -168,8 +171,8 @@ def embed_batch(
                 report.embedded += 1
                 if row_id in parts:
                     split, part_vectors = parts[row_id]
-                    document = model._default_manager.using(using).only("pk").get(pk=row_id)
-                    passages.replace_passages(document, split, part_vectors, using)
+                    # Its passages are keyed by the primary key alone: no need to read the row.
+                    passages.replace_passages(model(pk=row_id), split, part_vectors, using)
                     report.passages += len(split)
             for queue_id, row_id, marked in taken:
                 if not found.get(row_id):
