@@ -133,7 +133,10 @@ WHITENOISE_USE_FINDERS = True
 
 # The vectorstore app's settings; every key is optional (see vectorstore/conf.py).
 VECTORSTORE = {
-    "DIMENSIONS": 384,
+    # The embedding model (a sentence-transformers name or local path; unset: the bundled all-MiniLM-L6-v2)
+    # and its vectors' size. Changing them: docs/changing-models.md (manage.py reembed).
+    "MODEL": os.environ.get("VECTORSTORE_MODEL") or None,
+    "DIMENSIONS": int(os.environ.get("VECTORSTORE_DIMENSIONS", "384")),
     "DEVICE": os.environ.get("VECTORSTORE_DEVICE", "auto"),
     # Metadata keys with a type, whose range filters get a B-tree index: '{"year": "int"}'.
     "METADATA_KEYS": json.loads(os.environ.get("VECTORSTORE_METADATA_KEYS") or "{}"),

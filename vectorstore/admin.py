@@ -20,9 +20,10 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from vectorstore import conf, passages, search
-from vectorstore.embedding import Embedder, EmbeddingError
+from vectorstore.embedding import EmbeddingError
 from vectorstore.freshness import stale_flag
 from vectorstore.models import ApiToken
+from vectorstore.reembed import record
 from vectorstore.validation import storable_json
 
 SEMANTIC_RESULTS = 200  # how many nearest documents a semantic search in the change list shows
@@ -111,7 +112,7 @@ class CreatedFilter(admin.SimpleListFilter):
 
 
 def _embed(texts: list[str], model) -> np.ndarray:
-    return Embedder.for_model(model).encode(texts)
+    return record.embedder(model).encode(texts)
 
 
 class _EscapingEncoder(DjangoJSONEncoder):
@@ -295,7 +296,7 @@ class DocumentAdmin(admin.ModelAdmin):
     @admin.action(description="Re-embed the selected documents")
     def reembed(self, request, queryset) -> None:
         docs = list(queryset.only("pk", "text"))
-        embedder = Embedder.for_model(self.model)
+        embedder = record.embedder(self.model)
         for start in range(0, len(docs), 256):
             chunk = docs[start : start + 256]
             vectors, parts, part_vectors = passages.embed_with_passages(

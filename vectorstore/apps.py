@@ -64,6 +64,24 @@ def _vector_storage(sender, using: str = "default", **kwargs) -> None:
                 )
 
 
+def _record_models(sender, using: str = "default", **kwargs) -> None:
+    """After migrate: a document table that holds vectors and no record of their model (made before
+    records were kept) records the configured one (``vectorstore.reembed.record``)."""
+    from django.apps import apps
+    from django.db import connections
+
+    from vectorstore.models import AbstractDocument
+    from vectorstore.reembed import record
+
+    if connections[using].vendor != "postgresql":
+        return
+    tables = set(connections[using].introspection.table_names())
+    for model in apps.get_models():
+        document = issubclass(model, AbstractDocument) and not model._meta.proxy and model._meta.managed
+        if document and model._meta.db_table in tables:
+            record.ensure(model, using)
+
+
 class VectorstoreConfig(AppConfig):
     name = "vectorstore"
     verbose_name = "Vector store"
@@ -80,3 +98,4 @@ class VectorstoreConfig(AppConfig):
         pre_migrate.connect(_vector_extension, sender=self, dispatch_uid="vectorstore.vector_extension")
         post_migrate.connect(_declared_key_indexes, sender=self, dispatch_uid="vectorstore.metadata_keys")
         post_migrate.connect(_vector_storage, sender=self, dispatch_uid="vectorstore.vector_storage")
+        post_migrate.connect(_record_models, sender=self, dispatch_uid="vectorstore.record_models")

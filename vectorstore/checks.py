@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.apps import apps
 from django.core.checks import Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
@@ -208,6 +210,11 @@ def check_vector_columns(app_configs=None, databases=None, **kwargs) -> list:
                 if row is None:
                     continue  # not migrated yet: migrate will create it with the field's dimension
                 typmod, column_type = row
+                recorded = _recorded(model, alias)
+                if recorded is not None:
+                    errors += _model_warnings(model, field, typmod, recorded)
+                    if typmod == recorded.dimensions:
+                        continue  # a move of reembed's, said by the warnings above
                 if typmod != field.dimensions:
                     errors.append(
                         Error(
@@ -219,6 +226,53 @@ def check_vector_columns(app_configs=None, databases=None, **kwargs) -> list:
                         )
                     )
     return errors
+
+
+def _recorded(model: type, alias: str) -> Any:
+    """The table's binding record (the model its vectors were made by), None without one."""
+    from vectorstore.reembed import record
+
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [record.RECORD])
+        if not cursor.fetchone()[0]:
+            return None  # vectorstore not migrated yet
+    found = record.read(model, alias)
+    return None if found.adopt else found
+
+
+def _model_warnings(model: type, field: Any, typmod: int, recorded: Any) -> list:
+    from vectorstore.reembed import record
+
+    out = []
+    name = record.configured(model)
+    if record.fingerprint(name) != recorded.fingerprint:
+        out.append(
+            Warning(
+                f"{model._meta.db_table} holds vectors of {recorded.label} ({recorded.dimensions} "
+                f"dimensions); the configured model is {record.label(name)}. Queries are embedded with "
+                f"{recorded.label} until the table moves.",
+                hint="Run manage.py reembed to move the table to the configured model while the site serves "
+                "(docs: Changing the embedding model), or configure the table's model again.",
+                obj=model,
+                id="vectorstore.W050",
+            )
+        )
+    if typmod == recorded.dimensions and typmod != field.dimensions:
+        out.append(
+            Warning(
+                f"{model._meta.label}.embedding is vector({field.dimensions}) but the table holds "
+                f"{recorded.label}'s vectors of {typmod} dimensions.",
+                hint=(
+                    "Run manage.py reembed first where the field is the new size"
+                    if field.dimensions != typmod and record.fingerprint(name) != recorded.fingerprint
+                    else f"Give the field dimensions={typmod}, then makemigrations and migrate"
+                )
+                + " (docs: Changing the embedding model).",
+                obj=model,
+                id="vectorstore.W051",
+            )
+        )
+    return out
 
 
 ROUTER = "vectorstore.replicas.routers.ReplicaRouter"

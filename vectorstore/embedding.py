@@ -198,6 +198,7 @@ class Embedder:
         self.device = resolve_device(device or conf.device())
         self.batch_size = batch_size or conf.batch_size()
         self.expected_dimensions = dimensions
+        self.recorded: Any = None  # the table record it embeds for, where made by reembed.record.embedder
         self._model: SentenceTransformer | None = None
 
     @classmethod
@@ -217,7 +218,13 @@ class Embedder:
 
     @property
     def label(self) -> str:
-        return self.model_name or DEFAULT_MODEL_LABEL
+        if not self.model_name:
+            return DEFAULT_MODEL_LABEL
+        try:
+            bundled = self.model_name == bundled_model_path()
+        except ModelStackMissing:
+            bundled = False
+        return DEFAULT_MODEL_LABEL if bundled else self.model_name
 
     @property
     def model(self) -> SentenceTransformer:

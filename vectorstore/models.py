@@ -10,7 +10,7 @@ import numpy as np
 from django.conf import settings
 from django.contrib.postgres.indexes import GinIndex
 from django.contrib.postgres.search import SearchVector, SearchVectorField
-from django.db import models, router, transaction
+from django.db import DataError, models, router, transaction
 from django.db.models.signals import class_prepared
 from django.utils import timezone
 from pgvector import HalfVector, Vector
@@ -20,6 +20,7 @@ from vectorstore import conf
 from vectorstore.freshness.triggers import FreshVectors
 from vectorstore.limits import HNSW_EF_CONSTRUCTION, HNSW_M, TEXT_SEARCH_CONFIG
 from vectorstore.query import DocumentManager
+from vectorstore.reembed import record
 from vectorstore.vector_values import VectorValues
 
 
@@ -121,11 +122,10 @@ class AbstractDocument(VectorValues):
         return f"{label}: {self.text[:60]}"
 
     def save(self, *args: Any, **kwargs: Any) -> None:
-        """Save, embedding the text first when ``needs_embedding()`` (so ``objects.create(text=...)`` and an
-        edited text keep their vector right), and, for a model that keeps passages, writing a new or changed
-        text's passages in the same transaction. With ``EMBED_ON_SAVE = "deferred"`` the text is written at
-        once and the embedding worker embeds it. ``bulk_create`` and ``update()`` do not call this: the
-        database marks the rows they leave without a matching vector, and the worker embeds them."""
+        """Save, embedding the text first when ``needs_embedding()`` (so a new or edited text keeps its vector
+        right) and writing a new or changed text's passages (a model that keeps them) in the same transaction.
+        With ``EMBED_ON_SAVE = "deferred"`` the worker embeds it. ``bulk_create`` and ``update()`` do not call
+        this: the database marks the rows they leave without a matching vector, and the worker embeds them."""
         from vectorstore import passages  # the passages module imports this one
 
         update_fields = kwargs.get("update_fields")
@@ -137,10 +137,15 @@ class AbstractDocument(VectorValues):
             # The text is written now; the database marks the row stale (its vector unchanged, or none),
             # and the embedding worker embeds it and its passages.
             embed = split = False
-        if embed or split:
-            from vectorstore.embedding import Embedder  # torch only when a text is embedded
-
-            embedder = Embedder.for_model(type(self))
+        using = kwargs.get("using") or router.db_for_write(type(self), instance=self)
+        if not (embed or split):
+            with transaction.atomic(using=using):
+                super().save(*args, **kwargs)
+            return self._remember_loaded()
+        # By the model that made the table's vectors (its record), checked in the write's transaction.
+        pk, adding = self.pk, self._state.adding
+        for attempt in (1, 2):
+            embedder = record.embedder(type(self), using)
             if embed:
                 self.embedding = embedder.encode([self.text])[0]
                 if update_fields is not None:
@@ -148,11 +153,18 @@ class AbstractDocument(VectorValues):
             if split:  # a text that fits one passage: its vector (the caller's too) is the passage's
                 parts = passages.split_texts([self.text], embedder)[0]
                 (part_vectors,) = passages.passage_vectors([parts], [self.embedding], embedder)
-        using = kwargs.get("using") or router.db_for_write(type(self), instance=self)
-        with transaction.atomic(using=using):
-            super().save(*args, **kwargs)
-            if split:
-                passages.replace_passages(self, parts, part_vectors, using)
+            try:
+                with transaction.atomic(using=using):
+                    super().save(*args, **kwargs)
+                    if split:
+                        passages.replace_passages(self, parts, part_vectors, using)
+                    record.hold(type(self), using, embedder.recorded)
+                break
+            except (record.ModelChanged, DataError) as exc:
+                # A vector of the old size refused by the new column is the same news, told by PostgreSQL.
+                if attempt == 2 or not record.moved(type(self), using, embedder.recorded, exc):
+                    raise
+                self.pk, self._state.adding = pk, adding  # as before the write that was rolled back
         self._remember_loaded()
 
     def text_changed(self) -> bool:
@@ -218,8 +230,11 @@ class_prepared.connect(_add_passage_model)
 
 
 class Document(AbstractDocument):
-    """The app's own document table, with 384-dimensional embeddings (all-MiniLM-L6-v2)."""
+    """The app's own document table; its vectors have the DIMENSIONS setting's size (384 by default, for
+    all-MiniLM-L6-v2). Its migrations read the setting too, so a site that changes it writes no migration:
+    ``manage.py reembed`` moves the column to the new size (docs: Changing the embedding model)."""
 
+    embedding = VectorField(dimensions=conf.dimensions(), null=True, blank=True)
     keep_passages = None  # a passage table; the PASSAGES setting turns its use on
 
     class Meta(AbstractDocument.Meta):
@@ -411,3 +426,25 @@ class EmbedWorker(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} (seen {self.last_seen:%Y-%m-%d %H:%M:%S})"
+
+
+class EmbeddingRecord(models.Model):
+    """Which embedding model made a table's vectors, and the other model's in its shadow column (the next
+    while ``reembed`` fills it, the previous after a swap): ``vectorstore.reembed.record``."""
+
+    db_table = models.CharField(max_length=255, unique=True)
+    model = models.TextField(blank=True, default="", help_text='name or path; "" is the bundled default')
+    dimensions = models.PositiveIntegerField()
+    fingerprint = models.CharField(max_length=64)
+    version = models.PositiveIntegerField(default=1)
+    updated_at = models.DateTimeField(default=timezone.now)
+    shadow_state = models.CharField(max_length=16, blank=True, default="")  # "" | filling | previous
+    shadow_model = models.TextField(blank=True, default="")
+    shadow_dimensions = models.PositiveIntegerField(null=True, blank=True)
+    shadow_fingerprint = models.CharField(max_length=64, blank=True, default="")
+
+    class Meta:
+        verbose_name = "embedding model record"
+
+    def __str__(self) -> str:
+        return f"{self.db_table}: {self.model or 'bundled all-MiniLM-L6-v2'} (version {self.version})"

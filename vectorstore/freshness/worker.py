@@ -38,6 +38,7 @@ from psycopg import sql
 
 from vectorstore import conf, passages, pg
 from vectorstore.freshness.triggers import CHANNEL, QUEUE
+from vectorstore.reembed import record
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,17 @@ def _release(conn: Any, taken: list[tuple[int, int, Any]]) -> None:
         )
 
 
+def _same_model(conn: Any, model: type[models.Model], using: str, recorded: Any) -> bool:
+    """In the write's transaction: the table locked against a swap (ROW EXCLUSIVE, as the writes take it;
+    reembed's swap takes ACCESS EXCLUSIVE), then its record still at the version the batch embedded with."""
+    conn.execute(sql.SQL("LOCK TABLE {} IN ROW EXCLUSIVE MODE").format(sql.Identifier(model._meta.db_table)))
+    try:
+        record.hold(model, using, recorded)
+    except record.ModelChanged:
+        return False
+    return True
+
+
 def _digest(text: str) -> str:
     return hashlib.md5(text.encode("utf-8")).hexdigest()  # a change detector, as md5() in SQL
 
@@ -114,8 +126,6 @@ def embed_batch(
 ) -> BatchReport:
     """Embed one batch of the model's stale rows (see the module's docstring); an empty report when none
     is due."""
-    from vectorstore.embedding import Embedder
-
     started = time.perf_counter()
     model = model or conf.document_model()
     meta = model._meta
@@ -137,7 +147,7 @@ def embed_batch(
         read = sql.SQL("SELECT {pk}, {text} FROM {t} WHERE {pk} = ANY(%s)").format(**names)
         found = dict(conn.execute(read, [[row_id for _, row_id, _ in taken]]).fetchall())
         live = [(queue_id, row_id, marked) for queue_id, row_id, marked in taken if found.get(row_id)]
-        embedder = embedder or Embedder.for_model(model)
+        embedder = embedder or record.embedder(model, using)
         vectors, failed_at = _embed(embedder, [found[row_id] for _, row_id, _ in live])
         failures = {live[i][1]: message for i, message in failed_at.items()}
         parts = _passages(model, embedder, live, vectors, found, failures)
@@ -147,6 +157,9 @@ def embed_batch(
         forget = sql.SQL("DELETE FROM {q} WHERE id = %s AND marked_at = %s").format(**names)
         done = [(q, r, m, v) for (q, r, m), v in zip(live, vectors, strict=True) if r not in failures]
         with transaction.atomic(using=using):
+            recorded = getattr(embedder, "recorded", None)  # an embedder of the table's record
+            if recorded is not None and not _same_model(conn, model, using, recorded):
+                return report  # reembed swapped the table's vectors: the rows stay marked, for its new model
             # One pipelined round trip for the batch's writes (psycopg's own cursor: server-side binding
             # sends each vector in pgvector's binary format, where Django's would quote it as bytea).
             with psycopg.Cursor(conn) as cursor:

@@ -186,10 +186,11 @@ class FoundIndex:
     def kind(self) -> str:
         return self.quantization or "full"
 
-    def serves(self, metric: str, dimensions: int) -> bool:
+    def serves(self, metric: str, dimensions: int | None = None) -> bool:
         """Whether a search by ``metric`` can order by this index: a full or half index of that metric, or
-        a binary one (its Hamming order only picks candidates; the re-rank uses the metric)."""
-        if not self.valid or (self.dimensions is not None and self.dimensions != dimensions):
+        a binary one (its Hamming order only picks candidates; the re-rank uses the metric). ``dimensions``:
+        also of that size (None: the column's, which every index on it has)."""
+        if not self.valid or (None not in (self.dimensions, dimensions) and self.dimensions != dimensions):
             return False
         return self.quantization == "binary" or self.metric == metric
 
@@ -354,8 +355,8 @@ def cached_serving(model: type[models.Model], metric: str, using: str = "default
 
 
 def _serving_among(entries: list[FoundIndex], model: type[models.Model], metric: str) -> FoundIndex | None:
-    dimensions = model._meta.get_field("embedding").dimensions
-    usable = [i for i in entries if i.serves(metric, dimensions)]
+    # Of the column's size, whatever the field says: a swap (reembed) may run ahead of the field.
+    usable = [i for i in entries if i.serves(metric)]
     return usable[-1] if usable else None
 
 

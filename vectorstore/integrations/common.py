@@ -12,6 +12,7 @@ from django.db import models, router, transaction
 
 from vectorstore import passages, pg
 from vectorstore.loading.writes import writable_fields
+from vectorstore.reembed import record
 from vectorstore.validation import storable_json, storable_text
 
 # Fields a framework's document fills by its own parts, never from a metadata key.
@@ -92,13 +93,11 @@ def write_rows(
             update_fields=update,
         )
         if keeps_passages:  # bulk_create runs no save(): the passages are written here, in its transaction
-            from vectorstore.embedding import Embedder
-
             changed = [i for i, instance in latest.items() if i in stored and stored[i] != instance.text]
             passages.passage_model(model)._default_manager.db_manager(db).filter(
                 document__external_id__in=changed
             ).delete()
             passages.fill_missing(
-                pg.django_connection(db), model, Embedder.for_model(model), external_ids=list(latest)
+                pg.django_connection(db), model, record.embedder(model, db), external_ids=list(latest)
             )
     return [id_ for id_, _, _ in rows]

@@ -46,9 +46,9 @@ class ModelEmbeddings(Embeddings):
         self.model = model or conf.document_model()
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        from vectorstore.embedding import Embedder  # torch only when a text is embedded
+        from vectorstore.reembed import record  # torch only when a text is embedded
 
-        return Embedder.for_model(self.model).encode(texts).tolist()
+        return record.embedder(self.model).encode(texts).tolist()
 
     def embed_query(self, text: str) -> list[float]:
         return search.embed_query(text, self.model).tolist()

@@ -137,9 +137,9 @@ class ModelEmbedding(BaseEmbedding):
         return "VectorstoreModelEmbedding"
 
     def _encode(self, texts: list[str]) -> list[list[float]]:
-        from vectorstore.embedding import Embedder  # torch only when a text is embedded
+        from vectorstore.reembed import record  # torch only when a text is embedded
 
-        return Embedder.for_model(self._document_model).encode(texts).tolist()
+        return record.embedder(self._document_model).encode(texts).tolist()
 
     def _get_query_embedding(self, query: str) -> list[float]:
         return search.embed_query(query, self._document_model).tolist()

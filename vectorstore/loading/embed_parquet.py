@@ -21,6 +21,7 @@ from vectorstore.loading.rows import is_string, prefetch
 from vectorstore.passages import files as passage_files
 from vectorstore.passages import passage_vectors, split_texts
 from vectorstore.progress import make_bar
+from vectorstore.reembed import record
 from vectorstore.validation import InputError
 
 
@@ -89,6 +90,7 @@ def embed_parquet(
     fields = [f for f in src.schema if f.name not in ("embedding", passage_files.COLUMN)]
     added = [pa.field("embedding", pa.list_(pa.float32()))]
     meta = dict(src.schema.metadata or {})
+    meta.update(record.file_metadata(embedder))  # which model made the vectors: bulk_copy checks it
     if passages:
         added.append(pa.field(passage_files.COLUMN, passage_files.COLUMN_TYPE))
         meta.update(passage_files.metadata(embedder))

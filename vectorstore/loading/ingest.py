@@ -24,7 +24,7 @@ from typing import Any
 
 import psycopg
 import pyarrow as pa
-from django.db import models, transaction
+from django.db import connections, models, transaction
 
 from vectorstore import conf, passages, tuning
 from vectorstore.embedding import Embedder
@@ -41,6 +41,7 @@ from vectorstore.loading.report import LoadReport
 from vectorstore.loading.rows import Checker, ColumnMap, prefetch, prepared_batches, resolve_columns
 from vectorstore.passages import files as passage_files
 from vectorstore.progress import index_progress_bar, make_bar
+from vectorstore.reembed import record
 from vectorstore.tuning import first_load as load_tuning
 from vectorstore.tuning import status as tuning_status
 from vectorstore.validation import InputError
@@ -156,7 +157,7 @@ def load(
     )
     if opts.on_conflict != "error" and cmap.id_column is None:
         raise InputError(f"{src.name}: on_conflict={opts.on_conflict!r} needs an id column (none found)")
-    embedder = _embedder_for(cmap, embedder)
+    embedder = _embedder_for(cmap, embedder, opts.using)
     report = LoadReport(
         method=opts.method, table=cmap.model._meta.db_table, ignored_columns=cmap.ignored_columns
     )
@@ -167,10 +168,17 @@ def load(
         len, (recovery.committed, recovery.rolled_back)
     )
     rejects = RejectLog(src, opts.batch_size)
+    vectors_of = record.made_by(src.schema.metadata, embedder)
     try:
         with transaction.atomic(using=opts.using):
             conn = pgcopy.django_connection(opts.using)
             plan = _plan(conn, src, cmap, opts)
+            # The vectors are the table's model's, or the table holds none yet and takes their model: after
+            # the plan's locks on the table, so that two loads take their locks in one order.
+            if vectors_of:
+                recorded = record.accept(cmap.model, opts.using, *vectors_of)
+            else:  # vectors made elsewhere: the file does not say by which model
+                recorded = record.read(cmap.model, opts.using)
             report.index_strategy = plan.strategy
             # A first load's tuning: its queries and their truth, made while the indexes build.
             tuner = load_tuning.LoadTuning.for_load(conn, src, cmap, plan.dropped, opts.tune)
@@ -181,7 +189,7 @@ def load(
             else:
                 report.inserted = written
             if passages.enabled(cmap.model):  # in the same transaction: no document without them
-                embedder = embedder or Embedder.for_model(cmap.model)
+                embedder = embedder or record.embedder(cmap.model, opts.using)
                 report.passages, rebuilt = passage_files.write_missing(
                     conn,
                     src,
@@ -201,6 +209,15 @@ def load(
                 if tuner is not None:
                     tuner.start()
                 report.index_seconds += _build_indexes(conn, cmap.model, plan.dropped, opts, report)
+            with connections[opts.using].cursor() as cursor:  # a swap came first: nothing is written
+                record.check_version(cursor, report.table, -1 if recorded.adopt else recorded.version)
+    except record.ModelChanged as exc:
+        raise InputError(
+            f"{report.table}: its embedding model changed during the load (manage.py reembed swapped it): "
+            "load again"
+        ) from exc
+    except record.ModelMismatch as exc:
+        raise InputError(str(exc)) from exc
     except twophase.ParallelCopyUnavailable as exc:
         raise InputError(str(exc)) from exc
     except psycopg.errors.UniqueViolation as exc:
@@ -235,13 +252,13 @@ def load(
     return report
 
 
-def _embedder_for(cmap: ColumnMap, embedder: Embedder | None) -> Embedder | None:
-    """The embedder for a file without vectors (the model's, ``Embedder.for_model``, unless given),
-    checked against the vector field's dimension; None when the file brings its vectors."""
+def _embedder_for(cmap: ColumnMap, embedder: Embedder | None, using: str) -> Embedder | None:
+    """The embedder for a file without vectors (the model that made the table's vectors, its record,
+    unless given), checked against the vector field's dimension; None when the file brings its vectors."""
     if cmap.embedding_column is not None:
         return None
     if embedder is None:
-        embedder = Embedder.for_model(cmap.model)
+        embedder = record.embedder(cmap.model, using)
     if embedder.expected_dimensions is None:
         embedder.expected_dimensions = cmap.dimensions
     return embedder

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from django.db import models, transaction
+from django.db import DataError, models, transaction
 from django.utils import timezone
 
 from vectorstore import conf, passages
 from vectorstore.embedding import Embedder
 from vectorstore.loading import pgcopy
+from vectorstore.reembed import record
 from vectorstore.validation import InputError
 
 # The fields of AbstractDocument that writes fill from their input, in row order.
@@ -135,14 +136,27 @@ def insert_documents(
     its default. The ids are drawn from the table's sequence first, so that COPY (which returns
     nothing) can write them and the caller still learns them. One transaction:
     an id already stored fails the whole call with IntegrityError. A model that keeps passages gets
-    them in the same transaction (``vectorstore.passages``).
+    them in the same transaction (``vectorstore.passages``). Embedded by the table's model (its record):
+    where a swap of ``reembed`` commits first, the items are embedded again with the new one.
     """
     model = model or conf.document_model()
+    before = record.current(model, using)
+    try:
+        return _insert(items, model, embedder, using)
+    except (record.ModelChanged, DataError) as exc:
+        if embedder is not None or not record.moved(model, using, before, exc):
+            raise
+        return _insert(items, model, None, using)
+
+
+def _insert(
+    items: Sequence[Mapping[str, Any]], model: type[models.Model], embedder: Embedder | None, using: str
+) -> list[int]:
     if conf.embed_on_save() == "deferred":
         # Written without vectors: the database marks each row stale and the worker embeds it.
         vectors, parts, part_vectors = None, None, None
     else:
-        embedder = embedder or Embedder.for_model(model)
+        embedder = embedder or record.embedder(model, using)
         vectors, parts, part_vectors = passages.embed_with_passages(
             [item["text"] for item in items], embedder, model
         )
@@ -166,4 +180,7 @@ def insert_documents(
         )
         if parts is not None:
             passages.copy_passages(conn, model, ids, parts, part_vectors)
+        if vectors is not None and getattr(embedder, "recorded", None) is not None:
+            # Made by the table's model still: where a swap of reembed came first, nothing is written.
+            record.hold(model, using, embedder.recorded)
     return ids

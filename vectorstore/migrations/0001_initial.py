@@ -6,6 +6,9 @@ import pgvector.django.vector
 from django.db import migrations, models
 from pgvector.django import VectorExtension
 
+# The document table follows the DIMENSIONS setting (like AUTH_USER_MODEL); reembed moves the column.
+from vectorstore import conf
+
 
 class Migration(migrations.Migration):
     initial = True
@@ -34,7 +37,7 @@ class Migration(migrations.Migration):
                     ),
                 ),
                 ("text", models.TextField()),
-                ("embedding", pgvector.django.vector.VectorField(dimensions=384)),
+                ("embedding", pgvector.django.vector.VectorField(dimensions=conf.dimensions())),
                 ("category", models.CharField(blank=True, default="", max_length=255)),
                 ("metadata", models.JSONField(blank=True, default=dict)),
                 ("created_at", models.DateTimeField(default=django.utils.timezone.now)),

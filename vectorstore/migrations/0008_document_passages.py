@@ -5,6 +5,9 @@ import pgvector.django.indexes
 import pgvector.django.vector
 from django.db import migrations, models
 
+# The document table follows the DIMENSIONS setting (like AUTH_USER_MODEL); reembed moves the column.
+from vectorstore import conf
+
 
 class Migration(migrations.Migration):
     dependencies = [
@@ -30,7 +33,7 @@ class Migration(migrations.Migration):
                     "end",
                     models.PositiveIntegerField(help_text="Where it ends (text[start:end] is the passage)."),
                 ),
-                ("embedding", pgvector.django.vector.VectorField(dimensions=384)),
+                ("embedding", pgvector.django.vector.VectorField(dimensions=conf.dimensions())),
                 (
                     "document",
                     models.ForeignKey(

@@ -6,6 +6,9 @@ from django.db import migrations, models
 
 import vectorstore.freshness.triggers
 
+# The document table follows the DIMENSIONS setting (like AUTH_USER_MODEL); reembed moves the column.
+from vectorstore import conf
+
 
 class Migration(migrations.Migration):
     dependencies = [
@@ -50,7 +53,7 @@ class Migration(migrations.Migration):
         migrations.AlterField(
             model_name="document",
             name="embedding",
-            field=pgvector.django.vector.VectorField(blank=True, dimensions=384, null=True),
+            field=pgvector.django.vector.VectorField(blank=True, dimensions=conf.dimensions(), null=True),
         ),
         migrations.AddConstraint(
             model_name="document",

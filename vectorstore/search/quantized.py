@@ -43,7 +43,9 @@ def plan_for(
         return None
     binary = index.quantization == "binary"
     factor = rerank or (tuned.rerank if binary else None) or (conf.rerank() if binary else 1)
-    return Rerank(index.quantization, model._meta.get_field("embedding").dimensions, factor)
+    # The index's own size (its cast's): the column's, even while a swap runs ahead of the field.
+    dims = index.dimensions or model._meta.get_field("embedding").dimensions
+    return Rerank(index.quantization, dims, factor)
 
 
 def widened(settings: dict[str, str], k: int, plan: Rerank) -> dict[str, str]:

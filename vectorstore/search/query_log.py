@@ -37,6 +37,7 @@ from django.db import DatabaseError, connections, models, transaction
 from django.utils import timezone
 
 from vectorstore import conf, pg
+from vectorstore.reembed import record
 
 logger = logging.getLogger(__name__)
 
@@ -159,11 +160,15 @@ atexit.register(_flush_at_exit)
 
 
 def recent(model: type[models.Model], using: str = "default") -> models.QuerySet:
-    """The logged queries of the model's table younger than QUERY_LOG_DAYS (this process's kept slots
-    written first)."""
+    """The logged queries of the model's table younger than QUERY_LOG_DAYS and than its embedding model
+    (``reembed``'s swap: a query of the old model says nothing of the new vectors), this process's kept
+    slots written first."""
     if using == "default":
         flush()
     since = timezone.now() - timedelta(days=conf.query_log_days())
+    recorded = record.read(model, using)
+    if recorded.updated_at is not None and not recorded.adopt:
+        since = max(since, recorded.updated_at)
     return _model().objects.using(using).filter(db_table=model._meta.db_table, created_at__gte=since)
 
 

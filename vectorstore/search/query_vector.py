@@ -1,5 +1,6 @@
-"""The query's vector: a text embedded by the document model's own Embedder (cached), or a vector the
-caller gave, checked against the column before any SQL."""
+"""The query's vector: a text embedded by the model that made the table's vectors (its record,
+``vectorstore.reembed.record``; cached by that model), or a vector the caller gave, checked against the
+column before any SQL."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 from django.db import models
 
 from vectorstore import conf
-from vectorstore.embedding import Embedder
+from vectorstore.reembed import record
 from vectorstore.search.filters import SearchError
 
 
@@ -45,25 +46,33 @@ class _LRU:
 query_cache = _LRU()
 
 
-def _key(text: str, model: type[models.Model]) -> tuple:
-    name = getattr(model, "embedding_model", None) or conf.model_name()
-    return (name, model._meta.get_field("embedding").dimensions, text)
+def _key(text: str, recorded: record.Recorded) -> tuple:
+    # By the model's fingerprint: after a table moves to another model, its queries are embedded anew.
+    return (recorded.fingerprint, recorded.dimensions, text)
 
 
-def cached_query_vector(text: str, model: type[models.Model]) -> tuple[np.ndarray] | None:
+def cached_query_vector(
+    text: str, model: type[models.Model], recorded: record.Recorded | None = None
+) -> tuple[np.ndarray] | None:
     """``(embed_query(text, model),)`` when the text's vector is cached, else None (the model not run)."""
-    vector = query_cache.get(_key(text, model))
+    found = (recorded,) if recorded is not None else record.cached(model)
+    if found is None:
+        return None
+    vector = query_cache.get(_key(text, found[0]))
     return (vector,) if vector is not None else None
 
 
-def embed_query(text: str, model: type[models.Model] | None = None) -> np.ndarray:
-    """The query's vector from the document model's Embedder (``Embedder.for_model``), cached by
-    (embedding model, dimensions, text)."""
+def embed_query(
+    text: str, model: type[models.Model] | None = None, recorded: record.Recorded | None = None
+) -> np.ndarray:
+    """The query's vector from the model that made the table's vectors (``record.embedder``: its
+    ``recorded`` model, else the table's record as this process has it), cached by (model, size, text)."""
     model = model or conf.document_model()
-    key = _key(text, model)
+    recorded = recorded or record.current(model)
+    key = _key(text, recorded)
     vector = query_cache.get(key)
     if vector is None:
-        vector = Embedder.for_model(model).encode([text])[0]
+        vector = record.embedder(model, recorded=recorded).encode([text])[0]
         vector.setflags(write=False)
         query_cache.put(key, vector)
     return vector

@@ -16,9 +16,11 @@ from django.db import models
 from vectorstore import passages, replicas
 from vectorstore.freshness import stale_flag
 from vectorstore.indexing import bm25, vector_indexes
+from vectorstore.reembed import record
 from vectorstore.search import query_log
 from vectorstore.search.distances import score_of
 from vectorstore.search.diversity import mmr_hits
+from vectorstore.search.filters import SearchError
 from vectorstore.search.fusion import adaptive_weight, fuse
 from vectorstore.search.passage_search import passage_rows
 from vectorstore.search.plan import vector_rows
@@ -28,7 +30,7 @@ from vectorstore.search.request import SearchRequest
 from vectorstore.search.results import STALE, Hit, SearchResult
 from vectorstore.search.settings import Tuned, cached_tuning, search_settings, timeouts, tuned_settings
 from vectorstore.search.statements import Statement
-from vectorstore.search.steps import Call, Run, Steps, adrive, drive
+from vectorstore.search.steps import Call, Guard, Run, Steps, adrive, drive
 from vectorstore.search.text import (
     all_words_count,
     any_words,
@@ -70,7 +72,11 @@ def search(
     binary index and 1 for a half-precision one). ``log_query=False`` keeps the query vector out of the
     query log that tune_search measures recall on (``vectorstore.search.query_log``; ``similar()`` does).
     """
-    return drive(_steps(SearchRequest.build(**locals())))
+    request = SearchRequest.build(**locals())
+    try:
+        return drive(_steps(request))
+    except record.ModelChanged:  # reembed swapped the table's vectors meanwhile: again, with its new model
+        return drive(_steps(request))
 
 
 async def asearch(
@@ -97,7 +103,11 @@ async def asearch(
     what is committed: unlike ``search()``, it cannot join a transaction of Django's connection.
     Cancelling the task cancels the query on the server; the statement timeout raises SearchTimeout.
     """
-    return await adrive(_steps(SearchRequest.build(**locals())))
+    request = SearchRequest.build(**locals())
+    try:
+        return await adrive(_steps(request))
+    except record.ModelChanged:  # as in search()
+        return await adrive(_steps(request))
 
 
 def _steps(request: SearchRequest) -> Steps[SearchResult]:
@@ -148,13 +158,21 @@ def _steps(request: SearchRequest) -> Steps[SearchResult]:
     )
     qvector = None
     if mode != "text":
-        dims = model._meta.get_field("embedding").dimensions
+        # The table's embedding model and vector size (its record; a swap may run ahead of the field).
+        recorded = yield Call(lambda: record.current(model, using), lambda: record.cached(model, using))
         if r.vector is not None:
-            qvector = check_vector(r.vector, dims)
+            try:
+                qvector = check_vector(r.vector, recorded.dimensions)
+            except SearchError:
+                recorded = yield Call(lambda: record.read(model, using))  # a swap this process missed?
+                qvector = check_vector(r.vector, recorded.dimensions)
         else:
             qvector = yield Call(
-                lambda: embed_query(query, model), lambda: cached_query_vector(query, model), database=False
+                lambda: embed_query(query, model, recorded),
+                lambda: cached_query_vector(query, model, recorded),
+                database=False,
             )
+            yield Guard(model, using, recorded.version)
 
     spans: dict = {}
 

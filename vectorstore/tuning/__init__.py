@@ -136,7 +136,7 @@ def _vector_index(
     found = [i for i in vector_indexes.table_indexes(table, field.column, using) if i.valid]
     if not found:
         raise InputError(f"{table} has no HNSW or IVFFlat index on a vector: searches are exact already")
-    serving = [i for i in found if i.serves(metric, field.dimensions)]
+    serving = [i for i in found if i.serves(metric)]
     index = serving[-1] if serving else found[-1]
     return index, index.metric or metric
 
@@ -366,12 +366,9 @@ def load_query_model(model: type[models.Model], using: str = "default", later: b
         return None
     if later:
         from vectorstore import embedding
+        from vectorstore.reembed import record
 
-        return (
-            "pseudo"
-            if embedding.is_loaded(getattr(model, "embedding_model", None) or conf.model_name())
-            else None
-        )
+        return "pseudo" if embedding.is_loaded(record.embedder(model, using).model_name) else None
     return "pseudo"
 
 

@@ -138,15 +138,16 @@ class LoadTuning:
     def _queries(self) -> Queries:
         if self.query_model == "log" and self._logged is not None:
             return Queries("log", self._logged)
-        from vectorstore.embedding import Embedder
+        from vectorstore.reembed import record
 
         started = time.perf_counter()
-        Embedder.for_model(self.model).model  # noqa: B018 (loaded here, timed on its own)
+        embedder = record.embedder(self.model)
+        embedder.model  # noqa: B018 (loaded here, timed on its own)
         self.model_seconds = time.perf_counter() - started
         rng = np.random.default_rng(0)
         positions = np.sort(rng.choice(self.src.num_rows, size=min(self.n, self.src.num_rows), replace=False))
         texts = [t[: tuning_queries.TEXT_CHARS] for t in self._rows(positions, self.cmap.text_column) if t]
-        return tuning_queries.from_texts(self.model, texts, self.n, 0, Embedder)
+        return tuning_queries.from_texts(self.model, texts, self.n, 0, embedder)
 
     def _prepare(self) -> Prepared:
         queries = self._queries()

@@ -31,6 +31,7 @@ from psycopg import sql
 from psycopg.types.string import ByteaBinaryLoader
 
 from vectorstore import conf, passages, pg
+from vectorstore.reembed import record
 from vectorstore.search import query_log
 
 QUERY_MODELS = ("log", "pseudo")
@@ -109,10 +110,8 @@ def sample_rows(conn: Any, table: str, columns: list[str], n: int, rows: int, se
 
 
 def pseudo_queries(model: type[models.Model], using: str, n: int, rows: int, seed: int = 0) -> Queries:
-    """Spans of sampled documents' text, embedded with the table's own model (``Embedder.for_model``).
-    Raises ModelStackMissing where sentence-transformers is not installed."""
-    from vectorstore.embedding import Embedder
-
+    """Spans of sampled documents' text, embedded with the model that made the table's vectors (its
+    record). Raises ModelStackMissing where sentence-transformers is not installed."""
     conn = pg.django_connection(using)
     document = passages.document_of(model)
     if document is None:
@@ -130,15 +129,13 @@ def pseudo_queries(model: type[models.Model], using: str, n: int, rows: int, see
         )
     expr = sql.SQL("left({}, {})").format(text, sql.Literal(TEXT_CHARS)).as_string(conn)
     texts = [r[0] for r in sample_rows(conn, model._meta.db_table, [expr], n, rows, seed)]
-    return from_texts(document or model, texts, n, seed, Embedder)
+    return from_texts(document or model, texts, n, seed, record.embedder(document or model, using))
 
 
-def from_texts(
-    model: type[models.Model], texts: list[str], n: int, seed: int, embedder_class: Any
-) -> Queries:
+def from_texts(model: type[models.Model], texts: list[str], n: int, seed: int, embedder: Any) -> Queries:
     """Pseudo-queries cut from ``texts`` and embedded with the model's embedder."""
     cut = spans(texts, n, seed)
-    vectors = embedder_class.for_model(model).encode(cut) if cut else np.empty((0, 0), dtype=np.float32)
+    vectors = embedder.encode(cut) if cut else np.empty((0, 0), dtype=np.float32)
     return Queries("pseudo", np.asarray(vectors, dtype=np.float32), cut)
 
 

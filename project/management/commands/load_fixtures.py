@@ -7,6 +7,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from vectorstore import conf
 from vectorstore.loading import ingest
+from vectorstore.reembed import record
 from vectorstore.validation import InputError
 
 
@@ -37,10 +38,8 @@ class Command(BaseCommand):
 
         import pyarrow.parquet as pq
 
-        from vectorstore.embedding import Embedder
-
         texts = pq.read_table(path, columns=["text"]).column("text").to_pylist()
-        embedder = Embedder.for_model(model)
+        embedder = record.embedder(model)
         embedder.encode(["warm-up"])  # the model's loading is not the rate
         sample = [t for t in texts[:64] if t]
         started = time.perf_counter()

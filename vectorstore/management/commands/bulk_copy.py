@@ -5,6 +5,7 @@ from __future__ import annotations
 from vectorstore.embedding import Embedder, EmbeddingError
 from vectorstore.loading import ingest
 from vectorstore.management.commands._base import ServiceCommand
+from vectorstore.reembed import record
 from vectorstore.validation import InputError
 
 
@@ -73,7 +74,11 @@ class Command(ServiceCommand):
             embedder = None
             if o["embedding_model"] or o["device"]:
                 target = ingest.resolve_model(o["model"])
-                embedder = Embedder.for_model(target, model=o["embedding_model"], device=o["device"])
+                embedder = (
+                    Embedder.for_model(target, model=o["embedding_model"], device=o["device"])
+                    if o["embedding_model"]
+                    else record.embedder(target, device=o["device"])
+                )
             report = ingest.load(
                 o["input"],
                 model=o["model"],

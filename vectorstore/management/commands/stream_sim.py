@@ -11,6 +11,7 @@ from vectorstore import conf
 from vectorstore.embedding import Embedder, EmbeddingError
 from vectorstore.loading import stream
 from vectorstore.management.commands._base import ServiceCommand
+from vectorstore.reembed import record
 from vectorstore.validation import InputError
 
 
@@ -73,8 +74,10 @@ class Command(ServiceCommand):
         if prefix is None:
             prefix = f"{stream.SIMULATED_PREFIX}{time.strftime('%Y%m%dT%H%M%S')}-"
         try:
-            embedder = Embedder.for_model(
-                conf.document_model(), model=o["embedding_model"], device=o["device"]
+            embedder = (
+                Embedder.for_model(conf.document_model(), model=o["embedding_model"], device=o["device"])
+                if o["embedding_model"]
+                else record.embedder(conf.document_model(), device=o["device"])
             )
             reports = []
             for mode in modes:
