@@ -67,6 +67,19 @@ def unit_vectors(n: int, dims: int, seed: int = 0) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
+# Short texts on distinct subjects, for tests that search for a text among a few.
+TOPICS = [
+    "the tariff on imported iron and steel",
+    "railroads across the western plains",
+    "a treaty of peace with Spain",
+    "the navy's new steam frigates",
+    "gold and silver coinage at a fixed ratio",
+    "public lands for the homesteaders",
+    "the census of the territories",
+    "pensions for the veterans of the war",
+]
+
+
 def small_model(path: Path, dims: int, seed: int = 0) -> str:
     """A real sentence-transformers model of ``dims`` dimensions, made in a moment: the bundled
     all-MiniLM-L6-v2 (its files linked, not copied) with a random linear head (Dense, then Normalize)."""

@@ -23,7 +23,7 @@ from django.core.management import CommandError, call_command
 from django.db import connection, connections
 from django.test import override_settings
 
-from tests.helpers import ROOT, database_url, small_model
+from tests.helpers import ROOT, TOPICS, database_url, small_model
 from tests.testapp.models import LongArticle
 from vectorstore import search
 from vectorstore.checks import check_vector_columns
@@ -33,16 +33,7 @@ from vectorstore.reembed import record, service, shadow
 
 pytestmark = pytest.mark.django_db(transaction=True)  # workers, threads and subprocesses see commits
 
-TEXTS = [
-    "the tariff on imported iron and steel",
-    "railroads across the western plains",
-    "a treaty of peace with Spain",
-    "the navy's new steam frigates",
-    "gold and silver coinage at a fixed ratio",
-    "public lands for the homesteaders",
-    "the census of the territories",
-    "pensions for the veterans of the war",
-]
+TEXTS = TOPICS
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ Written by hand: no library moves a pgvector column between models.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import re
 import zlib
@@ -224,24 +225,68 @@ def fill(
     )
     written = 0
     after, wrapped = 0, False
-    while True:
-        chunk = _next_chunk(conn, model, after)
-        if chunk is None:
-            if wrapped or after == 0:
-                return written
-            after, wrapped = 0, True
-            continue
-        after = chunk + 1
-        if not conn.execute("SELECT pg_try_advisory_lock(%s, %s)", [klass, chunk % 2147483647]).fetchone()[0]:
-            continue  # another worker's
+    # A chunk's writes run in a thread of their own (its own connection) while the model embeds the next
+    # chunk: each row's UPDATE also inserts into the table's indexes (its new version does not fit its
+    # page), which on short texts cost a quarter of the embedding time when done in turn. One write in
+    # flight at most; a chunk's lock is released once its write is done.
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="reembed-writer")
+    pending: tuple[concurrent.futures.Future, int] | None = None
+
+    def finish() -> int:
+        future, held = pending
         try:
-            rows = [(pk, text or "") for pk, text in conn.execute(select, [chunk * CHUNK, after * CHUNK])]
-            if rows:
-                vectors = encode([text for _, text in rows])
-                written += _write(conn, model, rows, vectors, using)
-                on_rows(len(rows))
+            return future.result()
         finally:
-            conn.execute("SELECT pg_advisory_unlock(%s, %s)", [klass, chunk % 2147483647])
+            conn.execute("SELECT pg_advisory_unlock(%s, %s)", [klass, held % 2147483647])
+
+    try:
+        while True:
+            chunk = _next_chunk(conn, model, after)
+            if chunk is None:
+                if wrapped or after == 0:
+                    break
+                after, wrapped = 0, True
+                continue
+            if pending is not None and pending[1] == chunk:
+                # Its own chunk, still being written (a session's advisory locks are re-entrant: it would
+                # take it again): the write first, then look again from there.
+                written += finish()
+                pending = None
+                after = chunk
+                continue
+            after = chunk + 1
+            key = chunk % 2147483647
+            if not conn.execute("SELECT pg_try_advisory_lock(%s, %s)", [klass, key]).fetchone()[0]:
+                continue  # another worker's
+            rows = [(pk, text or "") for pk, text in conn.execute(select, [chunk * CHUNK, after * CHUNK])]
+            if not rows:
+                conn.execute("SELECT pg_advisory_unlock(%s, %s)", [klass, key])
+                continue
+            try:
+                vectors = encode([text for _, text in rows])
+            except BaseException:
+                conn.execute("SELECT pg_advisory_unlock(%s, %s)", [klass, key])
+                raise
+            if pending is not None:
+                written += finish()
+                pending = None
+            pending = (pool.submit(_write_in_thread, model, rows, vectors, using), chunk)
+            on_rows(len(rows))
+        if pending is not None:
+            written += finish()
+            pending = None
+    finally:
+        if pending is not None:
+            pending[0].cancel()
+            concurrent.futures.wait([pending[0]])
+            conn.execute("SELECT pg_advisory_unlock(%s, %s)", [klass, pending[1] % 2147483647])
+        pool.submit(connections.close_all).result()  # the writer thread's own connection
+        pool.shutdown()
+    return written
+
+
+def _write_in_thread(model: type[models.Model], rows: list, vectors: np.ndarray, using: str) -> int:
+    return _write(pg.django_connection(using), model, rows, vectors, using)
 
 
 def others_filling(model: type[models.Model], using: str) -> int:
