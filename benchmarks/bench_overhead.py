@@ -3,10 +3,11 @@ through each layer in turn, in one process (ratios and differences, never absolu
 
     .venv/bin/python -m benchmarks.bench_overhead --corpus debian
 
-Layers: raw psycopg (the API's columns, settings and transaction, one pipelined round trip);
-``search()`` called directly; Django's WSGI application called directly with the request (URL
-resolution, middleware, ninja's body parsing and the response, no HTTP); the same request through
-gunicorn as ``make serve`` starts it. Loads the corpus as bench_search.py does (cached embeddings).
+Layers: raw psycopg (the API's columns, settings and transaction, one pipelined round trip); ``search()``
+called directly; the site's WSGI application called directly with the request, its lean read path
+(``vectorstore.api.lean``: the schema's validator, the service, orjson) and Django's own (URL resolution,
+middleware, ninja's body parsing and the response), no HTTP; the same request through gunicorn as ``make
+serve`` starts it (the lean path). Loads the corpus as bench_search.py does (cached embeddings).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def main() -> None:
     import psycopg
     from pgvector.psycopg import register_vector
 
-    from project.wsgi import application
+    from project.wsgi import application, django_application
     from vectorstore.loading import ingest
     from vectorstore.search import search
 
@@ -66,7 +67,7 @@ def main() -> None:
     def raw(v: np.ndarray) -> None:
         raw_search(conn, v, settings)
 
-    def wsgi(body: bytes) -> None:
+    def wsgi(body: bytes, app=django_application) -> None:
         environ = {
             "REQUEST_METHOD": "POST",
             "PATH_INFO": "/api/search",
@@ -84,7 +85,7 @@ def main() -> None:
             "SERVER_PROTOCOL": "HTTP/1.1",
         }
         status = []
-        b"".join(application(environ, lambda s, headers: status.append(s)))
+        b"".join(app(environ, lambda s, headers: status.append(s)))
         if not status[0].startswith("200"):
             raise SystemExit(f"WSGI answered {status[0]}")
 
@@ -105,20 +106,26 @@ def main() -> None:
                 (
                     p50(raw, vectors),
                     p50(lambda v: search(vector=v, k=10), vectors),
+                    p50(lambda body: wsgi(body, application), bodies),
                     p50(wsgi, bodies),
                     p50(lambda body: post(port, body), requests),
                 )
             )
-    r, s, w, h = (float(np.median(column)) for column in zip(*rounds, strict=True))
+    r, s, lean, w, h = (float(np.median(column)) for column in zip(*rounds, strict=True))
     print(
         f"corpus {corpus.name}, {report.rows:,} rows, {len(vectors)} vector queries, k=10; p50 of 3 rounds:"
     )
     print(f"  raw psycopg                    {r:6.2f} ms")
     print(f"  search() in process            {s:6.2f} ms  (+{s - r:.2f} over raw)")
+    print(
+        f"  lean read path, no HTTP        {lean:6.2f} ms  (+{lean - s:.2f}: the validator, orjson, signals)"
+    )
     print(f"  Django WSGI app, no HTTP       {w:6.2f} ms  (+{w - s:.2f}: Django, ninja, JSON in and out)")
-    print(f"  gunicorn over HTTP (keep-alive) {h:5.2f} ms  (+{h - w:.2f}: HTTP and the server)")
+    print(
+        f"  gunicorn over HTTP (keep-alive) {h:5.2f} ms  (+{h - lean:.2f} over the lean path: HTTP, server)"
+    )
     if args.middleware:
-        middleware_costs(application, wsgi, p50, bodies)
+        middleware_costs(django_application, wsgi, p50, bodies)
 
 
 def middleware_costs(application, wsgi, p50, bodies) -> None:

@@ -147,7 +147,15 @@ def serve(
     port = free_port()
     child_env = {**(os.environ if env is None else env), "DATABASE_URL": database_url, "DJANGO_DEBUG": "0"}
     child_env.pop("DJANGO_SETTINGS_MODULE", None)
-    if server == "uvicorn":
+    if (
+        server == "granian"
+    ):  # WSGI, the same processes and threads as gunicorn's gthread (project/gunicorn.py)
+        command = [
+            "granian", "--interface", "wsgi", "project.wsgi:application", "--host", "127.0.0.1",
+            "--port", str(port), "--workers", str(workers), "--blocking-threads", "4",
+            "--log-level", "warning", "--no-ws",
+        ]  # fmt: skip
+    elif server == "uvicorn":
         child_env["WEB_CONCURRENCY"] = str(workers)
         command = [
             "uvicorn", "project.asgi:application", "--host", "127.0.0.1", "--port", str(port),

@@ -137,6 +137,8 @@ VECTORSTORE = {
     # and its vectors' size. Changing them: docs/changing-models.md (manage.py reembed).
     "MODEL": os.environ.get("VECTORSTORE_MODEL") or None,
     "DIMENSIONS": int(os.environ.get("VECTORSTORE_DIMENSIONS", "384")),
+    # Search and similar answered outside Django's request cycle (project/wsgi.py; docs/search/serving.md).
+    "LEAN_READS": os.environ.get("VECTORSTORE_LEAN_READS", "1") != "0",
     "DEVICE": os.environ.get("VECTORSTORE_DEVICE", "auto"),
     # Metadata keys with a type, whose range filters get a B-tree index: '{"year": "int"}'.
     "METADATA_KEYS": json.loads(os.environ.get("VECTORSTORE_METADATA_KEYS") or "{}"),

@@ -51,6 +51,9 @@ DEFAULTS: dict[str, Any] = {
     # recall was measured yet, once the log holds TUNE_MIN_LOGGED queries and the stored tuning was measured
     # on others, or as many queries were logged since as it was measured on. False: only tune_search does.
     "AUTO_TUNE": True,
+    # The API's search and similar answered outside Django's request cycle where the site's WSGI
+    # application is wrapped by vectorstore.api.lean.lean_reads (this project's is): False turns it off.
+    "LEAN_READS": True,
     # How save() (and POST /api/documents) get a new or changed text's vector: "inline" embeds it before
     # the write returns; "deferred" writes the text, the database marks it stale, and the embedding
     # worker (manage.py embed_worker) embeds it and its passages: a write that must not wait for the model.

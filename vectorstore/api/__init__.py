@@ -145,10 +145,10 @@ def _json_default(value: Any) -> Any:
     return _django_json.default(value)  # a host model's own fields: dates, decimals, UUIDs
 
 
-def _search_out(result: search.SearchResult) -> HttpResponse:
-    """SearchOut, serialized straight from the rows: validating ten hits again through the response
-    schema cost more than the search (the rows come from typed columns, and tests check the schema)."""
-    body = {
+def search_body(result: search.SearchResult) -> dict[str, Any]:
+    """SearchOut as a dict, straight from the rows: validating ten hits again through the response schema
+    cost more than the search (the rows come from typed columns, and tests check the schema)."""
+    return {
         "results": [_hit(h) for h in result.hits],
         "took_ms": round(result.took_ms, 3),
         "mode": result.mode,
@@ -156,8 +156,12 @@ def _search_out(result: search.SearchResult) -> HttpResponse:
         "exact": result.exact,
         "database": result.database,
     }
+
+
+def _search_out(result: search.SearchResult) -> HttpResponse:
     response = HttpResponse(
-        json.dumps(body, default=_json_default, ensure_ascii=False), content_type="application/json"
+        json.dumps(search_body(result), default=_json_default, ensure_ascii=False),
+        content_type="application/json",
     )
     response[routers.HEADER] = result.database
     return response
