@@ -183,3 +183,41 @@ def test_the_site_serves_search_on_the_lean_path_and_can_turn_it_off(docs, setti
     assert headers["X-Vectorstore-Database"] == "default" and headers["X-Content-Type-Options"] == "nosniff"
     settings.VECTORSTORE = {**settings.VECTORSTORE, "LEAN_READS": False}
     assert _call(application, _environ("POST", "/api/search", {"vector": vector, "k": 1}))[0] == 200
+
+
+def test_search_auth_asks_both_paths_for_a_token(docs, settings):
+    """SEARCH_AUTH on: the route answers 401 without a bearer token, 200 with one (and records no use);
+    the lean path answers a request with a valid token and hands one without to Django (its 401)."""
+    from django.contrib.auth.models import User
+    from ninja.testing import TestClient
+
+    from vectorstore.api import build_router
+    from vectorstore.models import ApiToken
+
+    user = User.objects.create_user("reader")
+    token, key = ApiToken.issue(user, "reads")
+    settings.VECTORSTORE = {**settings.VECTORSTORE, "SEARCH_AUTH": True}
+    client = TestClient(build_router())
+    assert client.post("/search", json={"query": "tariff"}).status_code == 401
+    assert client.get(f"/documents/{docs[0].pk}").status_code == 401
+    answered = client.post("/search", json={"query": "tariff"}, headers={"Authorization": f"Bearer {key}"})
+    assert answered.status_code == 200 and answered.json()["results"]
+    token.refresh_from_db()
+    assert token.last_used_at is None  # a read is looked up, never written
+
+    handed = []
+
+    def application(environ, start_response):
+        handed.append(environ["PATH_INFO"])
+        start_response("401 Unauthorized", [("Content-Type", "application/json")])
+        return [b'{"detail": "Unauthorized"}']
+
+    lean = LeanReads(application)
+    assert _call(lean, _environ("POST", "/api/search", {"query": "tariff"}))[0] == 401 and handed
+    handed.clear()
+    status, _, body = _call(
+        lean, _environ("POST", "/api/search", {"query": "tariff"}, HTTP_AUTHORIZATION=f"Bearer {key}")
+    )
+    assert status == 200 and handed == [] and json.loads(body)["results"]
+    bad = _environ("POST", "/api/search", {"query": "tariff"}, HTTP_AUTHORIZATION="Bearer vs_not-a-token")
+    assert _call(lean, bad)[0] == 401 and handed == ["/api/search"]

@@ -54,6 +54,9 @@ DEFAULTS: dict[str, Any] = {
     # The API's search and similar answered outside Django's request cycle where the site's WSGI
     # application is wrapped by vectorstore.api.lean.lean_reads (this project's is): False turns it off.
     "LEAN_READS": True,
+    # True: the API's reads (search, similar, list, get) need a bearer token (manage.py create_api_token),
+    # checked by the route and by the lean path alike; read when the API loads. False: reads are open.
+    "SEARCH_AUTH": False,
     # How save() (and POST /api/documents) get a new or changed text's vector: "inline" embeds it before
     # the write returns; "deferred" writes the text, the database marks it stale, and the embedding
     # worker (manage.py embed_worker) embeds it and its passages: a write that must not wait for the model.

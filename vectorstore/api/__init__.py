@@ -70,6 +70,22 @@ class LoggedInSession(SessionAuth):
 WRITE_AUTH = [BearerToken(), LoggedInSession(csrf=True)]
 
 
+def reader_for(key: str) -> Any | None:
+    """The active user a bearer token belongs to, for a read (SEARCH_AUTH): looked up, never written to
+    (``ApiToken.user_for`` records each use, a write per search)."""
+    if not key.startswith(ApiToken.PREFIX) or len(key) > 200:
+        return None
+    token = ApiToken.objects.select_related("user").filter(key_hash=ApiToken.digest(key)).first()
+    return token.user if token is not None and token.user.is_active else None
+
+
+class ReadToken(HttpBearer):
+    """A bearer token for the API's reads, where VECTORSTORE SEARCH_AUTH asks for one."""
+
+    def authenticate(self, request: HttpRequest, token: str):
+        return reader_for(token)
+
+
 def _require(request: HttpRequest, action: str) -> None:
     model = conf.document_model()
     perm = f"{model._meta.app_label}.{action}_{model._meta.model_name}"
@@ -356,7 +372,14 @@ def build_router(async_views: bool | None = None) -> Router:
     async views. Operation ids and schemas are the same either way."""
     async_views = conf.async_views() if async_views is None else async_views
     api = Router(tags=["vectorstore"])
+    read_auth = [ReadToken()] if conf.get("SEARCH_AUTH") else None  # None: reads open, as the docs show
     add = api.add_api_operation
+
+    def read(path: str, methods: list[str], view: Any, response: dict, **kwargs: Any) -> None:
+        if read_auth:
+            response = {**response, 401: ErrorOut}
+        add(path, methods, view, auth=read_auth, response=response, **kwargs)
+
     add(
         "/health",
         ["GET"],
@@ -364,7 +387,7 @@ def build_router(async_views: bool | None = None) -> Router:
         response={200: HealthOut, 503: HealthOut},
         summary="Database and pgvector status",
     )
-    add(
+    read(
         "/search",
         ["POST"],
         search_documents_async if async_views else search_documents,
@@ -372,21 +395,21 @@ def build_router(async_views: bool | None = None) -> Router:
         summary="Semantic, filtered or hybrid search",
         operation_id="vectorstore_api_search_documents",
     )
-    add(
+    read(
         "/documents",
         ["GET"],
         list_documents,
         response={200: PageOutModel, 422: ErrorOut, 503: ErrorOut},
         summary="List documents, filtered and paged",
     )
-    add(
+    read(
         "/documents/{int:doc_id}",
         ["GET"],
         get_document,
         response={200: DocumentOutModel, 404: ErrorOut},
         summary="One document",
     )
-    add(
+    read(
         "/documents/{int:doc_id}/similar",
         ["GET"],
         similar_documents_async if async_views else similar_documents,

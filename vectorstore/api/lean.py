@@ -137,6 +137,12 @@ class LeanReads:
 
     def _answered(self, answer: Callable, environ: dict, body: bytes) -> tuple[int, list, bytes]:
         """The answer, with the replica choice the route's decorator and middleware make."""
+        if conf.get("SEARCH_AUTH"):
+            from vectorstore.api import reader_for
+
+            scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
+            if scheme.lower() != "bearer" or reader_for(token.strip()) is None:
+                raise _HandBack  # the route's 401
         if not routers.replicas.configured():
             return self._errors(answer, environ, body)
         with routers._reading(True, _client_key(environ), read_only=True) as state:
