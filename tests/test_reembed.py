@@ -190,8 +190,9 @@ def test_reembed_to_another_dimension_with_searches_and_writes_running(models_di
 def test_reembed_killed_midway_goes_on_where_it_stopped(models_dir):
     """SIGKILL of manage.py reembed after some chunks: what it wrote stays, nothing swapped; run again
     (two workers) it embeds only the rest and swaps. Each row its own chunk (ids 1,024 apart)."""
-    ids = [(i + 1) * shadow.CHUNK for i in range(24)]
-    for pk, i in zip(ids, range(24), strict=True):
+    rows = 64  # enough that the kill lands mid-way: each row is a chunk of its own
+    ids = [(i + 1) * shadow.CHUNK for i in range(rows)]
+    for pk, i in zip(ids, range(rows), strict=True):
         Document.objects.create(pk=pk, text=f"{TEXTS[i % len(TEXTS)]}, item {i}")
     new_path = models_dir["384"]
     env = {
@@ -211,7 +212,7 @@ def test_reembed_killed_midway_goes_on_where_it_stopped(models_dir):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and child.poll() is None:
         if shadow.exists(Document, "default"):
-            filled = 24 - shadow.empty_rows(Document, "default")
+            filled = rows - shadow.empty_rows(Document, "default")
             if filled >= 3:
                 break
         time.sleep(0.05)
@@ -219,7 +220,7 @@ def test_reembed_killed_midway_goes_on_where_it_stopped(models_dir):
     child.wait()
     assert filled >= 3, child.stderr.read().decode()[-2000:]
     left = shadow.empty_rows(Document, "default")
-    assert 0 < left < 24  # killed mid-way; what it wrote stays
+    assert 0 < left < rows  # killed mid-way; what it wrote stays
     assert record.read(Document).fingerprint == record.fingerprint("")  # not swapped
     report = service.reembed(Document, model=new_path, workers=2, progress=False)
     assert report.swapped and report.documents == left  # only the rest, shared by two workers
