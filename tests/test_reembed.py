@@ -310,3 +310,15 @@ def test_reembed_json_summary_and_nothing_to_do(models_dir, capsys):
     assert data["swapped"] is False and "nothing to do" in data["note"]
     with pytest.raises(CommandError, match="exclude each other"):
         call_command("reembed", "--rollback", "--drop-old")
+
+
+def test_a_fill_writes_nothing_once_another_reembed_swapped(models_dir):
+    """A worker still filling when another (another machine's) swapped: its writes are refused in their
+    own transaction, nothing lands in what is now the previous model's column."""
+    Document.objects.create(text=TEXTS[0])
+    path = models_dir["384"]
+    assert service._prepare(Document, "default", path, 384, record.fingerprint(path)) == "new"
+    EmbeddingRecord.objects.filter(db_table="vectorstore_document").update(shadow_state="previous")
+    with pytest.raises(record.ModelChanged):
+        shadow.fill(Document, lambda texts: np.zeros((len(texts), 384), np.float32), "default")
+    assert shadow.empty_rows(Document, "default") == 1

@@ -18,6 +18,7 @@ from typing import Any
 
 import django
 from django.db import connections, models, transaction
+from psycopg import sql
 
 from vectorstore import conf, passages, pg
 from vectorstore.embedding import Embedder, EmbeddingError, bundled_model_path, declared_dimension
@@ -118,6 +119,13 @@ def _prepare(document: type[models.Model], using: str, name: str, dims: int, pri
     table has the model already)."""
     table = document._meta.db_table
     with transaction.atomic(using=using):
+        # The tables first, then the record's row, in the swap's order: a first save() into an empty
+        # table writes its row after its own lock on the table, so the other order could deadlock.
+        pg.django_connection(using).execute(
+            sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+                sql.SQL(", ").join(sql.Identifier(m._meta.db_table) for m in shadow.tables(document))
+            )
+        )
         stored = record.read_table(table, using)
         if stored is None:  # a table never recorded: its column's vectors are the configured model's
             configured = record.configured(document)
@@ -254,6 +262,10 @@ def reembed(
         report.indexes = shadow.build_indexes(document, dims, using)
         d, p = _fill_all(document, embedder, using, bar)  # written while the indexes were built
         report.documents, report.passages = docs + d, parts + p
+    except record.ModelChanged as exc:  # another machine's reembed swapped (or a --drop-old ran) meanwhile
+        report.note = f"the shadow column stopped filling: another reembed swapped it first ({exc})"
+        report.seconds = time.perf_counter() - started
+        return report
     finally:
         bar.close()
     try:
@@ -320,5 +332,4 @@ def status(document: type[models.Model] | None = None, using: str = "default") -
     if r.shadow_state and shadow.exists(document, using):
         out["shadow_model"] = r.shadow_label
         out["shadow_empty_rows"] = sum(shadow.empty_rows(m, using) for m in shadow.tables(document))
-    pg.django_connection(using)
     return out
