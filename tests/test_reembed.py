@@ -155,7 +155,9 @@ def test_reembed_to_another_dimension_with_searches_and_writes_running(models_di
     thread = threading.Thread(target=searcher)
     thread.start()
     try:
-        time.sleep(0.5)  # some searches before the swap (they are counted, not waited for)
+        deadline = time.monotonic() + 60
+        while answers["before"] < 3 and not failures and time.monotonic() < deadline:
+            time.sleep(0.05)  # until some searches were answered before the swap (observed, not hoped)
         report = service.reembed(Document, model=new_path, progress=False)
         deadline = time.monotonic() + 30
         while answers["after"] < 5 and time.monotonic() < deadline:

@@ -26,7 +26,6 @@ import io
 import logging
 import re
 from collections.abc import Callable, Iterable
-from typing import Any
 from urllib.parse import parse_qs
 
 import orjson
@@ -35,6 +34,7 @@ from django.core import signals
 from django.http import Http404
 
 from vectorstore import conf, search
+from vectorstore.api import SearchIn, _json_default, _search_arguments, reader_for, search_body
 from vectorstore.replicas import routers
 
 _request_log = logging.getLogger("django.request")  # where Django's handler logs a 5xx
@@ -65,15 +65,7 @@ def _static_headers() -> list[tuple[str, str]]:
     return out
 
 
-def _json_default(value: Any) -> Any:
-    from vectorstore.api import _json_default as route_default  # the route's own rendering of values
-
-    return route_default(value)
-
-
 def _render(result: search.SearchResult) -> bytes:
-    from vectorstore.api import search_body
-
     # Dates and times through the route's own default, so they read the same (microseconds, Z).
     return orjson.dumps(search_body(result), default=_json_default, option=orjson.OPT_PASSTHROUGH_DATETIME)
 
@@ -138,8 +130,6 @@ class LeanReads:
     def _answered(self, answer: Callable, environ: dict, body: bytes) -> tuple[int, list, bytes]:
         """The answer, with the replica choice the route's decorator and middleware make."""
         if conf.get("SEARCH_AUTH"):
-            from vectorstore.api import reader_for
-
             scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
             if scheme.lower() != "bearer" or reader_for(token.strip()) is None:
                 raise _HandBack  # the route's 401
@@ -172,8 +162,6 @@ class LeanReads:
             raise _HandBack from exc
 
     def _search(self, environ: dict, body: bytes) -> tuple[int, list, bytes]:
-        from vectorstore.api import SearchIn, _search_arguments
-
         if not environ.get("CONTENT_TYPE", "").startswith("application/json"):
             raise _HandBack
         try:

@@ -112,7 +112,7 @@ def _same_model(conn: Any, model: type[models.Model], using: str, recorded: Any)
     return True
 
 
-def _digest(text: str) -> str:
+def text_digest(text: str) -> str:
     return hashlib.md5(text.encode("utf-8")).hexdigest()  # a change detector, as md5() in SQL
 
 
@@ -165,7 +165,7 @@ def embed_batch(
             with psycopg.Cursor(conn) as cursor:
                 cursor.executemany(
                     write,
-                    [(pg.binary_vector(v), r, _digest(found[r])) for _, r, _, v in done],
+                    [(pg.binary_vector(v), r, text_digest(found[r])) for _, r, _, v in done],
                     returning=True,
                 )
                 written = []

@@ -184,11 +184,6 @@ def forget(table: str | None = None) -> None:
             del _cache[key]
 
 
-def dimensions(model: type[models.Model], using: str = "default") -> int:
-    """The size of the vectors the table holds now (the record's; a swap may run ahead of the field's)."""
-    return current(model, using).dimensions
-
-
 def embedder(
     model: type[models.Model],
     using: str = "default",

@@ -24,7 +24,6 @@ Written by hand: no library moves a pgvector column between models.
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
 import re
 import zlib
 from collections.abc import Callable, Iterator
@@ -37,6 +36,7 @@ from django.utils import timezone
 from psycopg import sql
 
 from vectorstore import passages, pg
+from vectorstore.freshness.worker import text_digest
 from vectorstore.indexing import vector_indexes
 from vectorstore.reembed import record
 
@@ -169,10 +169,6 @@ def empty_rows(model: type[models.Model], using: str) -> int:
     )
 
 
-def _digest(text: str) -> str:
-    return hashlib.md5(text.encode("utf-8")).hexdigest()  # a change detector, as md5() in SQL
-
-
 def _write(
     conn: Any, model: type[models.Model], rows: list[tuple[int, str]], vectors: np.ndarray, using: str
 ) -> int:
@@ -198,7 +194,7 @@ def _write(
             cursor.executemany(
                 write,
                 [
-                    (pg.binary_vector(v), pk, _digest(text))
+                    (pg.binary_vector(v), pk, text_digest(text))
                     for (pk, text), v in zip(rows, vectors, strict=True)
                 ],
                 returning=True,
